@@ -1,0 +1,31 @@
+"""mtgrad: exact gradient surgery for multi-task learning in PyTorch.
+
+>>> import torch, mtgrad
+>>> J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+>>> mtgrad.aggregate(J, mtgrad.CAGrad(c=0.5))
+tensor([0.1835, 1.2041, 1.2041])
+"""
+
+from . import methods, solvers
+from .aggregate import aggregate
+from .backward import BackwardResult, backward
+from .methods import CAGrad, MGDA, Mean, PCGrad, Sum, Weighting, from_spec
+from .optim import MTLOptimizer
+
+__all__ = [
+    "aggregate",
+    "backward",
+    "BackwardResult",
+    "MTLOptimizer",
+    "Weighting",
+    "Mean",
+    "Sum",
+    "MGDA",
+    "PCGrad",
+    "CAGrad",
+    "from_spec",
+    "methods",
+    "solvers",
+]
+
+__version__ = "0.1.0"

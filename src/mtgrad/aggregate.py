@@ -1,0 +1,32 @@
+"""``aggregate(J, method)``: the update vector of a stored task-gradient matrix."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .gramian import combine, gramian
+from .methods.base import Weighting
+
+__all__ = ["aggregate"]
+
+
+def aggregate(jacobian: Tensor, method: Weighting) -> Tensor:
+    """Update ``d = Σ_i w_i g_i`` for task gradients stacked as rows of ``jacobian`` (T, d).
+
+    ``w = method.weights(J Jᵀ)``. The result has the dtype and device of ``jacobian``.
+    """
+    if not isinstance(method, Weighting):
+        raise TypeError(f"method must be an mtgrad method (e.g. mtgrad.PCGrad()), got {type(method).__name__}")
+    if not isinstance(jacobian, Tensor):
+        raise TypeError(f"jacobian must be a torch.Tensor, got {type(jacobian).__name__}")
+    if jacobian.dim() != 2:
+        raise ValueError(f"jacobian must have shape (T, d), got {tuple(jacobian.shape)}")
+    if jacobian.shape[0] == 0:
+        raise ValueError("jacobian is empty (0 rows): give one row per task")
+    if not jacobian.is_floating_point():
+        raise TypeError(f"jacobian must be floating point, got dtype {jacobian.dtype}")
+    G = gramian([jacobian])
+    if not bool(torch.isfinite(G).all()):
+        raise ValueError("jacobian contains NaN or inf entries (or overflows when squared)")
+    return combine(method.weights(G), jacobian)

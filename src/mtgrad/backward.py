@@ -1,0 +1,188 @@
+"""``mtgrad.backward``: per-task gradients of the shared parameters, aggregated into ``.grad``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .gramian import combine, gramian
+from .methods.base import Weighting
+
+__all__ = ["backward", "BackwardResult"]
+
+
+@dataclass(frozen=True)
+class BackwardResult:
+    """What one :func:`backward` call did.
+
+    Attributes:
+        weights: task weights ``w`` (T,), float64; the shared update was ``Σ_i w_i g_i``.
+        gramian: ``G = J Jᵀ`` (T, T), float64, of the shared-parameter task gradients.
+    """
+
+    weights: Tensor
+    gramian: Tensor
+
+
+def backward(
+    losses: Sequence[Tensor] | Tensor,
+    shared_params: Iterable[Tensor],
+    method: Weighting,
+    *,
+    retain_graph: bool = False,
+    check_finite: bool = True,
+) -> BackwardResult:
+    """Backpropagate T task losses with gradient surgery on the shared parameters.
+
+    Each task's gradient ``g_i = ∇_θ L_i`` of the shared parameters θ is computed (one backward
+    pass per task), the method turns their Gramian into weights ``w`` and ``Σ_i w_i g_i`` is
+    **added** to ``p.grad`` of every shared parameter (so gradient accumulation over micro-batches
+    behaves as with ``loss.backward()``). Every other leaf that requires grad — task heads, for
+    instance — receives the ordinary gradient of ``Σ_i L_i``, i.e. each head its own task's
+    gradient (PCGrad Sec. 3: surgery on shared parameters only). Any ``torch.optim`` optimizer
+    can then step.
+
+    Args:
+        losses: T scalar losses (a sequence, or a 1-D tensor of T losses).
+        shared_params: the parameters all tasks share (e.g. ``model.trunk.parameters()``).
+        method: e.g. ``mtgrad.PCGrad()`` or ``mtgrad.CAGrad(c=0.4)``.
+        retain_graph: keep the graph after the call (as in ``Tensor.backward``).
+        check_finite: raise on NaN/inf losses or gradients. This reads T values on the host once
+            per call; switch it off to avoid that synchronisation on accelerators.
+
+    Raises:
+        ValueError: empty or non-scalar losses, NaN/inf losses or gradients, a loss with no
+            gradient path to the shared parameters, no shared parameters, mixed devices.
+        TypeError: a loss or parameter that is not a floating-point tensor, or a bad method.
+    """
+    if not isinstance(method, Weighting):
+        raise TypeError(f"method must be an mtgrad method (e.g. mtgrad.PCGrad()), got {type(method).__name__}")
+    task_losses = _as_losses(losses)
+    params = _as_params(shared_params)
+    _check_devices(task_losses, params)
+    if check_finite:
+        values = torch.stack([loss.detach() for loss in task_losses])
+        bad = ~torch.isfinite(values)
+        if bool(bad.any()):
+            idx = bad.nonzero().flatten().tolist()
+            raise ValueError(f"losses {idx} are NaN or inf ({values[bad].tolist()}); nothing was backpropagated")
+    targets = {id(p) for p in params}
+    for i, loss in enumerate(task_losses):
+        if not _reaches(loss, targets):
+            raise ValueError(
+                f"losses[{i}] has no gradient path to the shared parameters: it does not depend on "
+                "any of them (check shared_params, or a detach()/no_grad in that task's branch)"
+            )
+
+    task_grads = _per_task_gradients(task_losses, params, retain_graph)
+    blocks = [torch.stack([g[k] for g in task_grads]) for k in range(len(params))]
+    G = gramian(blocks)
+    if check_finite and not bool(torch.isfinite(G).all()):
+        raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
+    w = method.weights(G)
+    for p, block in zip(params, blocks):
+        update = combine(w, block)
+        p.grad = update if p.grad is None else p.grad + update
+    return BackwardResult(weights=w, gramian=G)
+
+
+def _per_task_gradients(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> list[list[Tensor]]:
+    """``g_i`` for every task, by one ``Tensor.backward`` per task.
+
+    Going through ``.grad`` rather than ``autograd.grad`` lets the same passes accumulate
+    ``∇ Σ_i L_i`` into every non-shared leaf, so the heads cost no extra backward.
+    """
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    grads: list[list[Tensor]] = []
+    try:
+        for i, loss in enumerate(losses):
+            loss.backward(retain_graph=retain_graph or i < len(losses) - 1)
+            grads.append([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
+            for p in params:
+                p.grad = None
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+    return grads
+
+
+def _reaches(loss: Tensor, targets: set[int]) -> bool:
+    """Whether the autograd graph of ``loss`` contains a leaf whose id is in ``targets``."""
+    if id(loss) in targets:
+        return True
+    seen: set[int] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in targets:
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
+
+
+def _as_losses(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
+    if isinstance(losses, Tensor):
+        if losses.dim() != 1:
+            raise ValueError(
+                f"losses given as one tensor must be 1-D (one loss per task), got shape {tuple(losses.shape)}"
+            )
+        items = list(losses.unbind())
+    else:
+        try:
+            items = list(losses)
+        except TypeError:
+            raise TypeError(f"losses must be a sequence of scalar tensors, got {type(losses).__name__}") from None
+    if not items:
+        raise ValueError("losses is empty: give one scalar loss per task")
+    for i, loss in enumerate(items):
+        if not isinstance(loss, Tensor):
+            raise TypeError(f"losses[{i}] must be a torch.Tensor, got {type(loss).__name__}")
+        if loss.numel() != 1 or loss.dim() > 1:
+            raise ValueError(f"losses[{i}] must be a scalar, got shape {tuple(loss.shape)} (reduce it, e.g. .mean())")
+        if not loss.is_floating_point():
+            raise TypeError(f"losses[{i}] must be floating point, got dtype {loss.dtype}")
+        if not loss.requires_grad:
+            raise ValueError(f"losses[{i}] does not require grad: it has no gradient path to the shared parameters")
+    return [loss.reshape(()) for loss in items]
+
+
+def _as_params(shared_params: Iterable[Tensor]) -> list[Tensor]:
+    if isinstance(shared_params, Tensor):
+        shared_params = [shared_params]
+    params: list[Tensor] = []
+    seen: set[int] = set()
+    for i, p in enumerate(shared_params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"shared_params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+        if not p.requires_grad:
+            continue  # frozen parameters take no update
+        if not p.is_leaf:
+            raise ValueError(f"shared_params[{i}] is not a leaf tensor; pass parameters, not results of operations")
+        if id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+    if not params:
+        raise ValueError("shared_params is empty (or none requires grad): there is nothing to aggregate")
+    return params
+
+
+def _check_devices(losses: list[Tensor], params: list[Tensor]) -> None:
+    devices = {loss.device for loss in losses}
+    if len(devices) > 1:
+        raise ValueError(f"losses live on different devices {sorted(map(str, devices))}; move them to one device")
+    param_devices = {p.device for p in params}
+    if len(param_devices) > 1:
+        raise ValueError(f"shared parameters live on different devices {sorted(map(str, param_devices))}")
+    (loss_device,) = devices
+    (param_device,) = param_devices
+    if loss_device != param_device:
+        raise ValueError(f"losses are on device {loss_device} but the shared parameters on {param_device}")

@@ -1,0 +1,778 @@
+"""The two-task, two-parameter toy problems of the CAGrad and PCGrad papers.
+
+* **CAGrad toy** (Liu et al., NeurIPS 2021, Sec. 5.1, Figs. 1 and 3; ``Cranial-XIX/CAGrad/toy.py``)::
+
+      f1 = log(max(|0.5(-θ1 - 7) - tanh(-θ2)|, 5e-6)) + 6
+      f2 = log(max(|0.5(-θ1 + 3) + tanh(-θ2) + 2|, 5e-6)) + 6     # the code's sign of tanh
+      g1 = ((-θ1 + 7)² + 0.1(-θ2 - 8)²)/10 - 20
+      g2 = ((-θ1 - 7)² + 0.1(-θ2 - 8)²)/10 - 20
+      c1 = max(tanh(0.5 θ2), 0),   c2 = max(tanh(-0.5 θ2), 0)
+      L1 = c1 f1 + c2 g1,          L2 = c1 f2 + c2 g2,          L0 = (L1 + L2)/2
+
+  The paper's text prints f2 with ``- tanh(-θ2)``; the official code (and the nash-mtl copy) uses
+  ``+ tanh(-θ2)``, which is what reproduces the figures, so it is used here. The objective is the
+  *mean* L0, so plain gradient descent ("gd") means the Mean weighting. The minimiser of L0 is
+  (0, -8.3552); the code draws the Pareto set as θ1 ∈ [-7, 7], θ2 = -8.3552.
+
+* **PCGrad toy** (Yu et al., NeurIPS 2020, Fig. 1 and App. D)::
+
+      L1 = 20 log(max(|0.5 θ1 + tanh θ2|, 5e-6))
+      L2 = 25 log(max(|0.5 θ1 - tanh θ2 + 2|, 5e-6)),      L = L1 + L2
+
+  The objective is the *sum*, so "gd" means the Sum weighting (Adam on L1 + L2). The two valleys
+  |0.5θ1 + tanh θ2| = 0 and |0.5θ1 - tanh θ2 + 2| = 0 meet only as θ2 → +∞ (θ1 → -2).
+
+Everything here is batched: θ has shape ``(B, 2)`` (B independent runs), losses have shape
+``(B, 2)`` and the per-task gradients ``(B, 2 tasks, 2 parameters)``. The gradients are written out
+analytically (the same values autograd gives through the official code, including the sub-gradient
+conventions of ``clamp`` and ``abs`` at their kinks) because per-step Python overhead dominates
+these tiny problems. :func:`run_toy` runs every method from every start in one batch per step:
+Gramians ``G = J Jᵀ`` of shape ``(B, 2, 2)``, each method's ``weights(G)`` called once per step on
+its slice of the batch, update ``Σ_i w_i g_i``, and Adam on the ``(B, 2)`` parameter tensor.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LOWER",
+    "PARETO_Y",
+    "CAGRAD_MINIMISER",
+    "CAGRAD_STARTS",
+    "CAGRAD_METHODS",
+    "PCGRAD_STARTS",
+    "PCGRAD_METHODS",
+    "DEFAULT_STEPS",
+    "DEFAULT_PCGRAD_STEPS",
+    "PAPER_STEPS",
+    "ToyProblem",
+    "ToyResult",
+    "PROBLEMS",
+    "cagrad_toy_losses",
+    "cagrad_toy_grads",
+    "pcgrad_toy_losses",
+    "pcgrad_toy_grads",
+    "BatchedAdam",
+    "parse_method_list",
+    "resolve_method",
+    "run_toy",
+    "write_csv",
+    "format_table",
+    "run_toy_command",
+]
+
+LOWER = 5e-6
+"""Lower clamp inside the logarithms of both toys (``LOWER = 0.000005`` in the official code)."""
+
+PARETO_Y = -8.3552
+"""θ2 of the Pareto segment and of the L0 minimiser as drawn by the official CAGrad code."""
+
+CAGRAD_MINIMISER = (0.0, PARETO_Y)
+"""Minimiser of L0 = (L1 + L2)/2 of the CAGrad toy (the star in CAGrad Figs. 1 and 3)."""
+
+CAGRAD_STARTS: tuple[tuple[float, float], ...] = (
+    (-8.5, 7.5),
+    (-8.5, 5.0),
+    (0.0, 0.0),
+    (9.0, 9.0),
+    (10.0, -8.0),
+)
+"""The five initial points of CAGrad Fig. 3 (Sec. 5.1)."""
+
+CAGRAD_METHODS: tuple[str, ...] = (
+    "gd",
+    "mgda",
+    "pcgrad",
+    "cagrad:c=0",
+    "cagrad:c=0.2",
+    "cagrad:c=0.5",
+    "cagrad:c=0.8",
+    "cagrad:c=10",
+)
+"""The methods of CAGrad Fig. 3: GD, MGDA, PCGrad and CAGrad with c ∈ {0, 0.2, 0.5, 0.8, 10}."""
+
+PCGRAD_STARTS: tuple[tuple[float, float], ...] = ((0.5, -3.0),)
+"""The initial point of PCGrad Fig. 1 (App. D)."""
+
+PCGRAD_METHODS: tuple[str, ...] = ("gd", "pcgrad")
+"""PCGrad Fig. 1 compares Adam on L1 + L2 ("gd" = Sum here) with Adam + PCGrad."""
+
+DEFAULT_STEPS = 30_000
+"""Default Adam steps for the CAGrad toy (the official code runs 100,000)."""
+
+DEFAULT_PCGRAD_STEPS = 30_000
+"""Default Adam steps for the PCGrad toy (the PCGrad paper runs 500,000)."""
+
+PAPER_STEPS = {"cagrad": 100_000, "pcgrad": 500_000}
+"""Adam steps (lr 1e-3) the papers used: CAGrad ``toy.py`` n_iter, PCGrad App. D."""
+
+_REACH_TOL = 0.05
+_PCGRAD_RESIDUAL_TOL = 1e-2
+
+# ---------------------------------------------------------------------------------------------
+# The problems: losses and analytic per-task gradients
+# ---------------------------------------------------------------------------------------------
+
+_CONSTS: dict[tuple[torch.dtype, torch.device], dict[str, Tensor]] = {}
+
+
+def _consts(x: Tensor) -> dict[str, Tensor]:
+    """Constant tensors for the gradient formulas, cached per dtype/device.
+
+    Python-scalar operands cost about twice as much per op as tensor operands on small CPU
+    tensors, and broadcasting θ1 or θ2 into both task columns is cheapest as a 2×2 matmul, so
+    the formulas below are written with these matrices and 0-dim constants.
+    """
+    key = (x.dtype, x.device)
+    c = _CONSTS.get(key)
+    if c is None:
+
+        def t(v) -> Tensor:
+            return torch.tensor(v, dtype=x.dtype, device=x.device)
+
+        c = {
+            "zero": t(0.0),
+            "one": t(1.0),
+            "half": t(0.5),
+            "six": t(6.0),
+            "lower": t(LOWER),
+            "pm": t([1.0, -1.0]),
+            # θ @ M: columns (θ2, -θ2, θ2/2, θ2/2) -> tanh gives (t, -t) and (h, h)
+            "ca_z": t([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 0.5, 0.5]]),
+            "ca_u": t([[-0.5, -0.5], [0.0, 0.0]]),  # -θ1/2 in both columns
+            "ca_shift": t([-3.5, 3.5]),
+            "ca_d": t([[1.0, 1.0], [0.0, 0.0]]),  # θ1 in both columns
+            "ca_centre": t([-7.0, 7.0]),  # d_i = θ1 ∓ 7
+            "ca_b": t([[0.0, 0.0], [1.0, 1.0]]),  # θ2 in both columns
+            "ca_b8": t([8.0, 8.0]),
+            "ca_m20": t([-20.0, -20.0]),
+            "ca_mhalf": t(-0.5),
+            # θ @ M: columns (θ2, -θ2) -> tanh gives (t, -t)
+            "pc_z": t([[0.0, 0.0], [1.0, -1.0]]),
+            "pc_u": t([[0.5, 0.5], [0.0, 0.0]]),
+            "pc_shift": t([0.0, 2.0]),
+            "pc_k0": t([10.0, 12.5]),  # 0.5 * (20, 25)
+            "pc_k1": t([20.0, 25.0]),
+        }
+        _CONSTS[key] = c
+    return c
+
+
+def _check_theta(theta: Tensor) -> None:
+    if theta.dim() != 2 or theta.shape[-1] != 2:
+        raise ValueError(f"theta must have shape (B, 2), got {tuple(theta.shape)}")
+
+
+def cagrad_toy_losses(theta: Tensor) -> Tensor:
+    """Per-task losses ``(L1, L2)`` of the CAGrad toy, shape ``(B, 2)``, for θ of shape ``(B, 2)``.
+
+    Written exactly as ``Toy.batch_forward`` of the official ``toy.py`` (differentiable).
+    """
+    _check_theta(theta)
+    x1, x2 = theta[:, 0], theta[:, 1]
+    f1 = torch.clamp((0.5 * (-x1 - 7) - torch.tanh(-x2)).abs(), LOWER).log() + 6
+    f2 = torch.clamp((0.5 * (-x1 + 3) + torch.tanh(-x2) + 2).abs(), LOWER).log() + 6
+    c1 = torch.clamp(torch.tanh(x2 * 0.5), 0)
+    f1_sq = ((-x1 + 7).pow(2) + 0.1 * (-x2 - 8).pow(2)) / 10 - 20
+    f2_sq = ((-x1 - 7).pow(2) + 0.1 * (-x2 - 8).pow(2)) / 10 - 20
+    c2 = torch.clamp(torch.tanh(-x2 * 0.5), 0)
+    return torch.stack((f1 * c1 + f1_sq * c2, f2 * c1 + f2_sq * c2), dim=-1)
+
+
+def cagrad_toy_grads(theta: Tensor) -> Tensor:
+    """Per-task gradients of the CAGrad toy, shape ``(B, 2 tasks, 2 params)``.
+
+    With t = tanh θ2, h = tanh(θ2/2), u_i = -θ1/2 ∓ 3.5 ± t (the log arguments), r_i = 1/u_i
+    (0 where |u_i| < 5e-6, i.e. where the log is clamped), d_i = θ1 ∓ 7 and
+    g_i = d_i²/10 + (θ2 + 8)²/100 - 20::
+
+        ∂L_i/∂θ1 = -c1 r_i / 2 + c2 d_i / 5
+        ∂L_i/∂θ2 = c1' f_i ± c1 (1 - t²) r_i + c2' g_i + c2 (θ2 + 8)/50
+
+    with c1' = (1 - h²)/2 where h ≥ 0 (else 0) and c2' = -(1 - h²)/2 where h ≤ 0 (else 0).
+    This equals autograd through :func:`cagrad_toy_losses`, including its conventions at the
+    kinks: ``clamp`` passes the gradient where the input equals the bound (so at θ2 = 0 both gates
+    have derivative ±1/2) and ``abs`` has derivative 0 at 0.
+    """
+    _check_theta(theta)
+    k = _consts(theta)
+    tz = torch.tanh(theta @ k["ca_z"]).view(-1, 2, 2)
+    tpm, hh = tz.unbind(1)  # (t, -t) and (h, h), each (B, 2)
+    # log terms f_i = log(max(|u_i|, 5e-6)) + 6 and r_i = d f_i / d u_i
+    u = torch.addmm(k["ca_shift"], theta, k["ca_u"]).add_(tpm)
+    au = u.abs()
+    f = torch.maximum(au, k["lower"]).log_().add_(k["six"])
+    r = torch.where(au >= k["lower"], u.reciprocal(), k["zero"])
+    # gates c1 = max(h, 0), c2 = max(-h, 0) and their derivatives
+    c1 = torch.relu(hh)
+    c2 = c1 - hh
+    dh = torch.addcmul(k["half"], hh, hh, value=-0.5)
+    dc1 = dh * (hh >= k["zero"])
+    mdc2 = dh * (hh <= k["zero"])  # = -c2'
+    # quadratic branch
+    d = torch.addmm(k["ca_centre"], theta, k["ca_d"])
+    bb = torch.addmm(k["ca_b8"], theta, k["ca_b"])
+    sq = torch.addcmul(k["ca_m20"], d, d, value=0.1).addcmul_(bb, bb, value=0.01)
+    spm = torch.addcmul(k["one"], tpm, tpm, value=-1.0).mul_(k["pm"])  # ±(1 - t²)
+    cr = c1 * r
+    j0 = torch.addcmul(cr * k["ca_mhalf"], c2, d, value=0.2)
+    j1 = (dc1 * f).addcmul_(spm, cr).addcmul_(mdc2, sq, value=-1.0)
+    j1.addcmul_(c2, bb, value=0.02)
+    return torch.stack((j0, j1), dim=-1)
+
+
+def pcgrad_toy_losses(theta: Tensor) -> Tensor:
+    """Per-task losses ``(L1, L2)`` of the PCGrad toy, shape ``(B, 2)`` (differentiable)."""
+    _check_theta(theta)
+    x1, x2 = theta[:, 0], theta[:, 1]
+    l1 = 20 * torch.clamp((0.5 * x1 + torch.tanh(x2)).abs(), LOWER).log()
+    l2 = 25 * torch.clamp((0.5 * x1 - torch.tanh(x2) + 2).abs(), LOWER).log()
+    return torch.stack((l1, l2), dim=-1)
+
+
+def pcgrad_toy_grads(theta: Tensor) -> Tensor:
+    """Per-task gradients of the PCGrad toy, shape ``(B, 2 tasks, 2 params)``.
+
+    With u_1 = θ1/2 + tanh θ2, u_2 = θ1/2 - tanh θ2 + 2 and r_i = 1/u_i (0 where the log is
+    clamped): ∂L_i/∂θ1 = (20, 25)_i r_i / 2 and ∂L_i/∂θ2 = ±(20, 25)_i (1 - tanh² θ2) r_i.
+    Equal to autograd through :func:`pcgrad_toy_losses`.
+    """
+    _check_theta(theta)
+    k = _consts(theta)
+    tpm = torch.tanh(theta @ k["pc_z"])  # (t, -t)
+    u = torch.addmm(k["pc_shift"], theta, k["pc_u"]).add_(tpm)
+    r = torch.where(u.abs() >= k["lower"], u.reciprocal(), k["zero"])
+    spm = torch.addcmul(k["one"], tpm, tpm, value=-1.0).mul_(k["pm"])  # ±(1 - t²)
+    j0 = r * k["pc_k0"]
+    j1 = (r * spm).mul_(k["pc_k1"])
+    return torch.stack((j0, j1), dim=-1)
+
+
+def _cagrad_reached(theta: Tensor) -> Tensor:
+    target = theta.new_tensor(CAGRAD_MINIMISER)
+    return (theta - target).norm(dim=-1) < _REACH_TOL
+
+
+def _pcgrad_residuals(theta: Tensor) -> Tensor:
+    x1, x2 = theta[..., 0], theta[..., 1]
+    return torch.stack(
+        ((0.5 * x1 + torch.tanh(x2)).abs(), (0.5 * x1 - torch.tanh(x2) + 2).abs()), dim=-1
+    )
+
+
+def _pcgrad_reached(theta: Tensor) -> Tensor:
+    return _pcgrad_residuals(theta).amax(dim=-1) < _PCGRAD_RESIDUAL_TOL
+
+
+@dataclass(frozen=True)
+class ToyProblem:
+    """One toy problem: its losses, gradients, objective and the paper's set-up."""
+
+    name: str
+    title: str
+    losses: Callable[[Tensor], Tensor]
+    grads: Callable[[Tensor], Tensor]
+    objective: str  # "mean" or "sum": what "gd" means here
+    starts: tuple[tuple[float, float], ...]
+    methods: tuple[str, ...]
+    default_steps: int
+    paper_steps: int
+    reached: Callable[[Tensor], Tensor]
+    reached_text: str
+    xlim: tuple[float, float]
+    ylim: tuple[float, float]
+
+    def objective_value(self, losses: Tensor) -> Tensor:
+        return losses.mean(-1) if self.objective == "mean" else losses.sum(-1)
+
+
+PROBLEMS: dict[str, ToyProblem] = {
+    "cagrad": ToyProblem(
+        name="cagrad",
+        title="CAGrad toy (Liu et al. 2021, Fig. 3)",
+        losses=cagrad_toy_losses,
+        grads=cagrad_toy_grads,
+        objective="mean",
+        starts=CAGRAD_STARTS,
+        methods=CAGRAD_METHODS,
+        default_steps=DEFAULT_STEPS,
+        paper_steps=PAPER_STEPS["cagrad"],
+        reached=_cagrad_reached,
+        reached_text=f"end within {_REACH_TOL} of the L0 minimiser {CAGRAD_MINIMISER}",
+        xlim=(-11.0, 11.0),
+        ylim=(-11.0, 11.0),
+    ),
+    "pcgrad": ToyProblem(
+        name="pcgrad",
+        title="PCGrad toy (Yu et al. 2020, Fig. 1)",
+        losses=pcgrad_toy_losses,
+        grads=pcgrad_toy_grads,
+        objective="sum",
+        starts=PCGRAD_STARTS,
+        methods=PCGRAD_METHODS,
+        default_steps=DEFAULT_PCGRAD_STEPS,
+        paper_steps=PAPER_STEPS["pcgrad"],
+        reached=_pcgrad_reached,
+        reached_text=(
+            "both valley residuals |0.5θ1 + tanh θ2| and |0.5θ1 - tanh θ2 + 2| below "
+            f"{_PCGRAD_RESIDUAL_TOL} (where the two valleys meet)"
+        ),
+        xlim=(-6.0, 6.0),
+        ylim=(-6.0, 6.0),
+    ),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchedAdam:
+    """Adam on one tensor, updated in place; the same arithmetic as ``torch.optim.Adam``
+    (single-tensor path, no weight decay, no amsgrad) with ``x.grad = grad``.
+
+    Because every element has its own moments, one ``(B, 2)`` tensor runs B independent
+    2-parameter Adam optimisations at once.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be non-negative, got {eps}")
+        self.x = x
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.exp_avg = torch.zeros_like(x)
+        self.exp_avg_sq = torch.zeros_like(x)
+        self.t = 0
+
+    def step(self, grad: Tensor) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        self.exp_avg.lerp_(grad, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        bias_correction1 = 1 - b1**self.t
+        bias_correction2_sqrt = math.sqrt(1 - b2**self.t)
+        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+        self.x.addcdiv_(self.exp_avg, denom, value=-self.lr / bias_correction1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods
+# ---------------------------------------------------------------------------------------------
+
+def parse_method_list(text: str) -> list[str]:
+    """Split a comma- or semicolon-separated list of method specs.
+
+    Specs may contain commas themselves (``cagrad:c=0.5,rescale=2``), so a comma-separated token
+    that contains ``=`` but no ``:`` continues the previous spec as one more option; any other
+    token starts a new spec. ``;`` always separates specs. Examples::
+
+        "gd,mgda,cagrad:c=0.5,rescale=2,pcgrad"  -> ["gd", "mgda", "cagrad:c=0.5,rescale=2", "pcgrad"]
+        "cagrad:c=0.2;cagrad:c=0.8"               -> ["cagrad:c=0.2", "cagrad:c=0.8"]
+    """
+    specs: list[str] = []
+    for part in text.split(";"):
+        current: list[str] = []
+        for token in part.split(","):
+            token = token.strip()
+            if not token:
+                continue
+            if current and "=" in token and ":" not in token:
+                current.append(token)
+            else:
+                if current:
+                    specs.append(",".join(current))
+                current = [token]
+        if current:
+            specs.append(",".join(current))
+    if not specs:
+        raise ValueError(f"no method spec found in {text!r}")
+    return specs
+
+
+def resolve_method(spec: str, problem: ToyProblem, generator: torch.Generator | None = None):
+    """Build the weighting for ``spec`` with :func:`mtgrad.methods.from_spec`.
+
+    ``gd`` means plain gradient descent on the problem's objective: the Mean weighting on the
+    CAGrad toy (L0 is the mean) and the Sum weighting on the PCGrad toy (L = L1 + L2).
+    ``generator`` is passed on to the methods that take one (PCGrad's random task order).
+    """
+    from mtgrad import methods as _methods
+
+    real = problem.objective if spec.strip().lower() == "gd" else spec
+    if generator is None:
+        return _methods.from_spec(real)
+    return _methods.from_spec(real, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ToyResult:
+    """Outcome of :func:`run_toy`; tensors are indexed ``[method, start, ...]``."""
+
+    problem: ToyProblem
+    methods: list[str]
+    starts: Tensor  # (S, 2)
+    steps: int
+    lr: float
+    record_every: int
+    record_steps: list[int]  # step index of each recorded point
+    trajectories: Tensor  # (M, S, K, 2)
+    final: Tensor  # (M, S, 2)
+    losses: Tensor  # (M, S, 2)
+    seconds: float
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def reached(self) -> Tensor:
+        """(M, S) bool: the problem's success criterion at the end point."""
+        return self.problem.reached(self.final) & torch.isfinite(self.final).all(-1)
+
+    def rows(self) -> list[dict]:
+        """One dict per (method, start) in the CSV's column order."""
+        rows = []
+        reached = self.reached
+        obj = self.problem.objective_value(self.losses)
+        for m, spec in enumerate(self.methods):
+            for s in range(self.starts.shape[0]):
+                end = self.final[m, s]
+                l1, l2 = self.losses[m, s].tolist()
+                row = {
+                    "method": spec,
+                    "start_x": float(self.starts[s, 0]),
+                    "start_y": float(self.starts[s, 1]),
+                    "end_x": float(end[0]),
+                    "end_y": float(end[1]),
+                    "loss_1": l1,
+                    "loss_2": l2,
+                    "loss_avg": 0.5 * (l1 + l2),
+                    "objective": float(obj[m, s]),
+                }
+                if self.problem.name == "cagrad":
+                    target = end.new_tensor(CAGRAD_MINIMISER)
+                    row["dist_to_minimiser"] = float((end - target).norm())
+                elif self.problem.name == "pcgrad":
+                    res = _pcgrad_residuals(end)
+                    row["residual_1"] = float(res[0])
+                    row["residual_2"] = float(res[1])
+                row["reached"] = bool(reached[m, s])
+                row["steps"] = self.steps
+                rows.append(row)
+        return rows
+
+
+class _SimpleBar:
+    """Fallback progress bar on stderr when tqdm is not installed."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.n, self._last = total, desc, 0, -1
+
+    def update(self, n: int) -> None:
+        self.n += n
+        pct = int(100 * self.n / max(self.total, 1))
+        if pct != self._last:
+            self._last = pct
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r{self.desc}: [{bar:<25}] {pct:3d}% {self.n}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _progress(total: int, desc: str, enabled: bool, position: int = 0):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _SimpleBar(total, desc)
+    return tqdm(
+        total=total, desc=desc, unit="step", file=sys.stderr, mininterval=0.5, position=position
+    )
+
+
+def run_toy(
+    problem: str | ToyProblem = "cagrad",
+    methods: Sequence[str] | None = None,
+    starts: Sequence[Sequence[float]] | Tensor | None = None,
+    steps: int | None = None,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    record_every: int = 100,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = False,
+    progress_position: int = 0,
+) -> ToyResult:
+    """Run every method from every start with batched Adam and record the trajectories.
+
+    Args:
+        problem: ``"cagrad"``, ``"pcgrad"`` or a :class:`ToyProblem`.
+        methods: method specs for :func:`mtgrad.methods.from_spec` (``gd`` is the problem's
+            objective weighting, see :func:`resolve_method`); default: the paper's figure.
+        starts: initial points, shape ``(S, 2)``; default: the paper's.
+        steps: Adam steps; default ``problem.default_steps``.
+        lr, betas, eps: Adam hyper-parameters (the papers: 1e-3, (0.9, 0.999), 1e-8).
+        record_every: keep every ``record_every``-th point of the trajectories (plus the last).
+        seed: seeds the ``torch.Generator`` handed to each randomised method (PCGrad's task
+            order); every method gets its own generator, so a run does not depend on which other
+            methods share the batch.
+        dtype: float64 (default), or float32 as in the official code (``torch.Tensor``). Near
+            the valley floors the log arguments cancel to ~1e-5, where float32 keeps 2-3 digits.
+        progress: show a progress bar on stderr (tqdm if installed; ``progress_position`` is
+            its line when several runs show bars at once).
+    """
+    prob = PROBLEMS[problem] if isinstance(problem, str) else problem
+    specs = list(prob.methods if methods is None else methods)
+    if not specs:
+        raise ValueError("methods must not be empty")
+    steps = prob.default_steps if steps is None else int(steps)
+    if steps < 0:
+        raise ValueError(f"steps must be non-negative, got {steps}")
+    if record_every < 1:
+        raise ValueError(f"record_every must be >= 1, got {record_every}")
+    x0 = torch.as_tensor(prob.starts if starts is None else starts, dtype=dtype)
+    if x0.dim() != 2 or x0.shape[-1] != 2 or x0.shape[0] == 0:
+        raise ValueError(f"starts must have shape (S, 2) with S >= 1, got {tuple(x0.shape)}")
+
+    weightings = [
+        resolve_method(spec, prob, torch.Generator().manual_seed(seed)) for spec in specs
+    ]
+    n_methods, n_starts = len(specs), x0.shape[0]
+    n_runs = n_methods * n_starts
+
+    # batch layout: row = method * S + start, so each method owns a contiguous slice
+    x = x0.repeat(n_methods, 1).contiguous()  # (B, 2)
+    opt = BatchedAdam(x, lr=lr, betas=betas, eps=eps)
+    grads_fn = prob.grads
+    records = [x.clone()]
+    record_steps = [0]
+    bar = _progress(steps, f"toy {prob.name}", progress, progress_position)
+    chunk = max(1, steps // 100)
+    weights_shape = (n_runs, 1, 2)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for step in range(1, steps + 1):
+            jac = grads_fn(x)  # (B, 2 tasks, 2 params)
+            gram = torch.bmm(jac, jac.mT).view(n_methods, n_starts, 2, 2)
+            w = torch.stack([m.weights(gram[i]) for i, m in enumerate(weightings)])
+            update = torch.bmm(w.view(weights_shape), jac).view(n_runs, 2)
+            opt.step(update)
+            if step % record_every == 0:
+                records.append(x.clone())
+                record_steps.append(step)
+            if bar is not None and step % chunk == 0:
+                bar.update(chunk)
+        if record_steps[-1] != steps:
+            records.append(x.clone())
+            record_steps.append(steps)
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        done = (steps // chunk) * chunk
+        if steps - done:
+            bar.update(steps - done)
+        bar.close()
+
+    traj = torch.stack(records, dim=1).view(n_methods, n_starts, len(records), 2)
+    final = x.view(n_methods, n_starts, 2).clone()
+    with torch.no_grad():
+        losses = prob.losses(x).view(n_methods, n_starts, 2)
+    return ToyResult(
+        problem=prob,
+        methods=specs,
+        starts=x0,
+        steps=steps,
+        lr=lr,
+        record_every=record_every,
+        record_steps=record_steps,
+        trajectories=traj,
+        final=final,
+        losses=losses,
+        seconds=seconds,
+        extras={"seed": seed, "dtype": str(dtype).replace("torch.", "")},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+
+def write_csv(result: ToyResult, path: str | os.PathLike) -> None:
+    """Write one row per (method, start); see :meth:`ToyResult.rows` for the columns."""
+    rows = result.rows()
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()}
+            )
+
+
+def _fmt(v: float, width: int, prec: int) -> str:
+    return f"{v:{width}.{prec}f}" if math.isfinite(v) else f"{str(v):>{width}}"
+
+
+def format_table(result: ToyResult) -> str:
+    """A plain-text table of the end points, losses and the success criterion."""
+    prob = result.problem
+    obj_name = "L0" if prob.objective == "mean" else "L1+L2"
+    reach_name = "at L0 min" if prob.name == "cagrad" else "at optimum"
+    mw = max(6, *(len(s) for s in result.methods))
+    head = (
+        f"{'method':<{mw}}  {'start':>15}  {'end':>19}  {'L1':>9}  {'L2':>9}  "
+        f"{obj_name:>9}  {reach_name}"
+    )
+    lines = [
+        f"{prob.title}: {result.steps} Adam steps (lr {result.lr:g}), "
+        f"{len(result.methods)} methods x {result.starts.shape[0]} starts, "
+        f"{result.seconds:.1f} s",
+        head,
+        "-" * len(head),
+    ]
+    obj = prob.objective_value(result.losses)
+    reached = result.reached
+    for m, spec in enumerate(result.methods):
+        for s in range(result.starts.shape[0]):
+            sx, sy = result.starts[s].tolist()
+            ex, ey = result.final[m, s].tolist()
+            l1, l2 = result.losses[m, s].tolist()
+            lines.append(
+                f"{spec:<{mw}}  ({sx:6.2f},{sy:6.2f})  ({_fmt(ex, 8, 4)},{_fmt(ey, 8, 4)})  "
+                f"{_fmt(l1, 9, 3)}  {_fmt(l2, 9, 3)}  {_fmt(float(obj[m, s]), 9, 3)}  "
+                f"{'yes' if reached[m, s] else 'no'}"
+            )
+    lines.append(f"({reach_name}: {prob.reached_text})")
+    return "\n".join(lines)
+
+
+def _run_toy_job(kwargs: dict) -> ToyResult:
+    """Worker of :func:`run_toy_command` in a child process (module level, so it pickles)."""
+    torch.set_num_threads(kwargs.pop("threads"))
+    return run_toy(**kwargs)
+
+
+def run_toy_command(
+    problems: Iterable[str] = ("cagrad", "pcgrad"),
+    methods: Sequence[str] | None = None,
+    starts: Sequence[Sequence[float]] | None = None,
+    steps: int | None = None,
+    pcgrad_steps: int | None = None,
+    out: str | os.PathLike = "results/toy",
+    seed: int = 0,
+    lr: float = 1e-3,
+    record_every: int = 100,
+    dtype: torch.dtype = torch.float64,
+    plots: bool = True,
+    progress: bool = True,
+    threads: int = 1,
+    jobs: int | None = None,
+    stream=None,
+) -> dict[str, ToyResult]:
+    """What ``mtgrad toy`` does: run the problems, write CSVs (and PNGs), print tables.
+
+    ``steps`` applies to the CAGrad toy, ``pcgrad_steps`` to the PCGrad toy (each defaults to
+    the problem's default); ``methods`` and ``starts`` (if given) replace the defaults of every
+    problem run. ``jobs`` > 1 runs the problems in that many worker processes at once (each
+    with ``threads`` torch threads). The default (None) uses one process per problem, up to the
+    CPU count, when a run has at least 20,000 steps, and runs in this process otherwise (a worker
+    costs a few seconds to start). The results do not depend on ``jobs``. Returns the results by
+    problem name.
+    """
+    stream = sys.stdout if stream is None else stream
+    problems = list(problems)
+    for name in problems:
+        if name not in PROBLEMS:
+            raise ValueError(f"unknown problem {name!r}; known: {', '.join(PROBLEMS)}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    counts = [steps if n == "cagrad" else pcgrad_steps for n in problems]
+    counts = [PROBLEMS[n].default_steps if c is None else c for n, c in zip(problems, counts)]
+    if jobs is None:
+        jobs = min(len(problems), os.cpu_count() or 1) if max(counts) >= 20_000 else 1
+    jobs = max(1, min(jobs, len(problems)))
+    os.makedirs(out, exist_ok=True)
+    kwargs = {
+        name: dict(
+            problem=name,
+            methods=methods,
+            starts=starts,
+            steps=steps if name == "cagrad" else pcgrad_steps,
+            lr=lr,
+            record_every=record_every,
+            seed=seed,
+            dtype=dtype,
+            progress=progress,
+            progress_position=i if jobs > 1 else 0,
+        )
+        for i, name in enumerate(problems)
+    }
+    results: dict[str, ToyResult] = {}
+    if jobs == 1:
+        torch.set_num_threads(threads)
+        for name in problems:
+            results[name] = run_toy(**kwargs[name])
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs torch
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {
+                name: pool.submit(_run_toy_job, dict(kwargs[name], threads=threads))
+                for name in problems
+            }
+            results = {name: futures[name].result() for name in problems}
+    for name, res in results.items():
+        write_csv(res, os.path.join(out, f"toy_{name}.csv"))
+
+    figures: list[str] = []
+    if plots and results:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "note: figures need matplotlib: pip install mtgrad[plots] "
+                "(the CSVs were written)",
+                file=stream,
+            )
+        else:
+            from mtgrad.bench import toy_plots
+
+            for name, res in results.items():
+                figures.append(toy_plots.plot_result(res, os.path.join(out, f"toy_{name}.png")))
+
+    for name, res in results.items():
+        print(format_table(res), file=stream)
+        print(file=stream)
+    written = [os.path.join(out, f"toy_{n}.csv") for n in results] + figures
+    print("wrote " + ", ".join(written), file=stream)
+    return results

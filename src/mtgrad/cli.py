@@ -1,0 +1,197 @@
+"""Command-line interface: ``mtgrad <command> ...`` (also ``python -m mtgrad``).
+
+Commands:
+  toy   run the 2-D toy problems of the CAGrad and PCGrad papers, write CSVs and figures.
+
+The CLI only parses arguments; the work is done by :func:`mtgrad.bench.toy.run_toy_command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _int_at_least(lowest: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lowest}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lowest}"  # shown by argparse in "invalid ... value"
+    return parse
+
+
+def _starts(text: str) -> list[tuple[float, float]]:
+    points = []
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        xy = part.split(",")
+        if len(xy) != 2:
+            raise argparse.ArgumentTypeError(f"a start is 'x,y', got {part!r}")
+        try:
+            points.append((float(xy[0]), float(xy[1])))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a start is 'x,y' with numbers, got {part!r}") from None
+    if not points:
+        raise argparse.ArgumentTypeError("no start point given")
+    return points
+
+
+def _add_toy(sub) -> None:
+    from mtgrad.bench import toy
+
+    p = sub.add_parser(
+        "toy",
+        help="2-D toy problems of the CAGrad and PCGrad papers",
+        description=(
+            "Run the two-task 2-D toy problems with batched Adam and write "
+            "toy_<problem>.csv and toy_<problem>.png into --out. "
+            "CAGrad toy (CAGrad paper Fig. 3): starts (-8.5,7.5), (-8.5,5), (0,0), (9,9), "
+            "(10,-8); methods " + ", ".join(toy.CAGRAD_METHODS) + " ('gd' = Adam on the mean "
+            "L0 = (L1+L2)/2). PCGrad toy (PCGrad paper Fig. 1): start (0.5,-3); methods gd, "
+            "pcgrad ('gd' = Adam on L1+L2)."
+        ),
+        epilog=(
+            f"Step counts: the defaults ({toy.DEFAULT_STEPS:,} for the CAGrad toy, "
+            f"{toy.DEFAULT_PCGRAD_STEPS:,} for the PCGrad toy) are chosen so that the default "
+            "run takes about a minute on 2 CPU cores. The papers used "
+            f"{toy.PAPER_STEPS['cagrad']:,} Adam steps (CAGrad toy.py) and "
+            f"{toy.PAPER_STEPS['pcgrad']:,} (PCGrad App. D), both with lr 1e-3. "
+            "Method lists: specs are separated by ';' or ','; a comma-separated token with '=' "
+            "but no ':' continues the previous spec, so 'gd,cagrad:c=0.5,rescale=2,mgda' is "
+            "three methods."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--problem",
+        choices=("cagrad", "pcgrad", "both"),
+        default="both",
+        help="which toy to run (default: both)",
+    )
+    p.add_argument(
+        "--steps",
+        type=_int_at_least(0),
+        default=None,
+        help=(
+            f"Adam steps (default {toy.DEFAULT_STEPS:,} for the CAGrad toy; the paper's code "
+            f"uses {toy.PAPER_STEPS['cagrad']:,}). Also used for the PCGrad toy unless "
+            "--pcgrad-steps is given"
+        ),
+    )
+    p.add_argument(
+        "--pcgrad-steps",
+        type=_int_at_least(0),
+        default=None,
+        help=(
+            "Adam steps for the PCGrad toy (default: --steps if given, else "
+            f"{toy.DEFAULT_PCGRAD_STEPS:,}; the PCGrad paper uses "
+            f"{toy.PAPER_STEPS['pcgrad']:,})"
+        ),
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help=(
+            "method specs for mtgrad.methods.from_spec, e.g. 'gd;mgda;cagrad:c=0.5,rescale=2' "
+            "(replaces the default list of every problem run; 'gd' is plain Adam on the "
+            "problem's objective)"
+        ),
+    )
+    p.add_argument(
+        "--starts",
+        type=_starts,
+        default=None,
+        help="initial points 'x,y;x,y;...' replacing the defaults of every problem run",
+    )
+    p.add_argument("--out", default="results/toy", help="output folder (default results/toy)")
+    p.add_argument("--seed", type=int, default=0, help="seed for randomised methods (default 0)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument(
+        "--record-every",
+        type=_int_at_least(1),
+        default=100,
+        help="keep every N-th point of the trajectories (default 100)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="float64 (default) or float32 (what the official CAGrad toy.py uses)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        default=1,
+        help="torch threads per run (default 1: the tensors are tiny, so threads only add overhead)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_int_at_least(1),
+        default=None,
+        help=(
+            "worker processes: the two problems run in parallel, one per process "
+            "(default: one per problem, at most the CPU count, for runs of 20,000 steps or more; "
+            "1 runs them one after the other)"
+        ),
+    )
+    p.add_argument("--no-plots", action="store_true", help="write CSVs only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_run_toy)
+
+
+def _run_toy(args: argparse.Namespace) -> int:
+    import torch
+
+    from mtgrad.bench import toy
+
+    problems = ("cagrad", "pcgrad") if args.problem == "both" else (args.problem,)
+    methods = toy.parse_method_list(args.methods) if args.methods is not None else None
+    pcgrad_steps = args.pcgrad_steps if args.pcgrad_steps is not None else args.steps
+    toy.run_toy_command(
+        problems=problems,
+        methods=methods,
+        starts=args.starts,
+        steps=args.steps,
+        pcgrad_steps=pcgrad_steps,
+        out=args.out,
+        seed=args.seed,
+        lr=args.lr,
+        record_every=args.record_every,
+        dtype=getattr(torch, args.dtype),
+        plots=not args.no_plots,
+        progress=not args.no_progress,
+        threads=args.threads,
+        jobs=args.jobs,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtgrad", description="Multi-task gradient manipulation: tools and experiments."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_toy(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mtgrad`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Exact solvers for the small T×T problems of gradient-manipulation methods.
+
+Every solver here works on a batch of Gramians ``G`` of shape ``(..., T, T)`` in float64 on
+whatever device ``G`` lives, with torch operations only (no numpy, scipy or cvxpy).
+
+* :func:`simplex_qp` — ``min_w ½ wᵀQw + pᵀw`` over the probability simplex, by a primal
+  active-set method. Each iteration solves the equality-constrained problem of the current free
+  set exactly, so the answer is exact up to rounding once the support is found (finite
+  termination), however badly the task-gradient norms are scaled.
+* :func:`min_norm_weights` — MGDA's min-norm point of the convex hull (``Q = G, p = 0``).
+* :func:`cagrad_weights` — CAGrad's dual (Liu et al. 2021, Alg. 1), reduced to a one-dimensional
+  root search over a family of simplex QPs whose solution is affine in the root variable on a
+  fixed support, which makes the final step exact.
+
+On the CPU the iterations stop as soon as every problem of the batch has converged (checking
+costs nothing there); on an accelerator they run for the fixed maximum number of iterations with
+converged problems frozen by ``torch.where``, so no step synchronises with the host.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["simplex_qp", "min_norm_weights", "cagrad_weights", "cagrad_mtrl_weights"]
+
+_EPS = torch.finfo(torch.float64).eps
+# Eigenvalues of the equilibrated KKT matrix below this fraction of the largest are treated as 0.
+_PINV_RTOL = 1e-12
+# Relative tolerance of the optimality test on the multipliers.
+_KKT_TOL = 1e4 * _EPS
+# Relative accuracy of a norm ‖Σ w_i g_i‖ computed from the Gramian (about 100·√ε).
+_NORM_NOISE = 1e2 * _EPS**0.5
+
+
+def _host_sync_is_free(t: Tensor) -> bool:
+    return t.device.type == "cpu"
+
+
+def _diag_scale(Q: Tensor) -> Tensor:
+    """D with D_i = 1/√Q_ii (1/√max_j Q_jj for a zero row), so that D Q D has a unit diagonal."""
+    diag = Q.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
+    top = diag.amax(dim=-1, keepdim=True)
+    floor = torch.where(top > 0, top, torch.ones_like(top)) * _EPS**2
+    return torch.where(diag > floor, diag, torch.where(top > 0, top, torch.ones_like(top))).rsqrt()
+
+
+def _solve_face(Q: Tensor, rhs_p: Tensor, rhs_one: Tensor, free: Tensor) -> tuple[Tensor, Tensor]:
+    """Solve the KKT system of ``min ½wᵀQw + pᵀw`` s.t. ``Σ_free w = s``, ``w_i = 0`` off ``free``.
+
+    ``rhs_p`` (..., K, T) stacks K linear terms p and ``rhs_one`` (..., K) the matching sums s, so
+    one factorisation serves several right-hand sides. Returns ``w`` (..., K, T) and the multiplier
+    ``ν`` (..., K) of the equality constraint, with ``Qw + p = ν`` on the free set.
+    """
+    T = Q.shape[-1]
+    D = _diag_scale(Q)
+    gamma = D.amax(dim=-1, keepdim=True)  # scale of the constraint row, keeps entries O(1)
+    Qs = Q * D.unsqueeze(-1) * D.unsqueeze(-2)
+    eye = torch.eye(T, dtype=Q.dtype, device=Q.device)
+    pair = free.unsqueeze(-1) & free.unsqueeze(-2)
+    Qs = torch.where(pair, Qs, eye)
+    a = torch.where(free, D / gamma, torch.zeros_like(D))
+    top = torch.cat([Qs, a.unsqueeze(-1)], dim=-1)
+    bottom = torch.cat([a, torch.zeros_like(a[..., :1])], dim=-1).unsqueeze(-2)
+    M = torch.cat([top, bottom], dim=-2)
+    b_top = torch.where(free.unsqueeze(-2), -rhs_p * D.unsqueeze(-2), torch.zeros_like(rhs_p))
+    b = torch.cat([b_top, (rhs_one / gamma).unsqueeze(-1)], dim=-1)
+    # A face whose free gradients are affinely dependent (duplicates, colinear rows, T > rank)
+    # has a singular but consistent KKT system; its minimum-norm solution is exact.
+    Mpinv = torch.linalg.pinv(M, rtol=_PINV_RTOL, hermitian=True)
+    x = (Mpinv @ b.transpose(-1, -2)).transpose(-1, -2)
+    w = x[..., :T] * D.unsqueeze(-2)
+    nu = -x[..., T] / gamma  # the scaled column is D/γ, so x_T = −γν
+    return torch.where(free.unsqueeze(-2), w, torch.zeros_like(w)), nu
+
+
+def _kkt_tolerance(Q: Tensor, p: Tensor, w: Tensor) -> Tensor:
+    """Per-coordinate rounding bound of ``(Qw + p)_i``: ε·(|p_i| + √Q_ii·Σ_j √Q_jj w_j)."""
+    root = Q.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+    spread = (root * w.abs()).sum(-1, keepdim=True)
+    return _KKT_TOL * (p.abs() + root * spread + spread.square())
+
+
+def simplex_qp(
+    Q: Tensor,
+    p: Tensor | None = None,
+    *,
+    w0: Tensor | None = None,
+    free0: Tensor | None = None,
+    max_iter: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Exact minimiser of ``½ wᵀQw + pᵀw`` over the probability simplex (primal active set).
+
+    Args:
+        Q: positive semi-definite matrices, shape ``(..., T, T)``, float64.
+        p: linear terms, shape ``(..., T)``; zero when omitted.
+        w0, free0: an optional feasible warm start and its free set (``w0 > 0`` ⊆ ``free0``).
+        max_iter: iteration cap; default ``4T + 20`` (each iteration adds or drops one index).
+
+    Returns:
+        ``(w, free)``: the minimiser and its free set (a superset of its support).
+    """
+    T = Q.shape[-1]
+    batch = Q.shape[:-2]
+    if p is None:
+        p = Q.new_zeros(*batch, T)
+    if w0 is None:
+        w = Q.new_full((*batch, T), 1.0 / T)
+        free = torch.ones(*batch, T, dtype=torch.bool, device=Q.device)
+    else:
+        w, free = w0.clone(), free0.clone()
+    done = torch.zeros(batch, dtype=torch.bool, device=Q.device)
+    cap = 4 * T + 20 if max_iter is None else max_iter
+    ones = Q.new_ones(*batch, 1)
+    for _ in range(cap):
+        v, nu = _solve_face(Q, p.unsqueeze(-2), ones, free)
+        v, nu = v.squeeze(-2), nu.squeeze(-1)
+        feasible = ((v >= 0) | ~free).all(dim=-1)
+        # Feasible face optimum: move there, then add the most violated multiplier, if any.
+        mult = (Q @ v.unsqueeze(-1)).squeeze(-1) + p - nu.unsqueeze(-1)
+        violation = torch.where(free, torch.zeros_like(mult), mult + _kkt_tolerance(Q, p, v))
+        worst = violation.argmin(dim=-1, keepdim=True)
+        optimal = violation.gather(-1, worst).squeeze(-1) >= 0
+        add = torch.zeros_like(free).scatter(-1, worst, True) & ~optimal.unsqueeze(-1)
+        # Infeasible: step from w towards v until the first free weight hits zero, drop it.
+        shrink = free & (v < 0)
+        ratio = torch.where(shrink, w / (w - v).clamp_min(torch.finfo(w.dtype).tiny), torch.inf)
+        alpha, block = ratio.min(dim=-1, keepdim=True)
+        stepped = (w + alpha.clamp(0, 1) * (v - w)).clamp_min(0.0)
+        stepped = stepped.scatter(-1, block, 0.0)
+        drop = torch.zeros_like(free).scatter(-1, block, True)
+
+        keep = done.unsqueeze(-1)
+        fea = feasible.unsqueeze(-1)
+        w = torch.where(keep, w, torch.where(fea, v, stepped))
+        free = torch.where(keep, free, torch.where(fea, free | add, free & ~drop))
+        done = done | (feasible & optimal)
+        if _host_sync_is_free(done) and bool(done.all()):
+            break
+    # Remove the rounding dust of the face solve.
+    w = w.clamp_min(0.0)
+    return w / w.sum(-1, keepdim=True), free
+
+
+def min_norm_weights(G: Tensor) -> Tensor:
+    """MGDA (Désidéri 2012; Sener & Koltun 2018): ``w* = argmin_{w∈Δ} ‖Σ_i w_i g_i‖²``.
+
+    Two tasks use the closed form ``γ* = clip(((g₂ − g₁)·g₂)/‖g₁ − g₂‖², 0, 1)``.
+    """
+    if G.shape[-1] == 2:
+        g11, g22, g12 = G[..., 0, 0], G[..., 1, 1], G[..., 0, 1]
+        den = g11 + g22 - 2 * g12
+        gamma = torch.where(den > 0, (g22 - g12) / torch.where(den > 0, den, 1.0), 0.5).clamp(0, 1)
+        return torch.stack([gamma, 1 - gamma], dim=-1)
+    return simplex_qp(G)[0]
+
+
+def _cagrad_two_tasks(G: Tensor, rho: Tensor) -> Tensor:
+    """Closed-form CAGrad dual for T = 2, written in Gramian entries.
+
+    With g_w = g₂ + x(g₁ − g₂), a = g₁ − g₂, u = ‖a‖²x + aᵀg₂ and D = det G, the dual objective's
+    derivative is k + ρ‖a‖·u/√(u² + D) with k = g₀ᵀa = (G₁₁ − G₂₂)/2; its root is
+    u = r√(D/(1 − r²)), r = −k/(ρ‖a‖), clipped to x ∈ [0, 1].
+    Returns the simplex weights ``w*``.
+    """
+    g11, g22, g12 = G[..., 0, 0], G[..., 1, 1], G[..., 0, 1]
+    aa = (g11 + g22 - 2 * g12).clamp_min(0.0)
+    ae = g12 - g22
+    det = (g11 * g22 - g12 * g12).clamp_min(0.0)
+    k = 0.5 * (g11 - g22)
+    na = aa.sqrt()
+    safe = (na > 0) & (rho > 0)
+    r = torch.where(safe, -k / torch.where(safe, rho * na, 1.0), 0.0)
+    inside = r.abs() < 1
+    u = torch.where(inside, r * (det / torch.where(inside, 1 - r * r, 1.0)).sqrt(), 0.0)
+    x_inside = (u - ae) / torch.where(aa > 0, aa, 1.0)
+    x = torch.where(inside, x_inside, torch.where(r >= 1, 1.0, 0.0))
+    x = torch.where(aa > 0, x.clamp(0, 1), 0.5)
+    return torch.stack([x, 1 - x], dim=-1)
+
+
+def cagrad_weights(G: Tensor, c: float) -> Tensor:
+    """Weights ``a`` with ``d* = Σ_i a_i g_i`` for CAGrad's update (Liu et al. 2021, Alg. 1).
+
+    ``d* = g₀ + (c‖g₀‖/‖g_w*‖) g_w*`` where ``w* = argmin_{w∈Δ} g_wᵀg₀ + c‖g₀‖‖g_w‖`` (eq. 11),
+    so ``a = 1/T + (c‖g₀‖/‖g_w*‖) w*``.
+
+    Solved through the Lagrangian of eq. (3): for a multiplier λ > 0 the inner problem is the
+    simplex QP ``w(λ) = argmin ½‖g_w‖² + λ g_wᵀg₀`` and the optimal λ* is the root of
+    ``ρλ = ‖g_w(λ)‖`` (ρ = c‖g₀‖), an increasing function of λ; then ``d* = g₀ + g_w(λ*)/λ*``.
+    On a fixed support ``w(λ)`` is affine in λ, so each step solves the root exactly on the current
+    support (a safeguarded Newton step on a piecewise-smooth function) and the last one is exact.
+
+    Degenerate cases: ``c‖g₀‖ = 0`` gives ``d* = g₀``. When ``0`` lies in the convex hull and
+    ``c ≥ 1``-like conditions make ‖g_w*‖ = 0, the root is λ* → 0 and the update is the limit
+    ``g₀ + lim g_w(λ)/λ`` along the path, a point of the ball maximising min_i⟨g_i, d⟩.
+    """
+    T = G.shape[-1]
+    mean = G.new_full(G.shape[:-1], 1.0 / T)
+    b = G.mean(dim=-1)  # Gg₀: b_i = ⟨g_i, g₀⟩
+    g0_sq = b.mean(dim=-1).clamp_min(0.0)
+    rho = c * g0_sq.sqrt()
+    active = rho > 0
+    if T == 1:
+        # The simplex is one point: g_w = g₀ and d = (1 + c) g₀.
+        return mean + torch.where(active, c, 0.0).unsqueeze(-1)
+    if T == 2:
+        w = _cagrad_two_tasks(G, rho)
+        gw = (w.unsqueeze(-2) @ G @ w.unsqueeze(-1)).squeeze(-1).squeeze(-1).clamp_min(0.0).sqrt()
+        norms = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+        ok = active & (gw > _NORM_NOISE * (w * norms).sum(-1))
+        scale = torch.where(ok, rho / torch.where(ok, gw, 1.0), 0.0).unsqueeze(-1)
+        two = mean + scale * w
+        # ‖g_w*‖ = 0: the path limit is d = 0 for two opposite non-zero gradients, d = g₀ when a
+        # gradient is zero (see the docstring); both are exact fall-backs, not guesses.
+        opposite = (G.diagonal(dim1=-2, dim2=-1) > 0).all(-1) & active & ~ok
+        return torch.where(opposite.unsqueeze(-1), torch.zeros_like(two), two)
+    return _cagrad_general(G, b, rho, mean)
+
+
+def _cagrad_general(G: Tensor, b: Tensor, rho: Tensor, mean: Tensor) -> Tensor:
+    T = G.shape[-1]
+    batch = G.shape[:-2]
+    active = rho > 0
+    safe_rho = torch.where(active, rho, 1.0)
+    top = G.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(0.0).sqrt()
+    lo = torch.zeros_like(rho)
+    hi = 2 * top / safe_rho + torch.finfo(G.dtype).tiny  # ‖g_w‖ ≤ max_i ‖g_i‖ < ρλ there
+    lam = (G.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(0.0).sqrt() / safe_rho).clamp_min(1e-300)
+    w = G.new_full((*batch, T), 1.0 / T)
+    free = torch.ones(*batch, T, dtype=torch.bool, device=G.device)
+    done = ~active
+    result = mean.clone()
+    norms = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+    floor = 1e-14 * hi
+    sums = torch.stack([G.new_ones(batch), G.new_zeros(batch)], dim=-1)  # Σw = 1 for w_a, 0 for w_b
+    zero_p = torch.zeros_like(b)
+    for _ in range(100):
+        w, free = simplex_qp(G, lam.unsqueeze(-1) * b, w0=w, free0=free)
+        # On this support w(λ) = w_a + λ w_b exactly: two right-hand sides, one factorisation.
+        sol, _ = _solve_face(G, torch.stack([zero_p, b], dim=-2), sums, free)
+        wa, wb = sol[..., 0, :], sol[..., 1, :]
+        Gwa, Gwb = (G @ wa.unsqueeze(-1)).squeeze(-1), (G @ wb.unsqueeze(-1)).squeeze(-1)
+        A = (wa * Gwa).sum(-1).clamp_min(0.0)
+        B = (wa * Gwb).sum(-1)
+        C = (wb * Gwb).sum(-1).clamp_min(0.0)
+        gw = (w * (G @ w.unsqueeze(-1)).squeeze(-1)).sum(-1).clamp_min(0.0).sqrt()
+        # ‖g_w‖ from the Gramian is only known to about √ε·Σ|w_i|‖g_i‖: below that it is 0.
+        noise = _NORM_NOISE * (w.abs() * norms).sum(-1)
+        gw = torch.where(gw > noise, gw, 0.0)
+        flat = A.sqrt() <= _NORM_NOISE * (wa.abs() * norms).sum(-1)
+        A = torch.where(flat, 0.0, A)
+        B = torch.where(flat, 0.0, B)
+        below = rho * lam < gw
+        lo = torch.where(below, lam, lo)
+        hi = torch.where(below, hi, lam)
+        # Root of (ρ² − C)λ² − 2Bλ − A = 0 on this support.
+        qa = rho * rho - C
+        disc = (B * B + qa * A).clamp_min(0.0)
+        root = (B + disc.sqrt()) / torch.where(qa > 0, qa, 1.0)
+        root = torch.where((qa > 0) & (B + disc.sqrt() > 0) & ~flat, root, torch.full_like(root, float("nan")))
+        w_root = wa + root.unsqueeze(-1) * wb
+        in_bracket = (root >= lo) & (root <= hi)
+        # The root is the answer if its weights stay feasible on this support; the QP at the root
+        # then has the same support, so it is optimal there.
+        valid = in_bracket & ((w_root >= -1e-12) | ~free).all(-1)
+        mult_ok = _face_is_optimal(G, root, b, w_root, free)
+        exact = valid & mult_ok & active & ~done
+        scale = torch.where(exact, 1.0 / torch.where(exact, root, 1.0), 0.0)
+        candidate = mean + w_root.clamp_min(0.0) * scale.unsqueeze(-1)
+        result = torch.where(exact.unsqueeze(-1), candidate, result)
+        # λ* → 0: keep the bounded part of g_w(λ)/λ (J w_a = 0 there).
+        limit = active & ~done & ~exact & (hi <= floor)
+        result = torch.where(limit.unsqueeze(-1), mean + wb, result)
+        done = done | exact | limit
+        if _host_sync_is_free(done) and bool(done.all()):
+            break
+        bisect = torch.where(lo > 0, (lo * hi).sqrt(), hi / 16)
+        nxt = torch.where(valid & (root > lo) & (root < hi), root, bisect)
+        lam = torch.where(done, lam, nxt)
+    return result
+
+
+def _face_is_optimal(G: Tensor, lam: Tensor, b: Tensor, w: Tensor, free: Tensor) -> Tensor:
+    """KKT test of the QP ``min ½wᵀGw + λbᵀw`` over the simplex at ``w`` (free set ``free``)."""
+    p = torch.nan_to_num(lam).unsqueeze(-1) * b
+    grad = (G @ w.unsqueeze(-1)).squeeze(-1) + p
+    nu = torch.where(free, grad, torch.zeros_like(grad)).sum(-1) / free.sum(-1).clamp_min(1)
+    mult = grad - nu.unsqueeze(-1)
+    tol = _kkt_tolerance(G, p, w)
+    # Free coordinates hold with equality by construction; the others need a non-negative multiplier.
+    return (free | (mult >= -tol)).all(-1) & torch.isfinite(lam)
+
+
+def cagrad_mtrl_weights(G: Tensor, c: float, steps: int = 20, momentum: float = 0.5) -> Tensor:
+    """CAGrad as the official Meta-World code solves it (``mtrl_files/cagrad.py::cagrad``).
+
+    The Gramian is normalised by ``(mean_i √(G_ii + 1e-4))²``; ``w = softmax(z)`` with ``z₀ = 0``
+    takes ``steps`` momentum-SGD steps (lr 25, or 50 when T = 50, momentum 0.5) on
+    ``wᵀG1/T + c'√(wᵀGw + 1e-4)`` with ``c' = c√(mean(G) + 1e-4)``, keeping the best of the
+    evaluated objectives; the weights are ``1/T + w·c'/(‖g_w‖ + 1e-4)`` (no rescale: the official
+    code then divides by 1 + c², which is ``rescale=1``).
+    """
+    T = G.shape[-1]
+    scale = (G.diagonal(dim1=-2, dim2=-1) + 1e-4).sqrt().mean(-1)
+    Gn = G / scale.square().unsqueeze(-1).unsqueeze(-1)
+    Gg = Gn.mean(-1)
+    gg = Gg.mean(-1)
+    cn = (gg + 1e-4).sqrt() * c
+    lr = 50.0 if T == 50 else 25.0
+    z = torch.zeros_like(Gg)
+    buf = torch.zeros_like(Gg)
+    best_obj = torch.full_like(gg, float("inf"))
+    best_z = z.clone()
+    for i in range(steps + 1):
+        w = torch.softmax(z, dim=-1)
+        Gw = (Gn @ w.unsqueeze(-1)).squeeze(-1)
+        root = ((w * Gw).sum(-1) + 1e-4).sqrt()
+        obj = (w * Gg).sum(-1) + cn * root
+        better = obj < best_obj
+        best_obj = torch.where(better, obj, best_obj)
+        best_z = torch.where(better.unsqueeze(-1), z, best_z)
+        if i == steps:
+            break
+        dw = Gg + (cn / root).unsqueeze(-1) * Gw
+        dz = w * (dw - (w * dw).sum(-1, keepdim=True))
+        buf = dz if i == 0 else momentum * buf + dz
+        z = z - lr * buf
+    w = torch.softmax(best_z, dim=-1)
+    gw = ((w * (Gn @ w.unsqueeze(-1)).squeeze(-1)).sum(-1) + 1e-4).sqrt()
+    lam = cn / (gw + 1e-4)
+    return 1.0 / T + w * lam.unsqueeze(-1)

@@ -1,0 +1,108 @@
+"""The ``mtgrad`` command line (mtgrad.cli) and ``python -m mtgrad``."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtgrad.bench import toy
+from mtgrad.cli import main
+
+REQUIRED = ["method", "start_x", "start_y", "end_x", "end_y", "loss_1", "loss_2", "loss_avg"]
+HAS_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+def _read(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_toy_writes_csvs_and_figures(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert main(["toy", "--steps", "200", "--out", str(out)]) == 0
+
+    for name, methods, starts in [
+        ("cagrad", toy.CAGRAD_METHODS, toy.CAGRAD_STARTS),
+        ("pcgrad", toy.PCGRAD_METHODS, toy.PCGRAD_STARTS),
+    ]:
+        header, rows = _read(out / f"toy_{name}.csv")
+        assert header[: len(REQUIRED)] == REQUIRED
+        assert len(rows) == len(methods) * len(starts)
+        pairs = [(r["method"], float(r["start_x"]), float(r["start_y"])) for r in rows]
+        assert pairs == [(m, float(x), float(y)) for m in methods for (x, y) in starts]
+        assert all(int(r["steps"]) == 200 for r in rows)
+        for r in rows:
+            l1, l2, avg = float(r["loss_1"]), float(r["loss_2"]), float(r["loss_avg"])
+            assert avg == pytest.approx(0.5 * (l1 + l2))
+        if HAS_MPL:
+            png = out / f"toy_{name}.png"
+            assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    printed = capsys.readouterr().out
+    assert "cagrad:c=0.5" in printed and "at L0 min" in printed
+    assert "PCGrad toy" in printed
+
+
+def test_toy_methods_with_commas_inside_specs(tmp_path):
+    out = tmp_path / "o"
+    argv = [
+        "toy",
+        "--problem", "cagrad",
+        "--steps", "30",
+        "--methods", "gd,cagrad:c=0.5,rescale=2;pcgrad:reduction=mean",
+        "--starts", "0,0;9,9",
+        "--out", str(out),
+        "--no-plots",
+        "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    _, rows = _read(out / "toy_cagrad.csv")
+    assert [r["method"] for r in rows] == [
+        "gd", "gd",
+        "cagrad:c=0.5,rescale=2", "cagrad:c=0.5,rescale=2",
+        "pcgrad:reduction=mean", "pcgrad:reduction=mean",
+    ]  # fmt: skip
+    assert [(float(r["start_x"]), float(r["start_y"])) for r in rows[:2]] == [(0, 0), (9, 9)]
+    assert not (out / "toy_pcgrad.csv").exists()
+    assert not (out / "toy_cagrad.png").exists()
+
+
+def test_toy_without_matplotlib_still_writes_csvs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    out = tmp_path / "nompl"
+    assert main(["toy", "--problem", "pcgrad", "--steps", "20", "--out", str(out)]) == 0
+    assert (out / "toy_pcgrad.csv").exists()
+    assert not (out / "toy_pcgrad.png").exists()
+    assert "pip install mtgrad[plots]" in capsys.readouterr().out
+
+
+def test_bad_arguments_exit_with_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["toy", "--steps", "-3", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["toy", "--starts", "1,2,3", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main([])  # a command is required
+
+
+def test_python_dash_m_mtgrad():
+    src = Path(__file__).resolve().parent.parent / "src"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtgrad", "toy", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--pcgrad-steps" in proc.stdout and "500,000" in proc.stdout
