@@ -203,7 +203,7 @@ def cagrad_weights(G: Tensor, c: float) -> Tensor:
     active = rho > 0
     if T == 1:
         # The simplex is one point: g_w = g₀ and d = (1 + c) g₀.
-        return mean + torch.where(active, c, 0.0).unsqueeze(-1)
+        return mean + c * active.to(G.dtype).unsqueeze(-1)
     if T == 2:
         w = _cagrad_two_tasks(G, rho)
         gw = (w.unsqueeze(-2) @ G @ w.unsqueeze(-1)).squeeze(-1).squeeze(-1).clamp_min(0.0).sqrt()
