@@ -9,7 +9,8 @@ tensor([0.1835, 1.2041, 1.2041])
 from . import methods, solvers
 from .aggregate import aggregate
 from .backward import BackwardResult, backward
-from .methods import CAGrad, MGDA, Mean, PCGrad, Sum, Weighting, from_spec
+from .methods import CAGrad, MGDA, Mean, PCGrad, Sum, from_spec
+from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .optim import MTLOptimizer
 
 __all__ = [
@@ -17,7 +18,10 @@ __all__ = [
     "backward",
     "BackwardResult",
     "MTLOptimizer",
+    "Method",
     "Weighting",
+    "JacobianAggregator",
+    "LossWeighting",
     "Mean",
     "Sum",
     "MGDA",

@@ -6,18 +6,23 @@ import torch
 from torch import Tensor
 
 from .gramian import combine, gramian
-from .methods.base import Weighting
+from .methods.base import JacobianAggregator, Method, Weighting
 
 __all__ = ["aggregate"]
 
 
-def aggregate(jacobian: Tensor, method: Weighting) -> Tensor:
-    """Update ``d = Σ_i w_i g_i`` for task gradients stacked as rows of ``jacobian`` (T, d).
+def aggregate(jacobian: Tensor, method: Method, losses: Tensor | None = None) -> Tensor:
+    """Update for task gradients stacked as rows of ``jacobian`` (T, d).
 
-    ``w = method.weights(J Jᵀ)``. The result has the dtype and device of ``jacobian``.
+    For a :class:`Weighting`, ``d = Σ_i w_i g_i`` with ``w = method.weights(J Jᵀ, losses)``; a
+    :class:`JacobianAggregator` gets ``J`` itself. The result has the dtype and device of
+    ``jacobian``. ``losses`` (T,) are needed only by methods that use loss values.
     """
-    if not isinstance(method, Weighting):
-        raise TypeError(f"method must be an mtgrad method (e.g. mtgrad.PCGrad()), got {type(method).__name__}")
+    if not isinstance(method, (Weighting, JacobianAggregator)):
+        raise TypeError(
+            f"method must be a gradient method (e.g. mtgrad.PCGrad()), got {type(method).__name__}"
+            " (loss weightings need the losses themselves: use mtgrad.backward)"
+        )
     if not isinstance(jacobian, Tensor):
         raise TypeError(f"jacobian must be a torch.Tensor, got {type(jacobian).__name__}")
     if jacobian.dim() != 2:
@@ -29,4 +34,6 @@ def aggregate(jacobian: Tensor, method: Weighting) -> Tensor:
     G = gramian([jacobian])
     if not bool(torch.isfinite(G).all()):
         raise ValueError("jacobian contains NaN or inf entries (or overflows when squared)")
-    return combine(method.weights(G), jacobian)
+    if isinstance(method, JacobianAggregator):
+        return method.aggregate_blocks([jacobian], losses)[0]
+    return combine(method.weights(G, losses), jacobian)

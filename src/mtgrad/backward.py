@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .gramian import combine, gramian
-from .methods.base import Weighting
+from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 
 __all__ = ["backward", "BackwardResult"]
 
@@ -19,31 +19,38 @@ class BackwardResult:
     """What one :func:`backward` call did.
 
     Attributes:
-        weights: task weights ``w`` (T,), float64; the shared update was ``Σ_i w_i g_i``.
-        gramian: ``G = J Jᵀ`` (T, T), float64, of the shared-parameter task gradients.
+        weights: task weights ``w`` (T,), float64: the shared update was ``Σ_i w_i g_i`` (for a
+            loss weighting, the backpropagated objective's weights). ``None`` for a
+            :class:`~mtgrad.methods.base.JacobianAggregator`.
+        gramian: ``G = J Jᵀ`` (T, T), float64, of the shared-parameter task gradients; ``None``
+            for a loss weighting, which computes no per-task gradients.
     """
 
-    weights: Tensor
-    gramian: Tensor
+    weights: Tensor | None
+    gramian: Tensor | None
 
 
 def backward(
     losses: Sequence[Tensor] | Tensor,
     shared_params: Iterable[Tensor],
-    method: Weighting,
+    method: Method,
     *,
     retain_graph: bool = False,
     check_finite: bool = True,
 ) -> BackwardResult:
     """Backpropagate T task losses with gradient surgery on the shared parameters.
 
-    Each task's gradient ``g_i = ∇_θ L_i`` of the shared parameters θ is computed (one backward
+    For a gradient method (a :class:`~mtgrad.methods.base.Weighting` such as PCGrad, or a
+    :class:`~mtgrad.methods.base.JacobianAggregator`), each task's gradient
+    ``g_i = ∇_θ L_i`` of the shared parameters θ is computed (one backward
     pass per task), the method turns their Gramian into weights ``w`` and ``Σ_i w_i g_i`` is
     **added** to ``p.grad`` of every shared parameter (so gradient accumulation over micro-batches
     behaves as with ``loss.backward()``). Every other leaf that requires grad — task heads, for
     instance — receives the ordinary gradient of ``Σ_i L_i``, i.e. each head its own task's
     gradient (PCGrad Sec. 3: surgery on shared parameters only). Any ``torch.optim`` optimizer
-    can then step.
+    can then step. A :class:`~mtgrad.methods.base.LossWeighting` instead backpropagates its
+    combined objective once (its learnable parameters must be in the optimizer too;
+    :class:`mtgrad.MTLOptimizer` adds them).
 
     Args:
         losses: T scalar losses (a sequence, or a 1-D tensor of T losses).
@@ -58,13 +65,12 @@ def backward(
             gradient path to the shared parameters, no shared parameters, mixed devices.
         TypeError: a loss or parameter that is not a floating-point tensor, or a bad method.
     """
-    if not isinstance(method, Weighting):
-        raise TypeError(f"method must be an mtgrad method (e.g. mtgrad.PCGrad()), got {type(method).__name__}")
+    _check_method(method)
     task_losses = _as_losses(losses)
     params = _as_params(shared_params)
     _check_devices(task_losses, params)
+    values = torch.stack([loss.detach() for loss in task_losses])
     if check_finite:
-        values = torch.stack([loss.detach() for loss in task_losses])
         bad = ~torch.isfinite(values)
         if bool(bad.any()):
             idx = bad.nonzero().flatten().tolist()
@@ -77,16 +83,30 @@ def backward(
                 "any of them (check shared_params, or a detach()/no_grad in that task's branch)"
             )
 
+    if isinstance(method, LossWeighting):
+        objective, w = method.combine(torch.stack(task_losses))
+        objective.backward(retain_graph=retain_graph)
+        return BackwardResult(weights=w.detach().to(torch.float64), gramian=None)
+
     task_grads = _per_task_gradients(task_losses, params, retain_graph)
     blocks = [torch.stack([g[k] for g in task_grads]) for k in range(len(params))]
     G = gramian(blocks)
     if check_finite and not bool(torch.isfinite(G).all()):
         raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
-    w = method.weights(G)
-    for p, block in zip(params, blocks):
-        update = combine(w, block)
+    if isinstance(method, Weighting):
+        w: Tensor | None = method.weights(G, values if method.needs_losses else None)
+        updates = [combine(w, block) for block in blocks]
+    else:
+        w = None
+        updates = method.aggregate_blocks(blocks, values)
+    for p, update in zip(params, updates):
         p.grad = update if p.grad is None else p.grad + update
     return BackwardResult(weights=w, gramian=G)
+
+
+def _check_method(method: object) -> None:
+    if not isinstance(method, (Weighting, JacobianAggregator, LossWeighting)):
+        raise TypeError(f"method must be an mtgrad method (e.g. mtgrad.PCGrad()), got {type(method).__name__}")
 
 
 def _per_task_gradients(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> list[list[Tensor]]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .backward import BackwardResult, backward
-from .methods.base import Weighting
+from .methods.base import LossWeighting, Method
 
 __all__ = ["MTLOptimizer"]
 
@@ -28,10 +28,10 @@ class MTLOptimizer:
     so a run restored with ``load_state_dict`` continues identically.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, shared_params: Iterable[Tensor], method: Weighting) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, shared_params: Iterable[Tensor], method: Method) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if not isinstance(method, Weighting):
+        if not isinstance(method, Method):
             raise TypeError(f"method must be an mtgrad method (e.g. mtgrad.PCGrad()), got {type(method).__name__}")
         self.optimizer = optimizer
         self.shared_params = list(shared_params)
@@ -42,6 +42,10 @@ class MTLOptimizer:
         if missing:
             raise ValueError(f"shared_params {missing} are not managed by the optimizer, so they would never be updated")
         self.method = method
+        if isinstance(method, LossWeighting):
+            own = [p for p in method.parameters() if id(p) not in in_optimizer]
+            if own:  # learned jointly with the model, as in Kendall et al. (2018)
+                optimizer.add_param_group({"params": own})
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -54,10 +58,23 @@ class MTLOptimizer:
         """Only the gradient part of :meth:`step` (e.g. to clip gradients before stepping)."""
         return backward(losses, self.shared_params, self.method, **kwargs)
 
-    def step(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> BackwardResult:
-        """:func:`mtgrad.backward` on ``losses``, then one step of the inner optimizer."""
+    def step(
+        self,
+        losses: Sequence[Tensor] | Tensor,
+        closure: Callable[[], Sequence[Tensor] | Tensor] | None = None,
+        **kwargs: Any,
+    ) -> BackwardResult:
+        """:func:`mtgrad.backward` on ``losses``, then one step of the inner optimizer.
+
+        ``closure``, if given, recomputes the task losses after the step (same batch); a loss
+        weighting that learns from them (FAMO) receives them through ``after_step``.
+        """
         record = self.backward(losses, **kwargs)
         self.optimizer.step()
+        if closure is not None and isinstance(self.method, LossWeighting):
+            with torch.no_grad():
+                new = closure()
+            self.method.after_step(torch.stack(list(new)) if not isinstance(new, Tensor) else new)
         return record
 
     def state_dict(self) -> dict[str, Any]:

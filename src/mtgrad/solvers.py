@@ -246,9 +246,8 @@ def _cagrad_general(G: Tensor, b: Tensor, rho: Tensor, mean: Tensor) -> Tensor:
         C = (wb * Gwb).sum(-1).clamp_min(0.0)
         gw = (w * (G @ w.unsqueeze(-1)).squeeze(-1)).sum(-1).clamp_min(0.0).sqrt()
         # ‖g_w‖ from the Gramian is only known to about √ε·Σ|w_i|‖g_i‖: below that it is 0.
-        noise = _NORM_NOISE * (w.abs() * norms).sum(-1)
-        gw = torch.where(gw > noise, gw, 0.0)
-        flat = A.sqrt() <= _NORM_NOISE * (wa.abs() * norms).sum(-1)
+        gw = torch.where(gw > _norm_noise(w, norms), gw, 0.0)
+        flat = A.sqrt() <= _norm_noise(wa, norms)
         A = torch.where(flat, 0.0, A)
         B = torch.where(flat, 0.0, B)
         below = rho * lam < gw
@@ -260,7 +259,7 @@ def _cagrad_general(G: Tensor, b: Tensor, rho: Tensor, mean: Tensor) -> Tensor:
         root = (B + disc.sqrt()) / torch.where(qa > 0, qa, 1.0)
         root = torch.where((qa > 0) & (B + disc.sqrt() > 0) & ~flat, root, torch.full_like(root, float("nan")))
         w_root = wa + root.unsqueeze(-1) * wb
-        in_bracket = (root >= lo) & (root <= hi)
+        in_bracket = (root >= lo) & (root <= hi) & (root > floor)
         # The root is the answer if its weights stay feasible on this support; the QP at the root
         # then has the same support, so it is optimal there.
         valid = in_bracket & ((w_root >= -1e-12) | ~free).all(-1)
@@ -279,6 +278,11 @@ def _cagrad_general(G: Tensor, b: Tensor, rho: Tensor, mean: Tensor) -> Tensor:
         nxt = torch.where(valid & (root > lo) & (root < hi), root, bisect)
         lam = torch.where(done, lam, nxt)
     return result
+
+
+def _norm_noise(w: Tensor, norms: Tensor) -> Tensor:
+    """Rounding level of ``‖Σ_i w_i g_i‖`` computed from the Gramian and a solved ``w``."""
+    return _NORM_NOISE * (w.abs() * norms).sum(-1) + 1e3 * _EPS * norms.amax(-1)
 
 
 def _face_is_optimal(G: Tensor, lam: Tensor, b: Tensor, w: Tensor, free: Tensor) -> Tensor:

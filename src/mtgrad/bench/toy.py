@@ -274,6 +274,15 @@ def _pcgrad_reached(theta: Tensor) -> Tensor:
     return _pcgrad_residuals(theta).amax(dim=-1) < _PCGRAD_RESIDUAL_TOL
 
 
+def _cagrad_columns(theta: Tensor) -> dict[str, Tensor]:
+    return {"dist_to_minimiser": (theta - theta.new_tensor(CAGRAD_MINIMISER)).norm(dim=-1)}
+
+
+def _pcgrad_columns(theta: Tensor) -> dict[str, Tensor]:
+    res = _pcgrad_residuals(theta)
+    return {"residual_1": res[..., 0], "residual_2": res[..., 1]}
+
+
 @dataclass(frozen=True)
 class ToyProblem:
     """One toy problem: its losses, gradients, objective and the paper's set-up."""
@@ -287,8 +296,9 @@ class ToyProblem:
     methods: tuple[str, ...]
     default_steps: int
     paper_steps: int
-    reached: Callable[[Tensor], Tensor]
+    reached: Callable[[Tensor], Tensor]  # (..., 2) end points -> (...) bool
     reached_text: str
+    columns: Callable[[Tensor], dict[str, Tensor]]  # extra CSV columns of the end points
     xlim: tuple[float, float]
     ylim: tuple[float, float]
 
@@ -309,6 +319,7 @@ PROBLEMS: dict[str, ToyProblem] = {
         paper_steps=PAPER_STEPS["cagrad"],
         reached=_cagrad_reached,
         reached_text=f"end within {_REACH_TOL} of the L0 minimiser {CAGRAD_MINIMISER}",
+        columns=_cagrad_columns,
         xlim=(-11.0, 11.0),
         ylim=(-11.0, 11.0),
     ),
@@ -327,6 +338,7 @@ PROBLEMS: dict[str, ToyProblem] = {
             "both valley residuals |0.5θ1 + tanh θ2| and |0.5θ1 - tanh θ2 + 2| below "
             f"{_PCGRAD_RESIDUAL_TOL} (where the two valleys meet)"
         ),
+        columns=_pcgrad_columns,
         xlim=(-6.0, 6.0),
         ylim=(-6.0, 6.0),
     ),
@@ -456,6 +468,7 @@ class ToyResult:
         rows = []
         reached = self.reached
         obj = self.problem.objective_value(self.losses)
+        extra = self.problem.columns(self.final)
         for m, spec in enumerate(self.methods):
             for s in range(self.starts.shape[0]):
                 end = self.final[m, s]
@@ -471,13 +484,7 @@ class ToyResult:
                     "loss_avg": 0.5 * (l1 + l2),
                     "objective": float(obj[m, s]),
                 }
-                if self.problem.name == "cagrad":
-                    target = end.new_tensor(CAGRAD_MINIMISER)
-                    row["dist_to_minimiser"] = float((end - target).norm())
-                elif self.problem.name == "pcgrad":
-                    res = _pcgrad_residuals(end)
-                    row["residual_1"] = float(res[0])
-                    row["residual_2"] = float(res[1])
+                row.update({k: float(v[m, s]) for k, v in extra.items()})
                 row["reached"] = bool(reached[m, s])
                 row["steps"] = self.steps
                 rows.append(row)

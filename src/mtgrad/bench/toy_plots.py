@@ -55,7 +55,7 @@ def _trajectory(ax, traj: np.ndarray, zorder: int = 10) -> None:
         colours = np.stack([np.ones_like(t), t, np.zeros_like(t)], axis=1)
         ax.add_collection(LineCollection(segs, colors=colours, linewidths=2.0, zorder=zorder))
     ax.plot(*traj[0], "o", ms=7, color="k", zorder=zorder + 1)
-    ax.plot(*traj[-1], "X", ms=9, mfc="yellow", mec="k", zorder=zorder + 2)
+    ax.plot(*traj[-1], "X", ms=8, mfc="yellow", mec="k", zorder=zorder + 2)
 
 
 def plot_cagrad(result: ToyResult, path: str | os.PathLike, grid: int = 300, ncols: int = 4) -> str:
@@ -79,7 +79,7 @@ def plot_cagrad(result: ToyResult, path: str | os.PathLike, grid: int = 300, nco
         ax = axes[m // ncols][m % ncols]
         cs = ax.contour(X, Y, L0, levels=levels, cmap="viridis", linewidths=1.0, zorder=1)
         ax.plot([-7, 7], [PARETO_Y, PARETO_Y], lw=6, color="gray", alpha=0.7, zorder=2)
-        ax.plot(*CAGRAD_MINIMISER, "*", ms=14, color="k", zorder=3)
+        ax.plot(*CAGRAD_MINIMISER, "*", ms=15, color="k", mec="w", mew=0.8, zorder=20)
         for s in range(traj.shape[1]):
             _trajectory(ax, traj[m, s])
         k = int(reached[m].sum())

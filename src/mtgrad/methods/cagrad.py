@@ -65,7 +65,7 @@ class CAGrad(Weighting):
         self.scale_by_tasks = bool(scale_by_tasks)
         self.solver: Solver = solver
 
-    def _weights(self, gramian: Tensor) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
         T = gramian.shape[-1]
         if self.solver == "mtrl":
             w = cagrad_mtrl_weights(gramian, self.c)

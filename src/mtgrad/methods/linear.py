@@ -15,7 +15,7 @@ class Mean(Weighting):
     CAGrad (Liu et al. 2021, eq. 1) writes its theory for this average; its "GD" is this update.
     """
 
-    def _weights(self, gramian: Tensor) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
         T = gramian.shape[-1]
         return gramian.new_full(gramian.shape[:-1], 1.0 / T)
 
@@ -26,5 +26,5 @@ class Sum(Weighting):
     PCGrad (Yu et al. 2020, Sec. 2.1) and the MTAN/CAGrad "equal weighting" use this sum.
     """
 
-    def _weights(self, gramian: Tensor) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
         return gramian.new_ones(gramian.shape[:-1])

@@ -20,5 +20,5 @@ class MGDA(Weighting):
     loops of other implementations stop early.
     """
 
-    def _weights(self, gramian: Tensor) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
         return min_norm_weights(gramian)

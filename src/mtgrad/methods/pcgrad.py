@@ -59,7 +59,7 @@ class PCGrad(Weighting):
         self.include_self = bool(include_self)
         self.generator = generator
 
-    def _weights(self, gramian: Tensor) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
         T = gramian.shape[-1]
         batch = gramian.shape[:-2]
         orders = self.visit_orders(batch, T, gramian.device)
