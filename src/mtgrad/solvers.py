@@ -41,37 +41,66 @@ def _diag_scale(Q: Tensor) -> Tensor:
     """D with D_i = 1/√Q_ii (1/√max_j Q_jj for a zero row), so that D Q D has a unit diagonal."""
     diag = Q.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
     top = diag.amax(dim=-1, keepdim=True)
-    floor = torch.where(top > 0, top, torch.ones_like(top)) * _EPS**2
-    return torch.where(diag > floor, diag, torch.where(top > 0, top, torch.ones_like(top))).rsqrt()
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    return torch.where(diag > top * _EPS**2, diag, top).rsqrt()
+
+
+class _Faces:
+    """Exact solutions of ``min ½wᵀQw + pᵀw`` s.t. ``Σ_{i∈F} w_i = s``, ``w_i = 0`` off the free set F.
+
+    The problem is solved in equilibrated variables ``w = Dŵ`` (``DQD`` has a unit diagonal), so
+    gradients whose norms differ by orders of magnitude are treated alike. With ``x = Q̂⁻¹D`` and
+    ``y = Q̂⁻¹Dp`` the solution is ``ŵ = νx − y``, ``ν = (s + Dᵀy)/(Dᵀx)`` (a Schur complement), via
+    a Cholesky factorisation of the free block. A face whose free gradients are affinely dependent
+    (duplicates, colinear rows, T > rank) has a singular block; there the minimum-norm solution of
+    the full KKT system is used (eigendecomposition), which is exact because the system is
+    consistent. On an accelerator that route is always taken, so no step reads a flag on the host.
+    """
+
+    def __init__(self, Q: Tensor) -> None:
+        self.Q = Q
+        self.D = _diag_scale(Q)
+        self.Qs = Q * self.D.unsqueeze(-1) * self.D.unsqueeze(-2)
+        self.eye = torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device)
+
+    def solve(self, p: Tensor, s: Tensor, free: Tensor) -> tuple[Tensor, Tensor]:
+        """``p`` (..., K, T) and sums ``s`` (..., K) → ``w`` (..., K, T) and multipliers ``ν`` (..., K)."""
+        D = torch.where(free, self.D, torch.zeros_like(self.D))
+        pair = free.unsqueeze(-1) & free.unsqueeze(-2)
+        Qs = torch.where(pair, self.Qs, self.eye)
+        rhs = torch.cat([D.unsqueeze(-1), (D.unsqueeze(-2) * p).transpose(-1, -2)], dim=-1)  # (..., T, 1+K)
+        if _host_sync_is_free(Qs):
+            L, info = torch.linalg.cholesky_ex(Qs)
+            if not bool(info.any()):
+                sol = torch.cholesky_solve(rhs, L)
+                x, y = sol[..., :1], sol[..., 1:]
+                dx = (D.unsqueeze(-1) * x).sum(-2)  # (..., 1)
+                dy = (D.unsqueeze(-1) * y).sum(-2)  # (..., K)
+                nu = (s + dy) / dx
+                w_hat = nu.unsqueeze(-2) * x - y  # (..., T, K)
+                return (self.D.unsqueeze(-1) * w_hat).transpose(-1, -2), nu
+        return self._solve_singular(Qs, D, p, s)
+
+    def _solve_singular(self, Qs: Tensor, D: Tensor, p: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        gamma = D.amax(dim=-1, keepdim=True)  # keeps the constraint row's entries O(1)
+        a = D / gamma
+        top = torch.cat([Qs, a.unsqueeze(-1)], dim=-1)
+        bottom = torch.cat([a, torch.zeros_like(a[..., :1])], dim=-1).unsqueeze(-2)
+        M = torch.cat([top, bottom], dim=-2)
+        b = torch.cat([-p * D.unsqueeze(-2), (s / gamma).unsqueeze(-1)], dim=-1)
+        x = (torch.linalg.pinv(M, rtol=_PINV_RTOL, hermitian=True) @ b.transpose(-1, -2)).transpose(-1, -2)
+        T = Qs.shape[-1]
+        # The scaled column is D/γ, so its unknown is −γν.
+        return x[..., :T] * self.D.unsqueeze(-2), -x[..., T] / gamma
+
+    def multipliers(self, w: Tensor, p: Tensor, nu: Tensor) -> Tensor:
+        """``(Qw + p)_i − ν``: non-negative off the free set at a minimiser."""
+        return (self.Q @ w.unsqueeze(-1)).squeeze(-1) + p - nu.unsqueeze(-1)
 
 
 def _solve_face(Q: Tensor, rhs_p: Tensor, rhs_one: Tensor, free: Tensor) -> tuple[Tensor, Tensor]:
-    """Solve the KKT system of ``min ½wᵀQw + pᵀw`` s.t. ``Σ_free w = s``, ``w_i = 0`` off ``free``.
-
-    ``rhs_p`` (..., K, T) stacks K linear terms p and ``rhs_one`` (..., K) the matching sums s, so
-    one factorisation serves several right-hand sides. Returns ``w`` (..., K, T) and the multiplier
-    ``ν`` (..., K) of the equality constraint, with ``Qw + p = ν`` on the free set.
-    """
-    T = Q.shape[-1]
-    D = _diag_scale(Q)
-    gamma = D.amax(dim=-1, keepdim=True)  # scale of the constraint row, keeps entries O(1)
-    Qs = Q * D.unsqueeze(-1) * D.unsqueeze(-2)
-    eye = torch.eye(T, dtype=Q.dtype, device=Q.device)
-    pair = free.unsqueeze(-1) & free.unsqueeze(-2)
-    Qs = torch.where(pair, Qs, eye)
-    a = torch.where(free, D / gamma, torch.zeros_like(D))
-    top = torch.cat([Qs, a.unsqueeze(-1)], dim=-1)
-    bottom = torch.cat([a, torch.zeros_like(a[..., :1])], dim=-1).unsqueeze(-2)
-    M = torch.cat([top, bottom], dim=-2)
-    b_top = torch.where(free.unsqueeze(-2), -rhs_p * D.unsqueeze(-2), torch.zeros_like(rhs_p))
-    b = torch.cat([b_top, (rhs_one / gamma).unsqueeze(-1)], dim=-1)
-    # A face whose free gradients are affinely dependent (duplicates, colinear rows, T > rank)
-    # has a singular but consistent KKT system; its minimum-norm solution is exact.
-    Mpinv = torch.linalg.pinv(M, rtol=_PINV_RTOL, hermitian=True)
-    x = (Mpinv @ b.transpose(-1, -2)).transpose(-1, -2)
-    w = x[..., :T] * D.unsqueeze(-2)
-    nu = -x[..., T] / gamma  # the scaled column is D/γ, so x_T = −γν
-    return torch.where(free.unsqueeze(-2), w, torch.zeros_like(w)), nu
+    """One-off :meth:`_Faces.solve` (``rhs_p`` (..., K, T), sums ``rhs_one`` (..., K))."""
+    return _Faces(Q).solve(rhs_p, rhs_one, free)
 
 
 def _kkt_tolerance(Q: Tensor, p: Tensor, w: Tensor) -> Tensor:
@@ -85,39 +114,61 @@ def simplex_qp(
     Q: Tensor,
     p: Tensor | None = None,
     *,
-    w0: Tensor | None = None,
-    free0: Tensor | None = None,
+    free_guess: Tensor | None = None,
     max_iter: int | None = None,
+    guess_rounds: int = 4,
 ) -> tuple[Tensor, Tensor]:
     """Exact minimiser of ``½ wᵀQw + pᵀw`` over the probability simplex (primal active set).
+
+    A few block-pivoting rounds first guess the support (free set ← positive weights plus
+    negative multipliers, Júdice & Pires 1994), starting from every task free or from
+    ``free_guess``. Then the primal active-set method finishes from a feasible point of that face:
+    each iteration solves the equality-constrained problem on the free set exactly; a feasible
+    solution is accepted and the most violated multiplier joins the free set, an infeasible one is
+    approached until the first weight hits zero, which leaves. That phase terminates finitely with
+    the exact minimiser; the guess only makes it short (typically one or two iterations).
 
     Args:
         Q: positive semi-definite matrices, shape ``(..., T, T)``, float64.
         p: linear terms, shape ``(..., T)``; zero when omitted.
-        w0, free0: an optional feasible warm start and its free set (``w0 > 0`` ⊆ ``free0``).
-        max_iter: iteration cap; default ``4T + 20`` (each iteration adds or drops one index).
+        free_guess: optional boolean ``(..., T)`` guess of the support (e.g. a previous solution's).
+        max_iter: cap on the active-set iterations; default ``4T + 20``.
+        guess_rounds: block-pivoting rounds before the active-set phase.
 
     Returns:
         ``(w, free)``: the minimiser and its free set (a superset of its support).
     """
     T = Q.shape[-1]
     batch = Q.shape[:-2]
+    faces = _Faces(Q)
     if p is None:
         p = Q.new_zeros(*batch, T)
-    if w0 is None:
-        w = Q.new_full((*batch, T), 1.0 / T)
-        free = torch.ones(*batch, T, dtype=torch.bool, device=Q.device)
-    else:
-        w, free = w0.clone(), free0.clone()
+    ones = Q.new_ones(*batch, 1)
+    free = torch.ones(*batch, T, dtype=torch.bool, device=Q.device) if free_guess is None else free_guess.clone()
+    free = torch.where(free.any(-1, keepdim=True), free, torch.ones_like(free))
+    v = faces.solve(p.unsqueeze(-2), ones, free)[0].squeeze(-2)
+    for _ in range(guess_rounds):
+        nu = ((Q @ v.unsqueeze(-1)).squeeze(-1) + p).masked_fill(~free, 0).sum(-1) / free.sum(-1)
+        mult = faces.multipliers(v, p, nu)
+        nxt = torch.where(free, v > 0, mult < -_kkt_tolerance(Q, p, v))
+        nxt = torch.where(nxt.any(-1, keepdim=True), nxt, free)
+        if _host_sync_is_free(nxt) and bool((nxt == free).all()):
+            break
+        free = nxt
+        v = faces.solve(p.unsqueeze(-2), ones, free)[0].squeeze(-2)
+    # A feasible start inside the guessed face: the positive part of its solution.
+    free = free & (v > 0)
+    free = torch.where(free.any(-1, keepdim=True), free, torch.zeros_like(free).scatter(-1, v.argmax(-1, keepdim=True), True))
+    w = torch.where(free, v, torch.zeros_like(v))
+    w = w / w.sum(-1, keepdim=True)
     done = torch.zeros(batch, dtype=torch.bool, device=Q.device)
     cap = 4 * T + 20 if max_iter is None else max_iter
-    ones = Q.new_ones(*batch, 1)
     for _ in range(cap):
-        v, nu = _solve_face(Q, p.unsqueeze(-2), ones, free)
+        v, nu = faces.solve(p.unsqueeze(-2), ones, free)
         v, nu = v.squeeze(-2), nu.squeeze(-1)
         feasible = ((v >= 0) | ~free).all(dim=-1)
         # Feasible face optimum: move there, then add the most violated multiplier, if any.
-        mult = (Q @ v.unsqueeze(-1)).squeeze(-1) + p - nu.unsqueeze(-1)
+        mult = faces.multipliers(v, p, nu)
         violation = torch.where(free, torch.zeros_like(mult), mult + _kkt_tolerance(Q, p, v))
         worst = violation.argmin(dim=-1, keepdim=True)
         optimal = violation.gather(-1, worst).squeeze(-1) >= 0
@@ -236,7 +287,7 @@ def _cagrad_general(G: Tensor, b: Tensor, rho: Tensor, mean: Tensor) -> Tensor:
     sums = torch.stack([G.new_ones(batch), G.new_zeros(batch)], dim=-1)  # Σw = 1 for w_a, 0 for w_b
     zero_p = torch.zeros_like(b)
     for _ in range(100):
-        w, free = simplex_qp(G, lam.unsqueeze(-1) * b, w0=w, free0=free)
+        w, free = simplex_qp(G, lam.unsqueeze(-1) * b, free_guess=free)
         # On this support w(λ) = w_a + λ w_b exactly: two right-hand sides, one factorisation.
         sol, _ = _solve_face(G, torch.stack([zero_p, b], dim=-2), sums, free)
         wa, wb = sol[..., 0, :], sol[..., 1, :]
@@ -275,7 +326,8 @@ def _cagrad_general(G: Tensor, b: Tensor, rho: Tensor, mean: Tensor) -> Tensor:
         if _host_sync_is_free(done) and bool(done.all()):
             break
         bisect = torch.where(lo > 0, (lo * hi).sqrt(), hi / 16)
-        nxt = torch.where(valid & (root > lo) & (root < hi), root, bisect)
+        # The root on the current support is a Newton-like estimate even when that support changes.
+        nxt = torch.where((root > lo) & (root < hi), root, bisect)
         lam = torch.where(done, lam, nxt)
     return result
 
