@@ -310,7 +310,8 @@ def _cagrad_general(G: Tensor, b: Tensor, rho: Tensor, mean: Tensor) -> Tensor:
         root = (B + disc.sqrt()) / torch.where(qa > 0, qa, 1.0)
         root = torch.where((qa > 0) & (B + disc.sqrt() > 0) & ~flat, root, torch.full_like(root, float("nan")))
         w_root = wa + root.unsqueeze(-1) * wb
-        in_bracket = (root >= lo) & (root <= hi) & (root > floor)
+        slack = 1e-12 * hi  # the bracket ends are themselves rounded roots
+        in_bracket = (root >= lo - slack) & (root <= hi + slack) & (root > floor)
         # The root is the answer if its weights stay feasible on this support; the QP at the root
         # then has the same support, so it is optimal there.
         valid = in_bracket & ((w_root >= -1e-12) | ~free).all(-1)
