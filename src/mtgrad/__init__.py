@@ -9,7 +9,7 @@ tensor([0.1835, 1.2041, 1.2041])
 from . import methods, solvers
 from .aggregate import aggregate
 from .backward import BackwardResult, backward
-from .methods import CAGrad, MGDA, Mean, PCGrad, Sum, from_spec
+from .methods import DWA, FAMO, GLS, IMTLL, MGDA, UW, CAGrad, GradNorm, Mean, PCGrad, Sum, from_spec
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .optim import MTLOptimizer
 
@@ -27,6 +27,12 @@ __all__ = [
     "MGDA",
     "PCGrad",
     "CAGrad",
+    "UW",
+    "DWA",
+    "GradNorm",
+    "FAMO",
+    "GLS",
+    "IMTLL",
     "from_spec",
     "methods",
     "solvers",

@@ -69,6 +69,11 @@ class MTLOptimizer:
         ``closure``, if given, recomputes the task losses after the step (same batch); a loss
         weighting that learns from them (FAMO) receives them through ``after_step``.
         """
+        if closure is None and getattr(self.method, "needs_closure", False):
+            raise ValueError(
+                f"{type(self.method).__name__} learns from the losses after the step: "
+                "pass closure=... that recomputes them on the same batch"
+            )
         record = self.backward(losses, **kwargs)
         self.optimizer.step()
         if closure is not None and isinstance(self.method, LossWeighting):
@@ -76,6 +81,12 @@ class MTLOptimizer:
                 new = closure()
             self.method.after_step(torch.stack(list(new)) if not isinstance(new, Tensor) else new)
         return record
+
+    def end_epoch(self) -> None:
+        """Tell an epoch-windowed method (DWA) that an epoch ended; a no-op for the others."""
+        end = getattr(self.method, "end_epoch", None)
+        if callable(end):
+            end()
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "method": self.method.state_dict()}

@@ -1,25 +1,56 @@
-"""Gradient-manipulation methods, each a :class:`Weighting` of the task-gradient Gramian."""
+"""Multi-task methods: Gramian weightings, Jacobian aggregators and loss weightings."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
-from .base import Weighting
+from .base import JacobianAggregator, LossWeighting, Method, Weighting
 from .cagrad import CAGrad
+from .dwa import DWA
+from .famo import FAMO
+from .gls import GLS
+from .gradnorm import GradNorm
+from .imtll import IMTLL
 from .linear import Mean, Sum
 from .mgda import MGDA
 from .pcgrad import PCGrad
+from .uw import UW
 
-__all__ = ["Weighting", "Mean", "Sum", "MGDA", "PCGrad", "CAGrad", "REGISTRY", "from_spec"]
+__all__ = [
+    "Method",
+    "Weighting",
+    "JacobianAggregator",
+    "LossWeighting",
+    "Mean",
+    "Sum",
+    "MGDA",
+    "PCGrad",
+    "CAGrad",
+    "UW",
+    "DWA",
+    "GradNorm",
+    "FAMO",
+    "GLS",
+    "IMTLL",
+    "REGISTRY",
+    "from_spec",
+]
 
 #: Spec name → constructor. ``gd`` is the papers' name for plain descent on the average loss.
-REGISTRY: dict[str, Callable[..., Weighting]] = {
+REGISTRY: dict[str, Callable[..., Method]] = {
     "gd": Mean,
     "mean": Mean,
     "sum": Sum,
     "mgda": MGDA,
     "pcgrad": PCGrad,
     "cagrad": CAGrad,
+    "uw": UW,
+    "dwa": DWA,
+    "gradnorm": GradNorm,
+    "famo": FAMO,
+    "gls": GLS,
+    "imtll": IMTLL,
 }
 
 
@@ -35,11 +66,11 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def from_spec(spec: str, **extra: Any) -> Weighting:
+def from_spec(spec: str, **extra: Any) -> Method:
     """Build a method from a spec such as ``"cagrad:c=0.5,rescale=2"`` or ``"pcgrad"``.
 
-    ``extra`` keyword arguments (e.g. ``generator=``) are passed to the constructor of methods
-    that accept them and ignored by the others.
+    ``extra`` keyword arguments (e.g. ``generator=``, ``num_tasks=``, ``last_shared=``) are passed
+    to the constructor of methods that accept them and ignored by the others.
     """
     name, _, args = spec.strip().partition(":")
     key = name.strip().lower()
@@ -52,8 +83,6 @@ def from_spec(spec: str, **extra: Any) -> Weighting:
             raise ValueError(f"method option {item!r} in spec {spec!r} is not of the form key=value")
         kwargs[k.strip()] = _parse_value(v.strip())
     factory = REGISTRY[key]
-    import inspect
-
     accepted = inspect.signature(factory).parameters
     kwargs.update({k: v for k, v in extra.items() if k in accepted})
     unknown = set(kwargs) - set(accepted)

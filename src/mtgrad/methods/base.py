@@ -94,6 +94,10 @@ class LossWeighting(Method):
     next losses (FAMO) do so in :meth:`after_step`, which :class:`mtgrad.MTLOptimizer` calls.
     """
 
+    #: True for methods that learn from the losses recomputed after the model's step (FAMO):
+    #: ``MTLOptimizer.step`` then requires a ``closure`` rather than silently not learning.
+    needs_closure: bool = False
+
     @abstractmethod
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]: ...
 

@@ -1,0 +1,125 @@
+"""Input checks and state helpers shared by the loss weightings (UW, IMTL-L, DWA, GLS, GradNorm, FAMO)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+def check_num_tasks(num_tasks: object) -> int:
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int):
+        raise TypeError(f"num_tasks must be an int, got {type(num_tasks).__name__}")
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be at least 1, got {num_tasks}")
+    return num_tasks
+
+
+def check_finite_float(value: object, name: str, *, positive: bool = False, nonnegative: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    if nonnegative and value < 0:
+        raise ValueError(f"{name} must be non-negative, got {value}")
+    return value
+
+
+def make_parameter(
+    num_tasks: int, init: float, device: torch.device | str | None, dtype: torch.dtype | None, method: str
+) -> Tensor:
+    """A learnable (T,) leaf filled with ``init``."""
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{method}: dtype must be a floating-point torch.dtype, got {dtype!r}")
+    return torch.full((num_tasks,), init, device=device, dtype=dtype, requires_grad=True)
+
+
+def check_state_keys(state: dict[str, Any], keys: set[str], method: str) -> None:
+    if set(state) != keys:
+        raise ValueError(f"{method} state must have exactly the keys {sorted(keys)}, got {sorted(state)}")
+
+
+def state_tensor(state: dict[str, Any], key: str, like: Tensor, method: str, cast: bool = True) -> Tensor | None:
+    """``state[key]`` as a fresh tensor on ``like``'s device (and dtype, with ``cast``), of its shape."""
+    value = state[key]
+    if value is None:
+        return None
+    value = torch.as_tensor(value)
+    if value.shape != like.shape:
+        raise ValueError(f"{method} state {key!r} has shape {tuple(value.shape)}, expected {tuple(like.shape)}")
+    return value.detach().to(device=like.device, dtype=like.dtype if cast else value.dtype).clone()
+
+
+def load_into(target: Tensor, state: dict[str, Any], key: str, method: str) -> None:
+    """Copy ``state[key]`` into ``target`` in place (the tensor object an optimizer holds stays)."""
+    check_state_keys(state, {key}, method)
+    value = state_tensor(state, key, target, method)
+    if value is None:
+        raise ValueError(f"{method} state {key!r} is None")
+    with torch.no_grad():
+        target.copy_(value)
+
+
+def check_losses(
+    losses: object,
+    num_tasks: int | None,
+    method: str,
+    *,
+    positive: bool = False,
+    nonnegative: bool = False,
+    at_least: Tensor | None = None,
+    device: torch.device | None = None,
+    values: bool = True,
+) -> Tensor:
+    """Validate the (T,) loss vector a loss weighting receives; returns it unchanged.
+
+    Shape, dtype and device are checked from metadata, for free. The values (finite; ``> 0``
+    with ``positive``; ``≥ 0`` with ``nonnegative``; ``≥ at_least`` elementwise) cost one read
+    of T booleans on the host, which synchronises with an accelerator; ``values=False`` skips
+    them (each method passes its ``check_values`` attribute). Errors name the method and task.
+    """
+    if not isinstance(losses, Tensor):
+        raise TypeError(f"{method}: losses must be a torch.Tensor of shape (T,), got {type(losses).__name__}")
+    if losses.dim() != 1:
+        raise ValueError(f"{method}: losses must be 1-D (one loss per task), got shape {tuple(losses.shape)}")
+    if num_tasks is not None and losses.shape[0] != num_tasks:
+        raise ValueError(f"{method} was built for {num_tasks} tasks but got {losses.shape[0]} losses")
+    if losses.shape[0] == 0:
+        raise ValueError(f"{method}: losses is empty; give one loss per task")
+    if not losses.is_floating_point():
+        raise TypeError(f"{method}: losses must be floating point, got dtype {losses.dtype}")
+    if device is not None and losses.device != device:
+        raise ValueError(
+            f"{method}: losses are on {losses.device} but the method's state is on {device}; "
+            "construct it with device=... matching the losses"
+        )
+    if not values:
+        return losses
+    v_all = losses.detach()
+    bad = ~torch.isfinite(v_all)
+    floor = None
+    if at_least is not None:
+        floor = at_least.to(v_all.dtype)
+        bad = bad | ~(v_all >= floor)
+    elif positive:
+        bad = bad | ~(v_all > 0)
+    elif nonnegative:
+        bad = bad | ~(v_all >= 0)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        v = float(v_all[i])
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"{method}: losses[{i}] is {v}; every loss must be finite")
+        if floor is not None:
+            raise ValueError(
+                f"{method}: losses[{i}] = {v} is below min_losses[{i}] = {float(floor[i])} "
+                "(the method takes log(L_i − L_i^min + 1e-8))"
+            )
+        if positive:
+            raise ValueError(f"{method} needs positive losses (it takes logarithms or ratios); losses[{i}] = {v}")
+        raise ValueError(f"{method} needs non-negative losses; losses[{i}] = {v}")
+    return losses

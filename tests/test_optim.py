@@ -1,0 +1,113 @@
+"""MTLOptimizer: equals backward + step, restores exactly, guards its hooks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import mtgrad
+
+
+def make_model(seed: int = 0) -> torch.nn.ModuleDict:
+    torch.manual_seed(seed)
+    return torch.nn.ModuleDict(
+        {"trunk": torch.nn.Linear(4, 8), "heads": torch.nn.ModuleList(torch.nn.Linear(8, 1) for _ in range(3))}
+    )
+
+
+def task_losses(model: torch.nn.ModuleDict, x: torch.Tensor, ys: torch.Tensor) -> list[torch.Tensor]:
+    z = torch.tanh(model["trunk"](x))
+    return [torch.nn.functional.mse_loss(h(z).squeeze(-1), y) for h, y in zip(model["heads"], ys)]
+
+
+def batches(n: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 4, generator=g), torch.randn(3, 16, generator=g)) for _ in range(n)]
+
+
+def test_step_equals_backward_then_step():
+    a, b = make_model(), make_model()
+    opt_a = mtgrad.MTLOptimizer(torch.optim.SGD(a.parameters(), lr=0.1), a["trunk"].parameters(), mtgrad.CAGrad(0.5))
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1)
+    for x, ys in batches(3):
+        opt_a.zero_grad()
+        opt_a.step(task_losses(a, x, ys))
+        opt_b.zero_grad()
+        mtgrad.backward(task_losses(b, x, ys), b["trunk"].parameters(), mtgrad.CAGrad(0.5))
+        opt_b.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def run(model, opt, data):
+    for x, ys in data:
+        opt.zero_grad()
+        opt.step(task_losses(model, x, ys))
+
+
+def test_state_dict_resumes_identically_with_random_pcgrad():
+    data = batches(6)
+    model = make_model()
+    opt = mtgrad.MTLOptimizer(
+        torch.optim.Adam(model.parameters(), lr=1e-2),
+        model["trunk"].parameters(),
+        mtgrad.PCGrad(generator=torch.Generator().manual_seed(3)),
+    )
+    run(model, opt, data[:3])
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    run(model, opt, data[3:])
+
+    resumed = make_model(seed=99)
+    resumed.load_state_dict(saved_model)
+    opt2 = mtgrad.MTLOptimizer(
+        torch.optim.Adam(resumed.parameters(), lr=1e-2),
+        resumed["trunk"].parameters(),
+        mtgrad.PCGrad(generator=torch.Generator().manual_seed(12345)),
+    )
+    opt2.load_state_dict(saved_opt)
+    run(resumed, opt2, data[3:])
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_rejects_shared_params_the_optimizer_does_not_manage():
+    model = make_model()
+    opt = torch.optim.SGD(model["heads"].parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="not managed by the optimizer"):
+        mtgrad.MTLOptimizer(opt, model["trunk"].parameters(), mtgrad.PCGrad())
+
+
+def test_loss_weighting_parameters_join_the_optimizer():
+    model = make_model()
+    uw = mtgrad.UW(num_tasks=3)
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model["trunk"].parameters(), uw)
+    before = uw.parameters()[0].detach().clone()
+    (x, ys), = batches(1)
+    opt.zero_grad()
+    opt.step(task_losses(model, x, ys))
+    assert not torch.equal(before, uw.parameters()[0].detach())
+
+
+def test_famo_without_closure_is_an_error_not_a_silent_no_op():
+    model = make_model()
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model["trunk"].parameters(), mtgrad.FAMO(3))
+    (x, ys), = batches(1)
+    with pytest.raises(ValueError, match="closure"):
+        opt.step(task_losses(model, x, ys))
+    opt.step(task_losses(model, x, ys), closure=lambda: task_losses(model, x, ys))
+
+
+def test_end_epoch_reaches_dwa_and_is_harmless_elsewhere():
+    model = make_model()
+    dwa = mtgrad.DWA()
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model["trunk"].parameters(), dwa)
+    for epoch in range(3):
+        for x, ys in batches(2, seed=epoch):
+            opt.zero_grad()
+            record = opt.step(task_losses(model, x, ys))
+        opt.end_epoch()
+    # From the third epoch on DWA's weights depend on the loss ratios, so they are no longer all 1.
+    assert not torch.allclose(record.weights, torch.ones(3, dtype=torch.float64))
+    mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model["trunk"].parameters(), mtgrad.PCGrad()).end_epoch()
