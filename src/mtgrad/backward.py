@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .engine import Engine, reaches, task_gradients
 from .gramian import combine, gramian
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 
@@ -37,6 +38,7 @@ def backward(
     *,
     retain_graph: bool = False,
     check_finite: bool = True,
+    engine: Engine = "loop",
 ) -> BackwardResult:
     """Backpropagate T task losses with gradient surgery on the shared parameters.
 
@@ -59,6 +61,9 @@ def backward(
         retain_graph: keep the graph after the call (as in ``Tensor.backward``).
         check_finite: raise on NaN/inf losses or gradients. This reads T values on the host once
             per call; switch it off to avoid that synchronisation on accelerators.
+        engine: how the per-task gradients are computed (see :mod:`mtgrad.engine`): ``"loop"``
+            (T backward passes, lowest memory, fastest on CPUs) or ``"batched"`` (one vmapped
+            backward). Both give the same answer up to rounding.
 
     Raises:
         ValueError: empty or non-scalar losses, NaN/inf losses or gradients, a loss with no
@@ -77,7 +82,7 @@ def backward(
             raise ValueError(f"losses {idx} are NaN or inf ({values[bad].tolist()}); nothing was backpropagated")
     targets = {id(p) for p in params}
     for i, loss in enumerate(task_losses):
-        if not _reaches(loss, targets):
+        if not reaches(loss, targets):
             raise ValueError(
                 f"losses[{i}] has no gradient path to the shared parameters: it does not depend on "
                 "any of them (check shared_params, or a detach()/no_grad in that task's branch)"
@@ -88,8 +93,7 @@ def backward(
         objective.backward(retain_graph=retain_graph)
         return BackwardResult(weights=w.detach().to(torch.float64), gramian=None)
 
-    task_grads = _per_task_gradients(task_losses, params, retain_graph)
-    blocks = [torch.stack([g[k] for g in task_grads]) for k in range(len(params))]
+    blocks = task_gradients(task_losses, params, engine, retain_graph)
     G = gramian(blocks)
     if check_finite and not bool(torch.isfinite(G).all()):
         raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
@@ -107,46 +111,6 @@ def backward(
 def _check_method(method: object) -> None:
     if not isinstance(method, (Weighting, JacobianAggregator, LossWeighting)):
         raise TypeError(f"method must be an mtgrad method (e.g. mtgrad.PCGrad()), got {type(method).__name__}")
-
-
-def _per_task_gradients(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> list[list[Tensor]]:
-    """``g_i`` for every task, by one ``Tensor.backward`` per task.
-
-    Going through ``.grad`` rather than ``autograd.grad`` lets the same passes accumulate
-    ``∇ Σ_i L_i`` into every non-shared leaf, so the heads cost no extra backward.
-    """
-    saved = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    grads: list[list[Tensor]] = []
-    try:
-        for i, loss in enumerate(losses):
-            loss.backward(retain_graph=retain_graph or i < len(losses) - 1)
-            grads.append([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
-            for p in params:
-                p.grad = None
-    finally:
-        for p, g in zip(params, saved):
-            p.grad = g
-    return grads
-
-
-def _reaches(loss: Tensor, targets: set[int]) -> bool:
-    """Whether the autograd graph of ``loss`` contains a leaf whose id is in ``targets``."""
-    if id(loss) in targets:
-        return True
-    seen: set[int] = set()
-    stack = [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if variable is not None and id(variable) in targets:
-            return True
-        stack.extend(fn for fn, _ in node.next_functions)
-    return False
 
 
 def _as_losses(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:

@@ -206,11 +206,11 @@ def min_norm_weights(G: Tensor) -> Tensor:
     return simplex_qp(G)[0]
 
 
-def _cagrad_two_tasks(G: Tensor, rho: Tensor) -> Tensor:
+def _cagrad_two_tasks(G: Tensor, b: Tensor, rho: Tensor) -> Tensor:
     """Closed-form CAGrad dual for T = 2, written in Gramian entries.
 
     With g_w = g₂ + x(g₁ − g₂), a = g₁ − g₂, u = ‖a‖²x + aᵀg₂ and D = det G, the dual objective's
-    derivative is k + ρ‖a‖·u/√(u² + D) with k = g₀ᵀa = (G₁₁ − G₂₂)/2; its root is
+    derivative is k + ρ‖a‖·u/√(u² + D) with k = g₀ᵀa = b₁ − b₂ (``b = Gm``); its root is
     u = r√(D/(1 − r²)), r = −k/(ρ‖a‖), clipped to x ∈ [0, 1].
     Returns the simplex weights ``w*``.
     """
@@ -218,7 +218,7 @@ def _cagrad_two_tasks(G: Tensor, rho: Tensor) -> Tensor:
     aa = (g11 + g22 - 2 * g12).clamp_min(0.0)
     ae = g12 - g22
     det = (g11 * g22 - g12 * g12).clamp_min(0.0)
-    k = 0.5 * (g11 - g22)
+    k = b[..., 0] - b[..., 1]
     na = aa.sqrt()
     safe = (na > 0) & (rho > 0)
     r = torch.where(safe, -k / torch.where(safe, rho * na, 1.0), 0.0)
@@ -230,11 +230,13 @@ def _cagrad_two_tasks(G: Tensor, rho: Tensor) -> Tensor:
     return torch.stack([x, 1 - x], dim=-1)
 
 
-def cagrad_weights(G: Tensor, c: float) -> Tensor:
+def cagrad_weights(G: Tensor, c: float, mean_weights: Tensor | None = None) -> Tensor:
     """Weights ``a`` with ``d* = Σ_i a_i g_i`` for CAGrad's update (Liu et al. 2021, Alg. 1).
 
     ``d* = g₀ + (c‖g₀‖/‖g_w*‖) g_w*`` where ``w* = argmin_{w∈Δ} g_wᵀg₀ + c‖g₀‖‖g_w‖`` (eq. 11),
-    so ``a = 1/T + (c‖g₀‖/‖g_w*‖) w*``.
+    so ``a = m + (c‖g₀‖/‖g_w*‖) w*`` with ``g₀ = Σ_i m_i g_i``; ``m = 1/T`` (the average gradient)
+    unless ``mean_weights`` says otherwise — CAGrad-Fast (eq. 4) passes the weights that rebuild
+    the full average from sampled tasks and one pseudo-task.
 
     Solved through the Lagrangian of eq. (3): for a multiplier λ > 0 the inner problem is the
     simplex QP ``w(λ) = argmin ½‖g_w‖² + λ g_wᵀg₀`` and the optimal λ* is the root of
@@ -243,20 +245,24 @@ def cagrad_weights(G: Tensor, c: float) -> Tensor:
     support (a safeguarded Newton step on a piecewise-smooth function) and the last one is exact.
 
     Degenerate cases: ``c‖g₀‖ = 0`` gives ``d* = g₀``. When ``0`` lies in the convex hull and
-    ``c ≥ 1``-like conditions make ‖g_w*‖ = 0, the root is λ* → 0 and the update is the limit
-    ``g₀ + lim g_w(λ)/λ`` along the path, a point of the ball maximising min_i⟨g_i, d⟩.
+    ‖g_w*‖ = 0 (no direction in the ball improves every task), the root is λ* → 0 and the update
+    is the limit ``g₀ + lim g_w(λ)/λ`` along the path, a point of the ball maximising
+    ``min_i⟨g_i, d⟩``.
     """
     T = G.shape[-1]
-    mean = G.new_full(G.shape[:-1], 1.0 / T)
-    b = G.mean(dim=-1)  # Gg₀: b_i = ⟨g_i, g₀⟩
-    g0_sq = b.mean(dim=-1).clamp_min(0.0)
+    if mean_weights is None:
+        mean = G.new_full(G.shape[:-1], 1.0 / T)
+    else:
+        mean = mean_weights.to(G).expand(G.shape[:-1]).clone()
+    b = (G @ mean.unsqueeze(-1)).squeeze(-1)  # b_i = ⟨g_i, g₀⟩
+    g0_sq = (mean * b).sum(-1).clamp_min(0.0)
     rho = c * g0_sq.sqrt()
     active = rho > 0
     if T == 1:
         # The simplex is one point: g_w = g₀ and d = (1 + c) g₀.
-        return mean + c * active.to(G.dtype).unsqueeze(-1)
+        return mean * (1 + c * active.to(G.dtype).unsqueeze(-1))
     if T == 2:
-        w = _cagrad_two_tasks(G, rho)
+        w = _cagrad_two_tasks(G, b, rho)
         gw = (w.unsqueeze(-2) @ G @ w.unsqueeze(-1)).squeeze(-1).squeeze(-1).clamp_min(0.0).sqrt()
         norms = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
         ok = active & (gw > _NORM_NOISE * (w * norms).sum(-1))
@@ -301,6 +307,10 @@ def _cagrad_general(G: Tensor, b: Tensor, rho: Tensor, mean: Tensor) -> Tensor:
         flat = A.sqrt() <= _norm_noise(wa, norms)
         A = torch.where(flat, 0.0, A)
         B = torch.where(flat, 0.0, B)
+        # If the search never certifies an exact root (faces so ill-conditioned that the active
+        # set cannot settle, e.g. gradients equal up to rounding), Alg. 1's formula on the last
+        # dual iterate is the answer: it is what the official code computes from its solver.
+        last = mean + torch.where(gw > 0, rho / torch.where(gw > 0, gw, 1.0), 0.0).unsqueeze(-1) * w
         below = rho * lam < gw
         lo = torch.where(below, lam, lo)
         hi = torch.where(below, hi, lam)
@@ -330,7 +340,7 @@ def _cagrad_general(G: Tensor, b: Tensor, rho: Tensor, mean: Tensor) -> Tensor:
         # The root on the current support is a Newton-like estimate even when that support changes.
         nxt = torch.where((root > lo) & (root < hi), root, bisect)
         lam = torch.where(done, lam, nxt)
-    return result
+    return torch.where(done.unsqueeze(-1), result, last)
 
 
 def _norm_noise(w: Tensor, norms: Tensor) -> Tensor:
