@@ -9,7 +9,27 @@ tensor([0.1835, 1.2041, 1.2041])
 from . import methods, solvers
 from .aggregate import aggregate
 from .backward import BackwardResult, backward
-from .methods import DWA, FAMO, GLS, IMTLL, MGDA, UW, CAGrad, GradNorm, Mean, PCGrad, Sum, from_spec
+from .methods import (
+    DWA,
+    FAMO,
+    GLS,
+    IMTLG,
+    IMTLL,
+    MGDA,
+    RLW,
+    UW,
+    AlignedMTL,
+    CAGrad,
+    CAGradFast,
+    GradDrop,
+    GradNorm,
+    GradVac,
+    Mean,
+    PCGrad,
+    Reuse,
+    Sum,
+    from_spec,
+)
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .optim import MTLOptimizer
 
@@ -27,6 +47,13 @@ __all__ = [
     "MGDA",
     "PCGrad",
     "CAGrad",
+    "CAGradFast",
+    "Reuse",
+    "IMTLG",
+    "GradVac",
+    "AlignedMTL",
+    "RLW",
+    "GradDrop",
     "UW",
     "DWA",
     "GradNorm",

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .engine import Engine, reaches, task_gradients
+from .engine import Engine, reaches, sampled_gradients, task_gradients, weighted_backward
 from .gramian import combine, gramian
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
+from .methods.schedules import CAGradFast, Reuse
 
 __all__ = ["backward", "BackwardResult"]
 
@@ -93,23 +94,65 @@ def backward(
         objective.backward(retain_graph=retain_graph)
         return BackwardResult(weights=w.detach().to(torch.float64), gramian=None)
 
+    if isinstance(method, Reuse):
+        planned = method.planned_weights(len(task_losses), values)
+        if planned is not None:
+            weighted_backward(task_losses, params, planned, retain_graph)
+            method.advance()
+            return BackwardResult(weights=planned, gramian=None)
+        record = backward(task_losses, params, method.method, retain_graph=retain_graph, check_finite=check_finite, engine=engine)
+        method.advance(record.weights)
+        return record
+
+    if isinstance(method, CAGradFast):
+        sampled = method.sample(len(task_losses))
+        if len(sampled) == len(task_losses):
+            blocks = task_gradients(task_losses, params, engine, retain_graph)
+        else:
+            blocks = sampled_gradients(task_losses, params, sampled, retain_graph)
+        G = _checked_gramian(blocks, check_finite)
+        w = method.task_weights(G, sampled, len(task_losses))
+        rows = w if len(sampled) == len(task_losses) else _row_weights(w, sampled)
+        _apply(params, [combine(rows, block) for block in blocks])
+        return BackwardResult(weights=w, gramian=G)
+
     blocks = task_gradients(task_losses, params, engine, retain_graph)
-    G = gramian(blocks)
-    if check_finite and not bool(torch.isfinite(G).all()):
-        raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
+    G = _checked_gramian(blocks, check_finite)
     if isinstance(method, Weighting):
         w: Tensor | None = method.weights(G, values if method.needs_losses else None)
         updates = [combine(w, block) for block in blocks]
     else:
         w = None
         updates = method.aggregate_blocks(blocks, values)
-    for p, update in zip(params, updates):
-        p.grad = update if p.grad is None else p.grad + update
+    _apply(params, updates)
     return BackwardResult(weights=w, gramian=G)
 
 
+def _checked_gramian(blocks: list[Tensor], check_finite: bool) -> Tensor:
+    G = gramian(blocks)
+    if check_finite and not bool(torch.isfinite(G).all()):
+        raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
+    return G
+
+
+def _apply(params: list[Tensor], updates: list[Tensor]) -> None:
+    for p, update in zip(params, updates):
+        p.grad = update if p.grad is None else p.grad + update
+
+
+def _row_weights(task_weights: Tensor, sampled: list[int]) -> Tensor:
+    """Per-task weights → weights of the rows ``[g_i, i ∈ S] + [pseudo-task]``.
+
+    Every unsampled task has the same weight ``a_p/(K − |S|)``; the pseudo-task row is their mean,
+    so its weight is ``a_p``.
+    """
+    K = task_weights.shape[0]
+    rest = [j for j in range(K) if j not in set(sampled)]
+    return torch.cat([task_weights[sampled], task_weights[rest[:1]] * len(rest)])
+
+
 def _check_method(method: object) -> None:
-    if not isinstance(method, (Weighting, JacobianAggregator, LossWeighting)):
+    if not isinstance(method, (Weighting, JacobianAggregator, LossWeighting, Reuse, CAGradFast)):
         raise TypeError(f"method must be an mtgrad method (e.g. mtgrad.PCGrad()), got {type(method).__name__}")
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Engine", "task_gradients", "graph_leaves", "reaches"]
+__all__ = ["Engine", "task_gradients", "weighted_backward", "sampled_gradients", "graph_leaves", "reaches"]
 
 Engine = Literal["loop", "batched"]
 ENGINES: tuple[str, ...] = ("loop", "batched")
@@ -66,6 +66,57 @@ def _batched(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> 
     if others:
         torch.autograd.backward(stacked.sum(), inputs=others, retain_graph=retain_graph)
     return blocks
+
+
+def weighted_backward(losses: list[Tensor], params: list[Tensor], weights: Tensor, retain_graph: bool) -> None:
+    """Add ``∇_θ Σ_i w_i L_i`` to the shared ``.grad`` and ``∇ Σ_i L_i`` to every other leaf.
+
+    Two passes: the weighted objective restricted to the shared parameters, then the plain sum
+    restricted to the other leaves, which autograd prunes to the heads' part of the graph.
+    """
+    stacked = torch.stack(losses)
+    grads = torch.autograd.grad(
+        (weights.to(stacked.dtype) * stacked).sum(), params, retain_graph=True, allow_unused=True
+    )
+    _add_to_grad(params, grads)
+    shared = {id(p) for p in params}
+    others = [leaf for leaf in graph_leaves(losses) if id(leaf) not in shared]
+    if others:
+        torch.autograd.backward(stacked.sum(), inputs=others, retain_graph=retain_graph)
+
+
+def sampled_gradients(losses: list[Tensor], params: list[Tensor], sampled: list[int], retain_graph: bool) -> list[Tensor]:
+    """Blocks ``(|S| + 1, *p.shape)``: ``g_i`` for the sampled tasks, then the pseudo-task
+    ``(Σ_j g_j − Σ_{i∈S} g_i)/(K − |S|)`` (CAGrad-Fast, eq. 4).
+
+    ``Σ_j g_j`` comes from one full backward of ``Σ_j L_j``, which also gives the heads their
+    gradients; the sampled tasks cost one shared-parameter backward each.
+    """
+    K = len(losses)
+    rows = [
+        torch.autograd.grad(losses[i], params, retain_graph=True, allow_unused=True) for i in sampled
+    ]
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        torch.stack(losses).sum().backward(retain_graph=retain_graph)
+        total = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+    blocks = []
+    for k, p in enumerate(params):
+        own = [torch.zeros_like(p) if row[k] is None else row[k] for row in rows]
+        pseudo = (total[k] - sum(own, torch.zeros_like(p))) / (K - len(sampled))
+        blocks.append(torch.stack([*own, pseudo]))
+    return blocks
+
+
+def _add_to_grad(params: list[Tensor], grads: tuple[Tensor | None, ...]) -> None:
+    for p, g in zip(params, grads):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
 
 
 def graph_leaves(roots: list[Tensor]) -> list[Tensor]:

@@ -397,3 +397,304 @@ def cagrad_mtrl_weights(G: Tensor, c: float, steps: int = 20, momentum: float = 
     gw = ((w * (Gn @ w.unsqueeze(-1)).squeeze(-1)).sum(-1) + 1e-4).sqrt()
     lam = cn / (gw + 1e-4)
     return 1.0 / T + w * lam.unsqueeze(-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Dual-cone projections (UPGrad, DualProj), α-fair bargaining weights (Nash-MTL, FairGrad) and
+# ConFIG's pseudo-inverse direction. Same conventions as above: batched float64, on G's device,
+# early exits on the CPU only.
+# ------------------------------------------------------------------------------------------------
+
+__all__ += ["dual_cone_qp", "bargaining_weights", "config_weights"]
+
+# A Cholesky pivot² below this (on a unit-diagonal matrix) marks the face as numerically singular.
+_PIVOT_TOL = 1e-9
+# Júdice & Pires' backup count: non-improving full exchanges allowed before single pivots.
+_BPP_BACKUP = 3
+
+
+def _masked_psd_solve(A: Tensor, rhs: Tensor, free: Tensor) -> Tensor:
+    """``x`` with ``A_FF x_F = rhs_F`` and ``x = 0`` off ``F``, for PSD ``A`` with a unit-ish diagonal.
+
+    ``A`` (..., T, T), ``rhs`` and ``free`` (..., T). A well-conditioned block is factorised by
+    Cholesky; a (numerically) singular one — duplicate, colinear or T > rank gradients — gets the
+    minimum-norm solution through an eigendecomposition, exact when the system is consistent. On
+    the CPU the eigendecomposition runs only if some block needs it; on an accelerator it always
+    runs and ``torch.where`` picks per problem, so nothing is read on the host.
+    """
+    T = A.shape[-1]
+    eye = torch.eye(T, dtype=A.dtype, device=A.device)
+    M = torch.where(free.unsqueeze(-1) & free.unsqueeze(-2), A, eye)
+    b = torch.where(free, rhs, torch.zeros_like(rhs)).unsqueeze(-1)
+    L, info = torch.linalg.cholesky_ex(M)
+    good = (info == 0) & (L.diagonal(dim1=-2, dim2=-1).square() > _PIVOT_TOL).all(-1)
+    x = torch.cholesky_solve(b, L).squeeze(-1)
+    if not _host_sync_is_free(A) or not bool(good.all()):
+        xp = (torch.linalg.pinv(M, rtol=_PINV_RTOL, hermitian=True) @ b).squeeze(-1)
+        x = torch.where(good.unsqueeze(-1), x, xp)
+    return torch.where(free, x, torch.zeros_like(x))
+
+
+def _pivot_round(
+    Gs: Tensor,
+    q: Tensor,
+    scale: Tensor,
+    free: Tensor,
+    z: Tensor,
+    best: Tensor,
+    backup: Tensor,
+    primal: Tensor,
+    switch: bool,
+    any_primal: bool,
+) -> tuple[Tensor, ...]:
+    """One round of :func:`dual_cone_qp` on the problems given (see there for the method).
+
+    ``any_primal=False`` promises that no problem is in its primal active-set phase.
+    """
+    zf = _masked_psd_solve(Gs, -q, free)
+    y = (Gs @ zf.unsqueeze(-1)).squeeze(-1) + q
+    tol = _KKT_TOL * (scale + zf.abs().sum(-1, keepdim=True))
+    negative = free & (zf < -tol)
+    violated = ~free & (y < -tol)
+    bad = negative | violated
+    optimal = ~bad.any(-1)
+    # Block principal pivoting with Júdice & Pires' backup rule: exchange every infeasible index;
+    # once that stops reducing their number, pivot on the largest infeasible index alone.
+    count = bad.sum(-1)
+    improved = count < best
+    full = (improved | (backup > 0)).unsqueeze(-1)
+    best = torch.where(improved, count, best)
+    backup = torch.where(improved, _BPP_BACKUP, (backup - 1).clamp_min(0))
+    rank = torch.arange(1, Gs.shape[-1] + 1, device=Gs.device)
+    single = torch.zeros_like(bad).scatter(-1, (bad * rank).argmax(-1, keepdim=True), True)
+    free_bpp = free ^ torch.where(full, bad, single)
+    last = zf.clamp_min(0.0)  # the fall-back answer if the round cap is reached
+    if any_primal:
+        free, z, last = _primal_step(zf, y, free, z, negative, violated, primal, free_bpp, last)
+    else:
+        free = free_bpp
+    if switch:  # restart the unfinished pivoting problems as primal active set from z = 0
+        sw = (~primal & ~optimal).unsqueeze(-1)
+        free = free & ~sw
+        z = torch.where(sw, 0.0, z)
+        primal = primal | sw.squeeze(-1)
+    return optimal, zf.clamp_min(0.0), last, free, z, best, backup, primal
+
+
+def _primal_step(
+    zf: Tensor, y: Tensor, free: Tensor, z: Tensor, negative: Tensor, violated: Tensor,
+    primal: Tensor, free_bpp: Tensor, last: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Primal active-set update of the problems flagged ``primal`` (the others keep ``free_bpp``)."""
+    # Move to a feasible face optimum and free the most violated index, or step towards an
+    # infeasible one until the first weight reaches its bound and fix it there.
+    feasible = ~negative.any(-1, keepdim=True)
+    worst = torch.where(violated, y, torch.inf).argmin(-1, keepdim=True)
+    add = torch.zeros_like(bad).scatter(-1, worst, True) & violated.any(-1, keepdim=True)
+    ratio = torch.where(negative, z / (z - zf).clamp_min(torch.finfo(z.dtype).tiny), torch.inf)
+    step, block = ratio.min(-1, keepdim=True)
+    stepped = (z + step.clamp(0, 1) * (zf - z)).clamp_min(0.0).scatter(-1, block, 0.0)
+    drop = torch.zeros_like(bad).scatter(-1, block, True)
+    z_primal = torch.where(feasible, zf.clamp_min(0.0), stepped)
+    free_primal = torch.where(feasible, free | add, free & ~drop)
+    pm = primal.unsqueeze(-1)
+    return torch.where(pm, free_primal, free_bpp), torch.where(pm, z_primal, z), torch.where(pm, z, last)
+
+
+def dual_cone_qp(G: Tensor, lower: Tensor, *, max_iter: int | None = None) -> Tensor:
+    """Exact minimiser ``v`` of ``½ vᵀGv`` subject to ``v ≥ lower`` (batched, float64).
+
+    With ``G = JJᵀ`` this is the projection onto the dual cone ``{d : Jd ≥ 0}``: ``Jᵀv`` is the
+    point of the cone closest to ``Jᵀ lower`` (Quinton & Rey 2024, Prop. 1). The update ``Jᵀv`` is
+    unique; when ``G`` is singular the weights ``v`` are not, and the solver returns the ones its
+    minimum-norm face solves reach.
+
+    Method: with ``v = lower + Dz`` (``D = diag(G)^{-1/2}`` equilibrates the Gramian) the problem is
+    the linear complementarity problem ``y = Ĝz + q ≥ 0``, ``z ≥ 0``, ``zᵀy = 0``. Block principal
+    pivoting (Júdice & Pires 1994, as in Kim & Park's NNLS) starts from the free set ``{q < 0}``
+    and exchanges every infeasible index at once; it typically ends after 1–3 face solves. A
+    problem not finished after ``2T + 10`` rounds (possible only with singular faces, where the
+    pivoting rule has no finiteness guarantee) restarts as a primal active-set method from
+    ``z = 0``, which frees one index at a time and decreases the objective monotonically to the
+    optimum. Every round solves one face exactly (:func:`_masked_psd_solve`), so the answer is
+    exact up to rounding once the optimal face is found. On the CPU each round works only on the
+    problems not yet solved and the loop ends when all are; on an accelerator every round runs on
+    the whole batch, with solved problems frozen by ``torch.where``.
+
+    Args:
+        G: positive semi-definite Gramians ``(..., T, T)``.
+        lower: lower bounds ``(..., T)``; broadcast against ``G``'s batch dimensions.
+        max_iter: cap on rounds; default ``6T + 30``.
+
+    Returns:
+        ``v`` with shape ``broadcast(G.shape[:-2], lower.shape[:-1]) + (T,)``.
+    """
+    T = G.shape[-1]
+    batch = torch.broadcast_shapes(G.shape[:-2], lower.shape[:-1])
+    G = G.expand(*batch, T, T).reshape(-1, T, T)
+    lower = lower.to(dtype=G.dtype, device=G.device).expand(*batch, T).reshape(-1, T)
+    N = G.shape[0]
+    D = _diag_scale(G)
+    Gs = G * D.unsqueeze(-1) * D.unsqueeze(-2)
+    q = D * (G @ lower.unsqueeze(-1)).squeeze(-1)  # the objective's gradient at z = 0
+    # Size of the problem in the units of z (weight × ‖g‖): rounding is relative to it.
+    scale = (lower.abs() * G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()).sum(-1, keepdim=True)
+
+    cap = 6 * T + 30 if max_iter is None else max_iter
+    free = q < -_KKT_TOL * scale
+    z = torch.zeros_like(q)
+    result = torch.zeros_like(q)
+    best = torch.full((N,), T + 1, dtype=torch.long, device=G.device)
+    backup = torch.full((N,), _BPP_BACKUP, dtype=torch.long, device=G.device)
+    primal = torch.zeros(N, dtype=torch.bool, device=G.device)
+    done = torch.zeros(N, dtype=torch.bool, device=G.device)
+    cpu = _host_sync_is_free(G)
+    for it in range(cap):
+        switch = it + 1 == 2 * T + 10
+        any_primal = not cpu or bool(primal.any())
+        if cpu and N >= 8:  # a large batch: work on the unsolved problems only
+            idx = (~done).nonzero().squeeze(-1)
+            if idx.numel() == 0:
+                break
+            opt, zf, last, f2, z2, b2, k2, p2 = _pivot_round(
+                Gs[idx], q[idx], scale[idx], free[idx], z[idx], best[idx], backup[idx], primal[idx], switch,
+                any_primal,
+            )
+            result[idx] = torch.where(opt.unsqueeze(-1), zf, last)
+            done[idx] = opt
+            free[idx], z[idx], best[idx], backup[idx], primal[idx] = f2, z2, b2, k2, p2
+        else:
+            opt, zf, last, f2, z2, b2, k2, p2 = _pivot_round(
+                Gs, q, scale, free, z, best, backup, primal, switch, any_primal
+            )
+            live = ~done
+            result = torch.where(live.unsqueeze(-1), torch.where(opt.unsqueeze(-1), zf, last), result)
+            keep = done.unsqueeze(-1)
+            free, z = torch.where(keep, free, f2), torch.where(keep, z, z2)
+            best, backup = torch.where(done, best, b2), torch.where(done, backup, k2)
+            primal = torch.where(done, primal, p2)
+            done = done | opt
+            if cpu and bool(done.all()):
+                break
+    return (lower + D * result).reshape(*batch, T)
+
+
+def bargaining_weights(
+    G: Tensor,
+    alpha: float = 1.0,
+    *,
+    ridge: float = 1e-10,
+    w0: Tensor | None = None,
+    max_iter: int = 100,
+) -> Tensor:
+    r"""Positive weights ``w`` with ``(Gw)_i = w_i^{-1/α}`` (α-fair bargaining; α = 1 is Nash-MTL).
+
+    The equations are the stationarity condition of the strictly convex function
+
+        f(w) = ½ wᵀ(G + ρ·diag G) w − Σ_i h(w_i),    h'(w) = w^{-1/α},
+
+    (``h = log`` for α = 1, ``h(w) = w^{1-1/α}/(1 − 1/α)`` otherwise; ``−h`` is convex and its
+    derivative diverges at 0, so the minimiser is interior), minimised by Newton's method with a
+    batched Armijo backtracking line search that keeps ``w > 0``. The iterates are quadratically
+    convergent; the loop stops (on the CPU) once the Newton decrement is ``≤ 1e-16·T`` after the
+    step, i.e. at full float64 accuracy.
+
+    Scaling: the problem is solved in ``w = Dβ``, ``D = diag(G)^{-1/2}``, on the unit-diagonal
+    ``DGD``; for α = 1 the solution is then exactly invariant to rescaling any task's gradient.
+
+    Degenerate inputs: the equations have a solution iff no non-negative combination
+    ``Σ n_i g_i = 0`` exists (e.g. two opposite gradients). The relative ridge ``ρ·diag G``
+    (``ρ = 1e-10`` by default, far below the float32 rounding of a Gramian's entries) makes ``f``
+    coercive, so a unique solution always exists; elsewhere it moves the weights by ``O(ρ)``
+    relative (``O(ρ/(1 + cos))`` for two nearly opposite gradients).
+    Zero gradients (``G_ii ≤ ε²·max_j G_jj``) cannot satisfy the equation and get weight 0.
+
+    Args:
+        G: Gramians ``(..., T, T)``.
+        alpha: fairness ``α > 0``.
+        ridge: ``ρ > 0``.
+        w0: optional positive warm start ``(..., T)`` (e.g. the previous step's weights).
+        max_iter: Newton iteration cap (reached only by extremely degenerate inputs).
+    """
+    T = G.shape[-1]
+    p = 1.0 / alpha
+    diag = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
+    top = diag.amax(-1, keepdim=True)
+    live = diag > top * _EPS**2
+    d = torch.where(live, diag, 1.0).rsqrt()
+    eye = torch.eye(T, dtype=G.dtype, device=G.device)
+    pair = live.unsqueeze(-1) & live.unsqueeze(-2)
+    C = torch.where(pair, G * d.unsqueeze(-1) * d.unsqueeze(-2), eye) + ridge * eye
+    if alpha == 1.0 and T <= 2:
+        # Symmetric solution β₁ = β₂ = (1 + ρ + C₁₂)^{-1/2} (and β = (1 + ρ)^{-1/2} for T = 1).
+        beta = (C.sum(-1) if T == 2 else C[..., 0]).clamp_min(ridge).rsqrt()
+        return torch.where(live, d * beta, torch.zeros_like(beta))
+    c = d ** (1.0 - p)  # h(Dβ) = c·h(β) + const
+
+    def h(b: Tensor) -> Tensor:
+        return torch.log(b) if p == 1.0 else b ** (1.0 - p) / (1.0 - p)
+
+    # Start: the per-coordinate solution β_i^{1+p} = c_i (exact for orthogonal gradients), or the
+    # warm start, then the best multiple of it (closed form: t^{1+p} = Σ c_i b_i^{1-p} / bᵀCb).
+    base = c ** (1.0 / (1.0 + p))
+    if w0 is not None:
+        b0 = w0.to(G) / d
+        ok = ((torch.isfinite(b0) & (b0 > 0)) | ~live).all(-1, keepdim=True)
+        base = torch.where(ok & live, b0, base)
+    quad = (base * (C @ base.unsqueeze(-1)).squeeze(-1)).sum(-1, keepdim=True)
+    beta = base * ((c * base ** (1.0 - p)).sum(-1, keepdim=True) / quad) ** (1.0 / (1.0 + p))
+
+    absC = C.abs()
+    steps = 0.5 ** torch.arange(12, dtype=G.dtype, device=G.device)  # backtracking candidates
+    f_now = 0.5 * (beta * (C @ beta.unsqueeze(-1)).squeeze(-1)).sum(-1, keepdim=True) - (c * h(beta)).sum(-1, keepdim=True)
+    done = torch.zeros(G.shape[:-2] + (1,), dtype=torch.bool, device=G.device)
+    cpu = _host_sync_is_free(G)
+    for _ in range(max_iter):
+        inv = beta.reciprocal()
+        bp = inv if p == 1.0 else beta ** (-p)
+        grad = (C @ beta.unsqueeze(-1)).squeeze(-1) - c * bp
+        L, _ = torch.linalg.cholesky_ex(C + torch.diag_embed(p * c * bp * inv))
+        delta = -torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
+        dec = -(grad * delta).sum(-1, keepdim=True)  # Newton decrement², ≥ 0
+        # Longest step keeping β > 0 (99% of the way to the boundary), then Armijo backtracking;
+        # near the solution f no longer resolves the decrease and the full step is taken.
+        t = (0.99 / (-delta * inv).amax(-1, keepdim=True).clamp_min(0.99)) * steps
+        cand = beta.unsqueeze(-2) + t.unsqueeze(-1) * delta.unsqueeze(-2)
+        f_cand = 0.5 * (cand * (cand @ C)).sum(-1) - (c.unsqueeze(-2) * h(cand)).sum(-1)
+        ok = (f_cand <= f_now - 0.1 * t * dec) | (dec <= 1e-10 * T)
+        pick = torch.where(ok.any(-1, keepdim=True), ok.to(torch.int8).argmax(-1, keepdim=True), steps.shape[0] - 1)
+        beta = torch.where(done, beta, cand.gather(-2, pick.unsqueeze(-1).expand(*pick.shape[:-1], 1, T)).squeeze(-2))
+        f_now = torch.where(done, f_now, f_cand.gather(-1, pick))
+        # Converged once the decrement reaches 1e-16·T (the step just taken then leaves an error of
+        # order 1e-16) or the rounding floor of the gradient, ε²·Σ_i (β_i (|C|β)_i)².
+        noise = (beta * (absC @ beta.unsqueeze(-1)).squeeze(-1)).square().sum(-1, keepdim=True)
+        done = done | (dec <= 1e-16 * T + 1e2 * _EPS**2 * noise)
+        if cpu and bool(done.all()):
+            break
+    return torch.where(live, d * beta, torch.zeros_like(beta))
+
+
+def config_weights(G: Tensor, pref: Tensor | None = None) -> Tensor:
+    """ConFIG's update as task weights (Liu, Chu & Thuerey 2024): ``d = (Σ_i g_iᵀ ĝ) ĝ``.
+
+    ``ĝ`` is the unit vector of ``U⁺ w`` where ``U`` stacks the unit gradients ``g_i/‖g_i‖`` and
+    ``w`` is the preference (ones). With ``D = diag(1/‖g_i‖)`` and ``C = DGD`` (the cosine
+    matrix), ``U⁺w = Uᵀ C⁺ w = Σ_i a_i g_i`` with ``a = D C⁺ w``, ``‖U⁺w‖² = wᵀC⁺w``, so
+    ``d = Σ_i [a_i (1ᵀGa)/(aᵀGa)] g_i``. Zero gradients get zero unit vectors (weight 0), as in
+    torchjd; if ``U⁺w = 0`` (e.g. two opposite gradients) the update is 0.
+    """
+    T = G.shape[-1]
+    diag = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
+    top = diag.amax(-1, keepdim=True)
+    live = diag > top * _EPS**2
+    d = torch.where(live, torch.where(live, diag, 1.0).rsqrt(), 0.0)
+    C = G * d.unsqueeze(-1) * d.unsqueeze(-2)
+    w = G.new_ones(G.shape[:-1]) if pref is None else pref.to(G).expand(G.shape[:-1])
+    s = _masked_psd_solve(C, w, live)
+    a = d * s
+    Ga = (G @ a.unsqueeze(-1)).squeeze(-1)
+    norm2 = (a * Ga).sum(-1, keepdim=True)  # = sᵀCs = ‖U⁺w‖²
+    length = Ga.sum(-1, keepdim=True)  # = Σ_i g_iᵀ(U⁺w)
+    # U⁺w = 0 (w ⊥ the span of the unit gradients) leaves only rounding noise in s.
+    ok = norm2 > 1e-18 * w.square().sum(-1, keepdim=True)
+    return torch.where(ok, a * length / torch.where(ok, norm2, 1.0), torch.zeros_like(a))

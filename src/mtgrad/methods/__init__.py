@@ -5,16 +5,22 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+from .alignedmtl import AlignedMTL
 from .base import JacobianAggregator, LossWeighting, Method, Weighting
 from .cagrad import CAGrad
 from .dwa import DWA
 from .famo import FAMO
 from .gls import GLS
+from .graddrop import GradDrop
 from .gradnorm import GradNorm
+from .gradvac import GradVac
+from .imtlg import IMTLG
 from .imtll import IMTLL
 from .linear import Mean, Sum
 from .mgda import MGDA
 from .pcgrad import PCGrad
+from .rlw import RLW
+from .schedules import CAGradFast, Reuse
 from .uw import UW
 
 __all__ = [
@@ -27,6 +33,13 @@ __all__ = [
     "MGDA",
     "PCGrad",
     "CAGrad",
+    "CAGradFast",
+    "Reuse",
+    "IMTLG",
+    "GradVac",
+    "AlignedMTL",
+    "RLW",
+    "GradDrop",
     "UW",
     "DWA",
     "GradNorm",
@@ -45,6 +58,12 @@ REGISTRY: dict[str, Callable[..., Method]] = {
     "mgda": MGDA,
     "pcgrad": PCGrad,
     "cagrad": CAGrad,
+    "cagrad_fast": CAGradFast,
+    "imtlg": IMTLG,
+    "gradvac": GradVac,
+    "alignedmtl": AlignedMTL,
+    "rlw": RLW,
+    "graddrop": GradDrop,
     "uw": UW,
     "dwa": DWA,
     "gradnorm": GradNorm,

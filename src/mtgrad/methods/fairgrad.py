@@ -1,0 +1,65 @@
+"""FairGrad: α-fair resource allocation in multi-task learning (Ban & Ji, ICML 2024)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import Tensor
+
+from ..solvers import bargaining_weights
+from .base import Weighting
+from .nashmtl import _check_max_iter, _check_ridge
+
+__all__ = ["FairGrad"]
+
+
+class FairGrad(Weighting):
+    r"""FairGrad of Ban & Ji (2024), "Fair Resource Allocation in Multi-Task Learning" (arXiv:2402.15638).
+
+    The update ``d = Σ_i w_i g_i`` maximises the α-fair utility ``Σ_i (g_iᵀd)^{1−α}/(1−α)`` of
+    the tasks' loss decreases (``Σ log g_iᵀd`` for α = 1) over a ball; its optimality condition,
+    the paper's ``GᵀGw = w^{−1/α}``, reads here::
+
+        (Gw)_i = w_i^{−1/α}   for every task,   w > 0,    G = JJᵀ.
+
+    α = 1 is Nash-MTL's condition (proportional fairness); α → ∞ tends to max-min fairness
+    (MGDA-like); small α favours the total decrease. The solution is the unique minimiser of the
+    strictly convex ``½wᵀGw − Σ_i h(w_i)`` with ``h'(w) = w^{−1/α}`` (``h = log`` for α = 1, else
+    ``w^{1−1/α}/(1−1/α)``), computed exactly by damped Newton steps
+    (:func:`mtgrad.solvers.bargaining_weights`). Scaling all gradients by ``s`` scales ``d`` by
+    ``s^{(1−α)/(1+α)}``.
+
+    Official code (OptMN-Lab/fairgrad, ``FairGrad``): ``scipy.optimize.least_squares`` on
+    ``Gw − w^{−1/α}`` from ``w = 1/T`` with bounds ``w ≥ 0`` (an approximate root), then the update
+    is multiplied by T ("to match the sum loss", ``scale_by_tasks=True`` here) and the training loop
+    calls ``clip_grad_norm_(shared_parameters, max_norm=1.0)``, which is not done here. LibMTL's
+    ``FairGrad`` uses the same ``least_squares`` but neither the factor T nor clipping.
+
+    Degenerate inputs (no NaN): a zero gradient gets weight 0; when a non-negative combination of
+    the gradients vanishes no solution exists, and the relative ridge ``G + ρ·diag(G)``
+    (``ridge = ρ = 1e-10``) makes it exist always, moving regular solutions by ``O(ρ)``.
+
+    Args:
+        alpha: fairness ``α > 0`` (paper and official default 1.0).
+        scale_by_tasks: multiply the weights by T (official code); LibMTL does not.
+        ridge: ``ρ > 0`` above.
+        max_iter: Newton iteration cap.
+    """
+
+    def __init__(
+        self, alpha: float = 1.0, scale_by_tasks: bool = False, ridge: float = 1e-10, max_iter: int = 100
+    ) -> None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0 < alpha < math.inf):
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.scale_by_tasks = bool(scale_by_tasks)
+        self.ridge = _check_ridge(ridge)
+        self.max_iter = _check_max_iter(max_iter)
+
+    def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
+        w = bargaining_weights(gramian, self.alpha, ridge=self.ridge, max_iter=self.max_iter)
+        return w * gramian.shape[-1] if self.scale_by_tasks else w
+
+    def _config(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "scale_by_tasks": self.scale_by_tasks, "ridge": self.ridge, "max_iter": self.max_iter}

@@ -1,0 +1,108 @@
+"""Nash-MTL: multi-task learning as a bargaining game (Navon et al., ICML 2022)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..solvers import bargaining_weights
+from .base import Weighting
+
+__all__ = ["NashMTL"]
+
+
+class NashMTL(Weighting):
+    r"""Nash bargaining solution of Navon et al. (2022), "Multi-Task Learning as a Bargaining Game".
+
+    The update ``d = Σ_i α_i g_i`` uses the positive ``α`` that solves the bargaining condition
+    (their Sec. 3, ``GᵀGα = 1/α`` in their notation)::
+
+        (Gα)_i = 1/α_i   for every task,     G = JJᵀ,
+
+    i.e. ``α_i g_iᵀd = 1``: every task gets the same "utility" ``α_i·g_iᵀd``. It is the unique
+    minimiser of the strictly convex ``½αᵀGα − Σ_i log α_i`` and is computed exactly (to float64
+    rounding) by damped Newton steps, :func:`mtgrad.solvers.bargaining_weights`. Consequences:
+    ``‖d‖² = αᵀGα = T`` and the update is invariant to rescaling any task's gradient
+    (``g_i → s_i g_i`` gives ``α_i → α_i/s_i``).
+
+    What the official code (AvivNavon/nash-mtl, ``NashMTL``) does differently: it divides ``G`` by
+    its Frobenius norm and runs up to ``optim_niter = 20`` cvxpy/ECOS convex programs (a
+    concave-convex linearisation of ``Σ log α_i + log (Gα)_i``, warm-started from the previous
+    ``α``), stopping when ``‖G̃α − 1/α‖ < 1e-3`` on the normalised ``G̃`` or when ``α`` moves less
+    than 1e-6, and keeps the previous ``α`` when the solver fails — so its ``α`` is an
+    approximation of the one here. After the backward it calls
+    ``clip_grad_norm_(shared_parameters, max_norm=1.0)``: that clipping belongs to the training
+    loop and is not done here. Since ``‖d‖ = √T``, it rescales every update to norm 1 for T ≥ 2.
+
+    Degenerate inputs (no NaN): a zero gradient cannot meet the condition and gets weight 0. When
+    a non-negative combination of the gradients vanishes (e.g. two opposite gradients) no solution
+    exists; the relative ridge ``G + ρ·diag(G)`` (``ridge = ρ = 1e-10``) makes it exist always,
+    moving regular solutions by ``O(ρ)`` relative, and keeps the weights finite (of order
+    ``1/(√ρ‖g_i‖)``) in the degenerate case, where ``d`` shrinks towards 0.
+
+    State: the last computed ``α`` (warm start of the next solve, and the weights reused between
+    updates) and the step counter; both are in :meth:`state_dict`.
+
+    Args:
+        update_weights_every: recompute ``α`` every this many calls and reuse it in between
+            (official option, default 1).
+        ridge: ``ρ > 0`` above.
+        max_iter: Newton iteration cap (typically 4–8 are used; on an accelerator all run).
+    """
+
+    def __init__(self, update_weights_every: int = 1, ridge: float = 1e-10, max_iter: int = 100) -> None:
+        if isinstance(update_weights_every, bool) or not isinstance(update_weights_every, int) or update_weights_every < 1:
+            raise ValueError(f"update_weights_every must be an int ≥ 1, got {update_weights_every!r}")
+        self.update_weights_every = update_weights_every
+        self.ridge = _check_ridge(ridge)
+        self.max_iter = _check_max_iter(max_iter)
+        self._alpha: Tensor | None = None
+        self._step = 0
+
+    def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
+        shape = gramian.shape[:-1]
+        stale = self._alpha is not None and self._alpha.shape != shape
+        if self._alpha is None or self._step % self.update_weights_every == 0:
+            warm = None if stale else self._alpha
+            self._alpha = bargaining_weights(gramian, 1.0, ridge=self.ridge, w0=warm, max_iter=self.max_iter)
+        elif stale:
+            raise ValueError(
+                f"NashMTL reuses its weights of shape {tuple(self._alpha.shape)} at this step "
+                f"(update_weights_every={self.update_weights_every}), got a Gramian for shape {tuple(shape)}"
+            )
+        self._step += 1
+        return self._alpha.clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self._step, "alpha": None if self._alpha is None else self._alpha.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unknown = set(state) - {"step", "alpha"}
+        if unknown:
+            raise ValueError(f"unexpected NashMTL state keys {sorted(unknown)}")
+        step = state.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"NashMTL state 'step' must be an int ≥ 0, got {step!r}")
+        alpha = state.get("alpha")
+        if alpha is not None and not isinstance(alpha, Tensor):
+            raise TypeError(f"NashMTL state 'alpha' must be a tensor or None, got {type(alpha).__name__}")
+        self._step = step
+        self._alpha = None if alpha is None else alpha.detach().to(torch.float64).clone()
+
+    def _config(self) -> dict[str, Any]:
+        return {"update_weights_every": self.update_weights_every, "ridge": self.ridge, "max_iter": self.max_iter}
+
+
+def _check_ridge(ridge: float) -> float:
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (0 < ridge < math.inf):
+        raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
+    return float(ridge)
+
+
+def _check_max_iter(max_iter: int) -> int:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an int ≥ 1, got {max_iter!r}")
+    return max_iter
