@@ -9,6 +9,7 @@ tensor([0.1835, 1.2041, 1.2041])
 from . import methods, solvers
 from .aggregate import aggregate
 from .backward import BackwardResult, backward
+from .grouped import grouped_backward, grouped_task_gradients
 from .methods import (
     DWA,
     FAMO,
@@ -36,6 +37,8 @@ from .optim import MTLOptimizer
 __all__ = [
     "aggregate",
     "backward",
+    "grouped_backward",
+    "grouped_task_gradients",
     "BackwardResult",
     "MTLOptimizer",
     "Method",
