@@ -8,7 +8,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .engine import Engine, reaches, sampled_gradients, task_gradients, weighted_backward
+from .engine import (
+    Engine,
+    backward_through_representation,
+    reaches,
+    representation_gradients,
+    sampled_gradients,
+    task_gradients,
+    weighted_backward,
+)
 from .gramian import combine, gramian
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .methods.schedules import CAGradFast, Reuse
@@ -40,6 +48,7 @@ def backward(
     retain_graph: bool = False,
     check_finite: bool = True,
     engine: Engine = "loop",
+    representation: Tensor | None = None,
 ) -> BackwardResult:
     """Backpropagate T task losses with gradient surgery on the shared parameters.
 
@@ -65,6 +74,11 @@ def backward(
         engine: how the per-task gradients are computed (see :mod:`mtgrad.engine`): ``"loop"``
             (T backward passes, lowest memory, fastest on CPUs) or ``"batched"`` (one vmapped
             backward). Both give the same answer up to rounding.
+        representation: the shared representation ``Z`` (the trunk's output the heads read). If
+            given, the method works on the gradients ``∂L_i/∂Z`` instead of ``∂L_i/∂θ`` (MGDA-UB
+            style, Sener & Koltun 2018, Sec. 3.3): T cheap passes through the heads, one through
+            the trunk, and the trunk receives ``(∂Z/∂θ)ᵀ Σ_i w_i ∂L_i/∂Z``. The returned Gramian is
+            then that of the representation gradients.
 
     Raises:
         ValueError: empty or non-scalar losses, NaN/inf losses or gradients, a loss with no
@@ -93,6 +107,9 @@ def backward(
         objective, w = method.combine(torch.stack(task_losses))
         objective.backward(retain_graph=retain_graph)
         return BackwardResult(weights=w.detach().to(torch.float64), gramian=None)
+
+    if representation is not None:
+        return _representation_backward(task_losses, params, method, representation, values, retain_graph, check_finite)
 
     if isinstance(method, Reuse):
         planned = method.planned_weights(len(task_losses), values)
@@ -125,6 +142,31 @@ def backward(
         w = None
         updates = method.aggregate_blocks(blocks, values)
     _apply(params, updates)
+    return BackwardResult(weights=w, gramian=G)
+
+
+def _representation_backward(
+    losses: list[Tensor],
+    params: list[Tensor],
+    method: Method,
+    rep: Tensor,
+    values: Tensor,
+    retain_graph: bool,
+    check_finite: bool,
+) -> BackwardResult:
+    if not isinstance(rep, Tensor) or not rep.requires_grad:
+        raise ValueError("representation must be a tensor that requires grad (the trunk's output)")
+    if not isinstance(method, (Weighting, JacobianAggregator)):
+        raise TypeError(f"representation= works with gradient methods, not {type(method).__name__}")
+    blocks = representation_gradients(losses, rep)
+    G = _checked_gramian(blocks, check_finite)
+    if isinstance(method, Weighting):
+        w: Tensor | None = method.weights(G, values if method.needs_losses else None)
+        update = combine(w, blocks[0])
+    else:
+        w = None
+        update = method.aggregate_blocks(blocks, values)[0]
+    backward_through_representation(losses, rep, params, update, retain_graph)
     return BackwardResult(weights=w, gramian=G)
 
 

@@ -19,7 +19,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Engine", "task_gradients", "weighted_backward", "sampled_gradients", "graph_leaves", "reaches"]
+__all__ = [
+    "Engine",
+    "task_gradients",
+    "weighted_backward",
+    "sampled_gradients",
+    "representation_gradients",
+    "backward_through_representation",
+    "graph_leaves",
+    "reaches",
+]
 
 Engine = Literal["loop", "batched"]
 ENGINES: tuple[str, ...] = ("loop", "batched")
@@ -66,6 +75,27 @@ def _batched(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> 
     if others:
         torch.autograd.backward(stacked.sum(), inputs=others, retain_graph=retain_graph)
     return blocks
+
+
+def representation_gradients(losses: list[Tensor], rep: Tensor) -> list[Tensor]:
+    """One block ``(T, *rep.shape)`` of ``∂L_i/∂Z`` for the shared representation ``Z``.
+
+    Each pass runs only through task i's head, so all T cost about one head backward each.
+    """
+    rows = [torch.autograd.grad(loss, rep, retain_graph=True, allow_unused=True)[0] for loss in losses]
+    return [torch.stack([torch.zeros_like(rep) if g is None else g for g in rows])]
+
+
+def backward_through_representation(
+    losses: list[Tensor], rep: Tensor, params: list[Tensor], rep_update: Tensor, retain_graph: bool
+) -> None:
+    """Shared parameters get ``(∂Z/∂θ)ᵀ rep_update``; the other leaves ``∇ Σ_i L_i``."""
+    grads = torch.autograd.grad(rep, params, grad_outputs=rep_update, retain_graph=True, allow_unused=True)
+    _add_to_grad(params, grads)
+    shared = {id(p) for p in params}
+    others = [leaf for leaf in graph_leaves(losses) if id(leaf) not in shared]
+    if others:
+        torch.autograd.backward(torch.stack(losses).sum(), inputs=others, retain_graph=retain_graph)
 
 
 def weighted_backward(losses: list[Tensor], params: list[Tensor], weights: Tensor, retain_graph: bool) -> None:
