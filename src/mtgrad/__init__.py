@@ -6,7 +6,7 @@
 tensor([0.1835, 1.2041, 1.2041])
 """
 
-from . import methods, solvers
+from . import diagnostics, methods, solvers
 from .aggregate import aggregate
 from .backward import BackwardResult, backward
 from .grouped import grouped_backward, grouped_task_gradients
@@ -66,6 +66,7 @@ __all__ = [
     "from_spec",
     "methods",
     "solvers",
+    "diagnostics",
 ]
 
 __version__ = "0.1.0"

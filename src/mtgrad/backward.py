@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .diagnostics import Diagnostics, diagnose
 from .engine import (
     Engine,
     backward_through_representation,
@@ -38,6 +39,12 @@ class BackwardResult:
 
     weights: Tensor | None
     gramian: Tensor | None
+
+    def diagnostics(self) -> Diagnostics:
+        """Conflict statistics of this step's task gradients (cosines, conflict rate, Φ, ξ)."""
+        if self.gramian is None:
+            raise ValueError("this step computed no per-task gradients (a loss weighting or a reused step)")
+        return diagnose(self.gramian)
 
 
 def backward(
