@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
+
+# The suite's tensors are tiny: one intra-op thread avoids oversubscribing the CI's two cores,
+# where the default two threads made small solves tens of times slower under load.
+torch.set_num_threads(1)
 
 _TESTS = Path(__file__).resolve().parent
 _SRC = _TESTS.parent / "src"
@@ -38,6 +43,9 @@ settings.register_profile("dev", max_examples=50, **_common)
 settings.register_profile("ci", max_examples=25, derandomize=True, **_common)
 settings.register_profile("thorough", max_examples=500, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# Falsifying examples print numpy arrays; full precision makes them copy-paste reproducible.
+np.set_printoptions(precision=17, linewidth=120)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import mtgrad
 import reference as ref
-from jacobians import ADVERSARIAL, jacobians, make_jacobian, to_torch
+from jacobians import ADVERSARIAL, family_samples, jacobians, make_jacobian, to_torch
 
 CS = [0.1, 0.4, 0.5, 0.9, 2.0]
 
@@ -70,6 +70,63 @@ def test_default_c_is_0_4():
 def test_matches_exact_primal(case, c):
     _, J = case
     check_against_reference(J, c, run(J, mtgrad.CAGrad(c=c)))
+
+
+@pytest.mark.parametrize("kind", ADVERSARIAL)
+def test_matches_exact_primal_deterministic_sweep(kind):
+    """Fixed sample per family (Hypothesis' 50 random draws can miss the rarer degenerate cases)."""
+    for _, J in family_samples((kind,), n_per_family=6, seed=1):
+        for c in (0.5, 2.0):
+            check_against_reference(J, c, run(J, mtgrad.CAGrad(c=c)))
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 6])
+def test_identical_rows(T):
+    """All gradients equal to g: no conflict, g_w = g for every w, d* = (1 + c) g (Alg. 1)."""
+    g = np.array([1.0, 2.0, -0.5])
+    J = np.tile(g, (T, 1))
+    np.testing.assert_allclose(run(J, mtgrad.CAGrad(c=0.5)), 1.5 * g, rtol=1e-9)
+
+
+def test_nearly_all_equal_gramian():
+    """Identical gradients in fp32 give an all-equal Gramian up to one ulp; the answer must stay
+    close to the exact all-equal one, weights summing to 1 + c."""
+    G = torch.ones(3, 3, dtype=torch.float64)
+    G[0, 1] = G[1, 0] = 1.0 - 2.0**-24
+    w = mtgrad.CAGrad(c=0.4).weights(G)
+    assert float(w.sum()) == pytest.approx(1.4, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "rows, c",
+    [
+        ([[-2.0, -2.0], [0.0, 1.0], [0.0, 0.0]], 0.5),
+        ([[0.0, 0.0], [0.4941521992538255, 0.5745536031050376], [-0.2179440234272259, 0.07299144875939255]], 2.0),
+    ],
+)
+def test_zero_row_pareto_stationary_optimum(rows, c):
+    """A zero gradient puts 0 in conv{g_i}, so min_i <g_i, d> <= 0; the optimum value is 0 when
+    the ball meets {d : J d >= 0}, as here (e.g. d = (-2/3, 0.0393) for the first case), and
+    returning g0 there is suboptimal (first case: value -1/3; second: -0.0043)."""
+    J = np.array(rows)
+    check_against_reference(J, c, run(J, mtgrad.CAGrad(c=c)))
+
+
+# Found by Hypothesis (colinear family): rows 0 and 5 exactly opposite, so 0 is in conv{g_i} and the
+# optimum value is 0; mtgrad returned an interior point with min_i <g_i, d> = -0.098.
+# Rounding-sensitive: an isometric 6-D rewrite of the same matrix does not fail.
+OPPOSITE_PAIR_6x20 = np.array([
+        [-0.37176189079352345, 0.47743841516694474, -0.3474248063373547, 0.1398270481934662, -1.1808823841349887, 0.6848132618243258, 2.2210993435930155, -0.6315581162189798, -0.9462993401279124, 0.708197948249168, -1.3859726025510473, -0.3047693445684931, -0.8414240460809683, 0.5667970534698227, 1.5273619378867065, -0.4503038799483447, 0.1370516873101545, -0.5453683565947115, 1.0392141115563325, -1.1759969443447507],
+        [-0.8336665129525573, 0.9128866776174402, -0.6621124453299421, -0.050821069025110584, -0.3160018586025284, 1.3343387258474086, -0.11859577514208663, 0.4252917495451155, 0.12201999366735371, 0.5353939129663216, -0.372519601588073, 0.07795663463814512, -0.6257638425352702, -1.3681558727324714, -0.468357833734782, 0.18791416005575712, 0.002853762253149596, -0.5399555261811065, -0.5542064012962455, 0.13099830645312124],
+        [0.5681298484577098, -1.0110104828668551, -0.1119679401746584, 1.150975020531727, 0.24554897637634593, -1.3722659736199114, -1.529367703408937, -0.2686859176027794, 1.737209415178279, 0.31779988727969716, 2.000402592474957, -1.2950608332864104, 1.8966245115680793, 0.2742726711556745, 1.3114786367025633, -0.566606591082727, 0.2979318272655955, 2.6648545495561065, 1.378624848117828, 0.584245258232115],
+        [-0.23957370641413195, -1.2542092204189976, 0.2593167470644904, -1.8159585475499047, -1.7421250861451627, 0.4420855940585517, 0.6892895446342991, 1.1348510238532952, 0.9675924812392126, 0.20132445061772655, 0.6136985024219413, -1.6952732313312, -0.6732387646062027, 1.1157447478844562, -0.6198901202243324, 0.8283533992869594, 0.4687895552860808, -0.40217429378363484, -0.5191060374747988, 1.266701898180156],
+        [0.12343068376420527, -0.4499319980749418, 1.3647618688521668, -0.9984481799752766, 0.7445555026172681, 0.20527754314864938, -0.7081123721943071, 0.6098038094005988, -0.8552465261018769, -3.3003489739527603, -1.2806188891034234, 2.0804785874238463, -2.2463405151841838, -0.0988126169388296, 0.6700853271202041, -0.07211840956727841, 0.40922148865331237, -1.7224224607920313, 1.6360901643013113, 0.43511053270057715],
+        [0.37176189079352345, -0.47743841516694474, 0.3474248063373547, -0.1398270481934662, 1.1808823841349887, -0.6848132618243258, -2.2210993435930155, 0.6315581162189798, 0.9462993401279124, -0.708197948249168, 1.3859726025510473, 0.3047693445684931, 0.8414240460809683, -0.5667970534698227, -1.5273619378867065, 0.4503038799483447, -0.1370516873101545, 0.5453683565947115, -1.0392141115563325, 1.1759969443447507],
+])
+
+
+def test_opposite_pair_pareto_stationary_regression():
+    check_against_reference(OPPOSITE_PAIR_6x20, 0.4, run(OPPOSITE_PAIR_6x20, mtgrad.CAGrad(c=0.4)))
 
 
 @given(jacobians(families=("gaussian", "conflict", "benign"), max_T=4, max_d=10), st.sampled_from(CS))

@@ -57,7 +57,7 @@ def test_toy_methods_with_commas_inside_specs(tmp_path):
         "--problem", "cagrad",
         "--steps", "30",
         "--methods", "gd,cagrad:c=0.5,rescale=2;pcgrad:reduction=mean",
-        "--starts", "0,0;9,9",
+        "--starts=-8.5,-5;9,9",
         "--out", str(out),
         "--no-plots",
         "--no-progress",
@@ -69,7 +69,7 @@ def test_toy_methods_with_commas_inside_specs(tmp_path):
         "cagrad:c=0.5,rescale=2", "cagrad:c=0.5,rescale=2",
         "pcgrad:reduction=mean", "pcgrad:reduction=mean",
     ]  # fmt: skip
-    assert [(float(r["start_x"]), float(r["start_y"])) for r in rows[:2]] == [(0, 0), (9, 9)]
+    assert [(float(r["start_x"]), float(r["start_y"])) for r in rows[:2]] == [(-8.5, -5), (9, 9)]
     assert not (out / "toy_pcgrad.csv").exists()
     assert not (out / "toy_cagrad.png").exists()
 
@@ -91,6 +91,10 @@ def test_bad_arguments_exit_with_usage_error(tmp_path):
         main(["toy", "--starts", "1,2,3", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main([])  # a command is required
+    for bad in ("nope", "cagrad:cc=1", "graddrop"):  # unknown, bad option, not a Gramian weighting
+        with pytest.raises(SystemExit) as exc:
+            main(["toy", "--methods", bad, "--steps", "5", "--out", str(tmp_path)])
+        assert exc.value.code == 2
 
 
 def test_python_dash_m_mtgrad():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import mtgrad
 import reference as ref
-from jacobians import ADVERSARIAL, jacobians, make_jacobian, to_torch
+from jacobians import ADVERSARIAL, family_samples, jacobians, make_jacobian, to_torch
 
 
 def run(J: np.ndarray) -> np.ndarray:
@@ -41,6 +41,19 @@ def test_matches_exact_min_norm_point(case):
     got = run(J)
     err = np.linalg.norm(got - x_ref)
     assert err <= vec_tol(J, x_ref), f"|err|={err:.3e} |ref|={np.linalg.norm(x_ref):.3e}"
+
+
+@pytest.mark.parametrize("kind", ADVERSARIAL)
+def test_matches_exact_min_norm_point_deterministic_sweep(kind):
+    for _, J in family_samples((kind,), n_per_family=10, seed=2):
+        x_ref, _ = ref.mgda(J)
+        assert np.linalg.norm(run(J) - x_ref) <= vec_tol(J, x_ref)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 6])
+def test_identical_rows(T):
+    g = np.array([1.0, 2.0, -0.5])
+    np.testing.assert_allclose(run(np.tile(g, (T, 1))), g, rtol=1e-12)
 
 
 @given(jacobians())

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import mtgrad
 import reference as ref
-from jacobians import ADVERSARIAL, jacobians, make_jacobian, to_torch
+from jacobians import ADVERSARIAL, family_samples, jacobians, make_jacobian, to_torch
 
 
 def run(J: np.ndarray, method) -> np.ndarray:
@@ -80,6 +80,12 @@ def test_fixed_order_matches_algorithm_1(case):
     got = run(J, mtgrad.PCGrad(order="fixed"))
     assert np.all(np.isfinite(got))
     assert_close(got, expected, J)
+
+
+@pytest.mark.parametrize("kind", ADVERSARIAL)
+def test_fixed_order_matches_algorithm_1_deterministic_sweep(kind):
+    for _, J in family_samples((kind,), n_per_family=10, seed=3):
+        assert_close(run(J, mtgrad.PCGrad(order="fixed")), ref.pcgrad(J, ref.fixed_orders(J.shape[0])), J)
 
 
 @given(jacobians())

@@ -189,26 +189,51 @@ def test_gd_means_the_objective_of_each_problem():
 
 def test_cagrad_reaches_the_average_loss_minimiser_from_every_start():
     # CAGrad Sec. 5.1: CAGrad with c < 1 converges to the minimiser of L0 from all five starts.
-    # With the papers' Adam lr 1e-3 this takes ~75k steps from (9, 9); to keep the test short it
-    # uses lr 1e-2 (Adam's step is ~lr per coordinate, so ~10x fewer steps); everything else is
-    # as in the paper.
-    res = toy.run_toy("cagrad", methods=["cagrad:c=0.5"], steps=12_000, lr=1e-2)
+    # At the papers' Adam lr 1e-3 this takes ~68k steps from (9, 9) (~25 s here), so this test
+    # uses lr 1e-2 (Adam moves ~lr per step): all five runs arrive by ~11k steps. Caveat: at
+    # lr 1e-2 plain GD also escapes the valley, so this test says nothing about GD; GD getting
+    # stuck is tested at the paper's lr below.
+    res = toy.run_toy("cagrad", methods=["cagrad:c=0.5"], steps=15_000, lr=1e-2)
     dist = (res.final[0] - torch.tensor(toy.CAGRAD_MINIMISER, dtype=res.final.dtype)).norm(dim=-1)
     assert bool(res.reached.all()), f"distances to (0, -8.3552): {dist.tolist()}"
+    assert dist.max().item() < 0.01
+
+
+def test_cagrad_with_c_zero_is_gd():
+    res = toy.run_toy("cagrad", methods=["gd", "cagrad:c=0"], steps=2_000)
+    torch.testing.assert_close(res.trajectories[0], res.trajectories[1], rtol=0, atol=0)
 
 
 def test_gd_gets_stuck_in_the_valley():
     # CAGrad Sec. 5.1: "GD gets stuck" (the paper: 2 of its 5 runs). At the paper's settings
     # (Adam lr 1e-3) the three starts in the θ2 > 0 region, (-8.5, 7.5), (-8.5, 5) and (9, 9),
-    # stay in the steep log valley while (0, 0) and (10, -8) reach the L0 minimiser (by ~17k
-    # steps). The paper lists (-8.5, 5) but the official toy.py starts from (-8.5, -5), which
-    # lies in the quadratic region; that is presumably why the paper counts 2 stuck runs, not 3.
-    res = toy.run_toy("cagrad", methods=["gd"], steps=25_000, record_every=5_000)
+    # stay in the steep log valley (still after the paper's 100k steps) while (0, 0) and (10, -8)
+    # reach the L0 minimiser (by ~17k steps). The paper lists (-8.5, 5) but the official toy.py
+    # starts from (-8.5, -5), in the quadratic region, and from there GD does reach the minimiser
+    # (checked here too): with that start the count is the paper's 2 of 5.
+    starts = list(toy.CAGRAD_STARTS) + [(-8.5, -5.0)]  # the paper's five, then toy.py's
+    res = toy.run_toy("cagrad", methods=["gd"], starts=starts, steps=25_000, record_every=5_000)
     reached = res.reached[0].tolist()
-    assert reached == [False, False, True, False, True]
+    assert reached == [False, False, True, False, True, True]
     traj = res.trajectories[0]  # (start, record, 2)
     stuck = [0, 1, 3]
     # stuck: still in the θ2 > 0 (log-valley) region and hardly moving over the last 10k steps
     assert bool((res.final[0, stuck, 1] > 0).all())
     moved = (traj[stuck, -1] - traj[stuck, -3]).norm(dim=-1)
     assert bool((moved < 1.0).all()), moved.tolist()
+
+
+def test_unbatched_weightings_run_once_per_run(monkeypatch):
+    # a weighting that accepts only a single (T, T) Gramian (as stateful ones may) is called
+    # once per run with its own instance; results equal the batched equivalent
+    from mtgrad import methods
+
+    class OneAtATime(methods.Weighting):
+        def _weights(self, gramian, losses=None):
+            if gramian.dim() != 2:
+                raise ValueError("only a (T, T) Gramian is accepted, not a batch")
+            return gramian.new_full((2,), 0.5)
+
+    monkeypatch.setitem(methods.REGISTRY, "oneatatime", OneAtATime)
+    res = toy.run_toy("cagrad", methods=["oneatatime", "gd"], steps=300)
+    torch.testing.assert_close(res.final[0], res.final[1], rtol=0, atol=1e-12)

@@ -160,7 +160,7 @@ def _add_toy(sub) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="write CSVs only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.set_defaults(func=_run_toy)
+    p.set_defaults(func=_run_toy, parser=p)
 
 
 def _run_toy(args: argparse.Namespace) -> int:
@@ -169,7 +169,13 @@ def _run_toy(args: argparse.Namespace) -> int:
     from mtgrad.bench import toy
 
     problems = ("cagrad", "pcgrad") if args.problem == "both" else (args.problem,)
-    methods = toy.parse_method_list(args.methods) if args.methods is not None else None
+    methods = None
+    if args.methods is not None:
+        try:
+            methods = toy.parse_method_list(args.methods)
+            toy.check_methods(methods, problems)
+        except ValueError as exc:
+            args.parser.error(f"argument --methods: {exc}")
     pcgrad_steps = args.pcgrad_steps if args.pcgrad_steps is not None else args.steps
     toy.run_toy_command(
         problems=problems,

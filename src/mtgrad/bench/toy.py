@@ -66,6 +66,7 @@ __all__ = [
     "BatchedAdam",
     "parse_method_list",
     "resolve_method",
+    "check_methods",
     "run_toy",
     "write_csv",
     "format_table",
@@ -444,10 +445,10 @@ def resolve_method(spec: str, problem: ToyProblem, generator: torch.Generator | 
     from mtgrad import methods as _methods
 
     real = problem.objective if spec.strip().lower() == "gd" else spec
-    if generator is None:
-        method = _methods.from_spec(real)
-    else:
-        method = _methods.from_spec(real, generator=generator)
+    extra: dict = {"num_tasks": 2}  # passed on only to the methods that take them
+    if generator is not None:
+        extra["generator"] = generator
+    method = _methods.from_spec(real, **extra)
     if not isinstance(method, _methods.Weighting):
         raise ValueError(
             f"method {spec!r} ({type(method).__name__}) is not a Gramian weighting; the toy "
@@ -756,6 +757,17 @@ def format_table(result: ToyResult) -> str:
     return "\n".join(lines)
 
 
+def check_methods(specs: Sequence[str], problems: Iterable[str] = ("cagrad", "pcgrad")) -> None:
+    """Raise ``ValueError`` naming the spec if any method cannot run on the toy problems."""
+    for name in problems:
+        for spec in specs:
+            try:
+                resolve_method(spec, PROBLEMS[name])
+            except (ValueError, TypeError) as exc:
+                text = str(exc)
+                raise ValueError(text if repr(spec) in text else f"{spec!r}: {text}") from exc
+
+
 def _run_toy_job(kwargs: dict) -> ToyResult:
     """Worker of :func:`run_toy_command` in a child process (module level, so it pickles)."""
     torch.set_num_threads(kwargs.pop("threads"))
@@ -790,6 +802,7 @@ def run_toy_command(
     problem name.
     """
     stream = sys.stdout if stream is None else stream
+    started = time.perf_counter()
     problems = list(problems)
     for name in problems:
         if name not in PROBLEMS:
@@ -861,4 +874,5 @@ def run_toy_command(
         print(file=stream)
     written = [os.path.join(out, f"toy_{n}.csv") for n in results] + figures
     print("wrote " + ", ".join(written), file=stream)
+    print(f"total {time.perf_counter() - started:.1f} s (jobs={jobs})", file=stream)
     return results

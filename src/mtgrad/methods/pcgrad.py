@@ -61,6 +61,9 @@ class PCGrad(Weighting):
 
     def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
         T = gramian.shape[-1]
+        if T == 2:
+            w = _two_tasks(gramian)
+            return w / 2 if self.reduction == "mean" else w
         batch = gramian.shape[:-2]
         orders = self.visit_orders(batch, T, gramian.device)
         coef = torch.eye(T, dtype=gramian.dtype, device=gramian.device).expand(*batch, T, T).clone()
@@ -108,3 +111,15 @@ class PCGrad(Weighting):
 
     def _config(self) -> dict[str, Any]:
         return {"reduction": self.reduction, "order": self.order, "include_self": self.include_self}
+
+
+def _two_tasks(G: Tensor) -> Tensor:
+    """T = 2 in closed form (the proof of PCGrad's Thm. 1): when ``g₁·g₂ < 0``,
+    ``g^PC = g₁ + g₂ − (g₁·g₂)(g₁/‖g₁‖² + g₂/‖g₂‖²)``, else ``g₁ + g₂``. The order cannot matter
+    and a self-visit never projects (``g₁^PC·g₁ = ‖g₁‖² − (g₁·g₂)²/‖g₂‖² ≥ 0``), so no random
+    order is drawn."""
+    g11, g22, g12 = G[..., 0, 0], G[..., 1, 1], G[..., 0, 1]
+    conflict = g12 < 0  # implies both norms > 0
+    w1 = 1 - torch.where(conflict, g12 / torch.where(conflict, g11, 1.0), 0.0)
+    w2 = 1 - torch.where(conflict, g12 / torch.where(conflict, g22, 1.0), 0.0)
+    return torch.stack([w1, w2], dim=-1)
