@@ -94,8 +94,8 @@ def _add_toy(sub) -> None:
         type=_int_at_least(0),
         default=None,
         help=(
-            f"Adam steps (default {toy.DEFAULT_STEPS:,} for the CAGrad toy, chosen for a "
-            f"one-minute run; the paper's code uses {toy.PAPER_STEPS['cagrad']:,}). Also used "
+            f"Adam steps (default {toy.DEFAULT_STEPS:,} for the CAGrad toy, as the paper's code "
+            f"uses {toy.PAPER_STEPS['cagrad']:,}). Also used "
             "for the PCGrad toy unless --pcgrad-steps is given"
         ),
     )

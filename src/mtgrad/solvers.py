@@ -257,13 +257,14 @@ def _cagrad_two_tasks(G: Tensor, mean: Tensor, c: float) -> Tensor:
     return torch.where(opposite.unsqueeze(-1), 0.0, w)
 
 
-def cagrad_weights(G: Tensor, c: float, mean_weights: Tensor | None = None) -> Tensor:
+def cagrad_weights(G: Tensor, c: float | Tensor, mean_weights: Tensor | None = None) -> Tensor:
     """Weights ``a`` with ``d* = Σ_i a_i g_i`` for CAGrad's update (Liu et al. 2021, Alg. 1).
 
     ``d* = g₀ + (c‖g₀‖/‖g_w*‖) g_w*`` where ``w* = argmin_{w∈Δ} g_wᵀg₀ + c‖g₀‖‖g_w‖`` (eq. 11),
     so ``a = m + (c‖g₀‖/‖g_w*‖) w*`` with ``g₀ = Σ_i m_i g_i``; ``m = 1/T`` (the average gradient)
     unless ``mean_weights`` says otherwise — CAGrad-Fast (eq. 4) passes the weights that rebuild
-    the full average from sampled tasks and one pseudo-task.
+    the full average from sampled tasks and one pseudo-task. ``c`` may be a tensor of the batch
+    shape (one radius per problem).
 
     Solved through the Lagrangian of eq. (3): for a multiplier λ > 0 the inner problem is the
     simplex QP ``w(λ) = argmin ½‖g_w‖² + λ g_wᵀg₀`` and the optimal λ* is the root of
@@ -432,7 +433,7 @@ def cagrad_mtrl_weights(G: Tensor, c: float, steps: int = 20, momentum: float = 
 # early exits on the CPU only.
 # ------------------------------------------------------------------------------------------------
 
-__all__ += ["dual_cone_qp", "bargaining_weights", "config_weights"]
+__all__ += ["bargaining_weights", "config_weights", "dual_cone_qp"]
 
 # A Cholesky pivot² below this (on a unit-diagonal matrix) marks the face as numerically singular.
 _PIVOT_TOL = 1e-9
@@ -525,7 +526,7 @@ def _primal_step(
     z_primal = torch.where(feasible, zf.clamp_min(0.0), stepped)
     free_primal = torch.where(feasible, free | add, free & ~drop)
     pm = primal.unsqueeze(-1)
-    return torch.where(pm, free_primal, free_bpp), torch.where(pm, z_primal, z), torch.where(pm, z, last)
+    return torch.where(pm, free_primal, free_bpp), torch.where(pm, z_primal, z), torch.where(pm, z_primal, last)
 
 
 def dual_cone_qp(
@@ -543,12 +544,13 @@ def dual_cone_qp(
     pivoting (Júdice & Pires 1994, as in Kim & Park's NNLS) starts from the free set ``{q < 0}``
     and exchanges every infeasible index at once; it typically ends after 1–3 face solves. A
     problem not finished after ``pivot_rounds`` rounds (default ``2T + 10``; possible only with
-    singular faces, where the pivoting rule has no finiteness guarantee) restarts as a primal active-set method from
-    ``z = 0``, which frees one index at a time and decreases the objective monotonically to the
-    optimum. Every round solves one face exactly (:func:`_masked_psd_solve`), so the answer is
-    exact up to rounding once the optimal face is found. On the CPU each round works only on the
-    problems not yet solved and the loop ends when all are; on an accelerator every round runs on
-    the whole batch, with solved problems frozen by ``torch.where``.
+    singular faces, where the pivoting rule has no finiteness guarantee) restarts as a primal
+    active-set method from ``z = 0``, which frees one index at a time and decreases the objective
+    monotonically to the optimum. Every round solves one face exactly (:func:`_masked_psd_solve`),
+    so the answer is exact up to rounding once the optimal face is found. On the CPU the loop ends
+    when every problem is solved (and in batches of 8 or more each round works on the unsolved
+    ones only); on an accelerator every round runs on the whole batch, with solved problems
+    frozen by ``torch.where``.
 
     Args:
         G: positive semi-definite Gramians ``(..., T, T)``.
@@ -680,11 +682,11 @@ def bargaining_weights(
 
     absC = C.abs()
     steps = 0.5 ** torch.arange(12, dtype=G.dtype, device=G.device)  # backtracking candidates
-    Cb = (C @ beta.unsqueeze(-1)).squeeze(-1)
-    f_now = (0.5 * beta * Cb - c * h(beta)).sum(-1, keepdim=True)
+    f_now = (0.5 * beta * (C @ beta.unsqueeze(-1)).squeeze(-1) - c * h(beta)).sum(-1, keepdim=True)
     done = torch.zeros(G.shape[:-2] + (1,), dtype=torch.bool, device=G.device)
     cpu = _host_sync_is_free(G)
     for _ in range(max_iter):
+        Cb = (C @ beta.unsqueeze(-1)).squeeze(-1)
         inv = beta.reciprocal()
         bp = inv if p == 1.0 else torch.exp(-p * torch.log(beta))  # β^{-p}
         grad = Cb - c * bp
@@ -696,21 +698,22 @@ def bargaining_weights(
         # solution f no longer resolves the decrease and the full step is taken.
         t = (0.99 / (-delta * inv).amax(-1, keepdim=True).clamp_min(0.99)) * steps
         Cd = (C @ delta.unsqueeze(-1)).squeeze(-1)
-        quad = (beta * Cb).sum(-1, keepdim=True) * 0.5 + t * ((beta * Cd).sum(-1, keepdim=True) + 0.5 * t * (delta * Cd).sum(-1, keepdim=True))
+        bCd = (beta * Cd).sum(-1, keepdim=True)
+        quad = 0.5 * (beta * Cb).sum(-1, keepdim=True) + t * (bCd + 0.5 * t * (delta * Cd).sum(-1, keepdim=True))
         cand = beta.unsqueeze(-2) + t.unsqueeze(-1) * delta.unsqueeze(-2)
         f_cand = quad - (c.unsqueeze(-2) * h(cand)).sum(-1)
         ok = (f_cand <= f_now - 0.1 * t * dec) | (dec <= 1e-10 * T)
         pick = torch.where(ok.any(-1, keepdim=True), ok.to(torch.int8).argmax(-1, keepdim=True), steps.shape[0] - 1)
         step = torch.where(done, 0.0, t.gather(-1, pick))
         beta = beta + step * delta
-        Cb = Cb + step * Cd
         f_now = torch.where(done, f_now, f_cand.gather(-1, pick))
         # Converged once the Newton step moves no weight by more than 1e-9 relative (the step just
         # taken then leaves errors of order 1e-18), or once the decrement is at the rounding floor
         # of the gradient: ε·(|C|β)_i errors in it give a decrement ≤ ε²·Σ_i (|C|β)_i²/H_ii, with
         # H_ii ≥ p c_i β_i^{-p-1}.
         small = (delta.abs() <= 1e-9 * beta).all(-1, keepdim=True)
-        noise = ((absC @ beta.unsqueeze(-1)).squeeze(-1).square() * beta * torch.exp(p * torch.log(beta)) / (p * c)).sum(-1, keepdim=True)
+        spread = (absC @ beta.unsqueeze(-1)).squeeze(-1).square() * beta * torch.exp(p * torch.log(beta))
+        noise = (spread / (p * c)).sum(-1, keepdim=True)
         done = done | small | (dec <= 1e2 * _EPS**2 * noise)
         if cpu and bool(done.all()):
             break
@@ -726,7 +729,6 @@ def config_weights(G: Tensor, pref: Tensor | None = None) -> Tensor:
     ``d = Σ_i [a_i (1ᵀGa)/(aᵀGa)] g_i``. Zero gradients get zero unit vectors (weight 0), as in
     torchjd; if ``U⁺w = 0`` (e.g. two opposite gradients) the update is 0.
     """
-    T = G.shape[-1]
     G = 0.5 * (G + G.mT)
     diag = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
     top = diag.amax(-1, keepdim=True)
