@@ -144,12 +144,20 @@ def backward(
     G = _checked_gramian(blocks, check_finite)
     if isinstance(method, Weighting):
         w: Tensor | None = method.weights(G, values if method.needs_losses else None)
-        updates = [combine(w, block) for block in blocks]
+        _combine_into_grad(params, w, blocks)
     else:
         w = None
-        updates = method.aggregate_blocks(blocks, values)
-    _apply(params, updates)
+        _apply(params, method.aggregate_blocks(blocks, values))
     return BackwardResult(weights=w, gramian=G)
+
+
+def _combine_into_grad(params: list[Tensor], w: Tensor, blocks: list[Tensor]) -> None:
+    """``p.grad += Σ_i w_i J_i`` without a temporary when ``.grad`` exists (gradient accumulation)."""
+    for p, block in zip(params, blocks):
+        if p.grad is None or not p.grad.is_contiguous():
+            _apply([p], [combine(w, block)])
+        else:
+            p.grad.view(-1).addmv_(block.view(block.shape[0], -1).T, w.to(block.dtype))
 
 
 def _representation_backward(
@@ -186,7 +194,7 @@ def _checked_gramian(blocks: list[Tensor], check_finite: bool) -> Tensor:
 
 def _apply(params: list[Tensor], updates: list[Tensor]) -> None:
     for p, update in zip(params, updates):
-        p.grad = update if p.grad is None else p.grad + update
+        p.grad = update if p.grad is None else p.grad.add_(update)
 
 
 def _row_weights(task_weights: Tensor, sampled: list[int]) -> Tensor:

@@ -45,21 +45,27 @@ def task_gradients(losses: list[Tensor], params: list[Tensor], engine: Engine, r
 
 def _loop(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> list[Tensor]:
     # Going through .grad rather than autograd.grad lets the same passes accumulate ∇ Σ_i L_i
-    # into every non-shared leaf, so the heads cost no extra backward.
+    # into every non-shared leaf, so the heads cost no extra backward. Each task's gradient is
+    # copied into a preallocated block at once, so only one set of per-task gradients is alive
+    # besides the blocks (stacking T kept copies would double the peak and page-fault each step).
+    T = len(losses)
+    blocks = [p.new_empty((T, *p.shape)) for p in params]
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
-    rows: list[list[Tensor]] = []
     try:
         for i, loss in enumerate(losses):
-            loss.backward(retain_graph=retain_graph or i < len(losses) - 1)
-            rows.append([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
-            for p in params:
-                p.grad = None
+            loss.backward(retain_graph=retain_graph or i < T - 1)
+            for p, block in zip(params, blocks):
+                if p.grad is None:
+                    block[i].zero_()
+                else:
+                    block[i].copy_(p.grad)
+                    p.grad = None
     finally:
         for p, g in zip(params, saved):
             p.grad = g
-    return [torch.stack([row[k] for row in rows]) for k in range(len(params))]
+    return blocks
 
 
 def _batched(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> list[Tensor]:
