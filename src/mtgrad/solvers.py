@@ -11,6 +11,11 @@ whatever device ``G`` lives, with torch operations only (no numpy, scipy or cvxp
 * :func:`cagrad_weights` — CAGrad's dual (Liu et al. 2021, Alg. 1), reduced to a one-dimensional
   root search over a family of simplex QPs whose solution is affine in the root variable on a
   fixed support, which makes the final step exact.
+* :func:`dual_cone_qp` — ``min vᵀGv`` s.t. ``v ≥ lower`` (projections onto the dual cone of the
+  task gradients: UPGrad, DualProj), block principal pivoting with an active-set fallback.
+* :func:`bargaining_weights` — positive ``w`` with ``(Gw)_i = w_i^{−1/α}`` (Nash-MTL for α = 1,
+  FairGrad), damped Newton on a convex potential.
+* :func:`config_weights` — ConFIG's equal-projection direction through the cosine matrix.
 
 On the CPU the iterations stop as soon as every problem of the batch has converged (checking
 costs nothing there); on an accelerator they run for the fixed maximum number of iterations with
@@ -682,7 +687,6 @@ def bargaining_weights(
 
     absC = C.abs()
     steps = 0.5 ** torch.arange(12, dtype=G.dtype, device=G.device)  # backtracking candidates
-    f_now = (0.5 * beta * (C @ beta.unsqueeze(-1)).squeeze(-1) - c * h(beta)).sum(-1, keepdim=True)
     done = torch.zeros(G.shape[:-2] + (1,), dtype=torch.bool, device=G.device)
     cpu = _host_sync_is_free(G)
     for _ in range(max_iter):
@@ -691,30 +695,37 @@ def bargaining_weights(
         bp = inv if p == 1.0 else torch.exp(-p * torch.log(beta))  # β^{-p}
         grad = Cb - c * bp
         L, _ = torch.linalg.cholesky_ex(C + torch.diag_embed(p * c * bp * inv))
-        delta = -torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
+        # The gradient's rounding error is ~ε·s_i, s_i = (|C|β)_i + c_i β_i^{-p} (its terms'
+        # sizes); H⁻¹s maps it to the attainable accuracy of each weight.
+        absCb = (absC @ beta.unsqueeze(-1)).squeeze(-1)
+        sol = torch.cholesky_solve(torch.stack([grad, absCb + c * bp], dim=-1), L)
+        delta, reach = -sol[..., 0], sol[..., 1].abs()
         dec = -(grad * delta).sum(-1, keepdim=True)  # Newton decrement², ≥ 0
         # Longest step keeping β > 0 (99% of the way to the boundary), then Armijo backtracking
-        # over a batch of candidate steps (the quadratic part of f is a parabola in t); near the
-        # solution f no longer resolves the decrease and the full step is taken.
-        t = (0.99 / (-delta * inv).amax(-1, keepdim=True).clamp_min(0.99)) * steps
+        # over a batch of candidate steps. The decrease f(β + tδ) − f(β) is evaluated as
+        # t·(Cβ)ᵀδ + ½t²δᵀCδ − Σ c_i [h(β_i + tδ_i) − h(β_i)], with log1p/expm1 for the h terms,
+        # so it stays accurate when f itself is a cancellation of huge terms.
         Cd = (C @ delta.unsqueeze(-1)).squeeze(-1)
-        bCd = (beta * Cd).sum(-1, keepdim=True)
-        quad = 0.5 * (beta * Cb).sum(-1, keepdim=True) + t * (bCd + 0.5 * t * (delta * Cd).sum(-1, keepdim=True))
-        cand = beta.unsqueeze(-2) + t.unsqueeze(-1) * delta.unsqueeze(-2)
-        f_cand = quad - (c.unsqueeze(-2) * h(cand)).sum(-1)
-        ok = (f_cand <= f_now - 0.1 * t * dec) | (dec <= 1e-10 * T)
+        rel = delta * inv
+        t = (0.99 / (-rel).amax(-1, keepdim=True).clamp_min(0.99)) * steps  # (..., K)
+        log_ratio = torch.log1p(t.unsqueeze(-1) * rel.unsqueeze(-2))  # log((β + tδ)/β)
+        if p == 1.0:
+            dh = log_ratio
+        else:
+            dh = torch.exp((1.0 - p) * torch.log(beta)).unsqueeze(-2) * torch.expm1((1.0 - p) * log_ratio) / (1.0 - p)
+        df = t * ((Cb * delta).sum(-1, keepdim=True) + 0.5 * t * (delta * Cd).sum(-1, keepdim=True))
+        df = df - (c.unsqueeze(-2) * dh).sum(-1)
+        ok = df <= -0.1 * t * dec
+        # The rounding of df is ~t·ε·Σ|δ_i|(|C|β)_i (the error of Cβ): once the decrement is within
+        # 1e3 of it the line search cannot judge a step any more, and the full step is taken.
+        noisy = dec <= 1e3 * _EPS * (delta.abs() * absCb).sum(-1, keepdim=True)
         pick = torch.where(ok.any(-1, keepdim=True), ok.to(torch.int8).argmax(-1, keepdim=True), steps.shape[0] - 1)
-        step = torch.where(done, 0.0, t.gather(-1, pick))
-        beta = beta + step * delta
-        f_now = torch.where(done, f_now, f_cand.gather(-1, pick))
+        step = torch.where(noisy & ~ok.any(-1, keepdim=True), t[..., :1], t.gather(-1, pick))
+        beta = beta + torch.where(done, 0.0, step) * delta
         # Converged once the Newton step moves no weight by more than 1e-9 relative (the step just
-        # taken then leaves errors of order 1e-18), or once the decrement is at the rounding floor
-        # of the gradient: ε·(|C|β)_i errors in it give a decrement ≤ ε²·Σ_i (|C|β)_i²/H_ii, with
-        # H_ii ≥ p c_i β_i^{-p-1}.
-        small = (delta.abs() <= 1e-9 * beta).all(-1, keepdim=True)
-        spread = (absC @ beta.unsqueeze(-1)).squeeze(-1).square() * beta * torch.exp(p * torch.log(beta))
-        noise = (spread / (p * c)).sum(-1, keepdim=True)
-        done = done | small | (dec <= 1e2 * _EPS**2 * noise)
+        # taken then leaves errors of order 1e-18) or than its rounding floor 1e3·ε·(H⁻¹s)_i
+        # (reached only by degenerate problems).
+        done = done | (delta.abs() <= 1e-9 * beta + 1e3 * _EPS * reach).all(-1, keepdim=True)
         if cpu and bool(done.all()):
             break
     return torch.where(live, d * beta, torch.zeros_like(beta))

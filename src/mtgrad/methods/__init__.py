@@ -8,7 +8,10 @@ from typing import Any, Callable
 from .alignedmtl import AlignedMTL
 from .base import JacobianAggregator, LossWeighting, Method, Weighting
 from .cagrad import CAGrad
+from .config import ConFIG
+from .dualproj import DualProj
 from .dwa import DWA
+from .fairgrad import FairGrad
 from .famo import FAMO
 from .gls import GLS
 from .graddrop import GradDrop
@@ -18,9 +21,11 @@ from .imtlg import IMTLG
 from .imtll import IMTLL
 from .linear import Mean, Sum
 from .mgda import MGDA
+from .nashmtl import NashMTL
 from .pcgrad import PCGrad
 from .rlw import RLW
 from .schedules import CAGradFast, Reuse
+from .upgrad import UPGrad
 from .uw import UW
 
 __all__ = [
@@ -40,6 +45,11 @@ __all__ = [
     "AlignedMTL",
     "RLW",
     "GradDrop",
+    "UPGrad",
+    "DualProj",
+    "NashMTL",
+    "FairGrad",
+    "ConFIG",
     "UW",
     "DWA",
     "GradNorm",
@@ -64,6 +74,11 @@ REGISTRY: dict[str, Callable[..., Method]] = {
     "alignedmtl": AlignedMTL,
     "rlw": RLW,
     "graddrop": GradDrop,
+    "upgrad": UPGrad,
+    "dualproj": DualProj,
+    "nashmtl": NashMTL,
+    "fairgrad": FairGrad,
+    "config": ConFIG,
     "uw": UW,
     "dwa": DWA,
     "gradnorm": GradNorm,

@@ -21,9 +21,10 @@ class ConFIG(Weighting):
 
         g_ConFIG = (Σ_i g_iᵀ ĝ) ĝ,    ĝ = U[ [U(g_1), …, U(g_T)]^{-ᵀ} w ],    U(x) = x/‖x‖,
 
-    where ``M^{-ᵀ}`` is the pseudo-inverse of ``Mᵀ`` and ``w = 1`` (equal weights). The
-    direction has equal projections on all unit gradients (``U(g_i)ᵀĝ`` is the same for every
-    task), so no task conflicts with it, and its length is the sum of the gradients' projections.
+    where ``M^{-ᵀ}`` is the pseudo-inverse of ``Mᵀ`` and ``w = 1`` (equal weights). When the unit
+    gradients are linearly independent the projections ``U(g_i)ᵀĝ`` are proportional to ``w_i``:
+    equal and positive for ``w = 1``, so no task conflicts with the update. Its length is the sum
+    of the gradients' projections on ``ĝ``.
     On the Gramian: with ``D = diag(1/‖g_i‖)`` and the cosine matrix ``C = DGD``,
     ``[U(g_i)]^{-ᵀ}w = Σ_i a_i g_i`` with ``a = D C⁺ w``, so the weights are
     ``a·(1ᵀGa)/(aᵀGa)`` (:func:`mtgrad.solvers.config_weights`). The direction is invariant to
