@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..solvers import config_weights
 from .base import Weighting
-from .upgrad import Preference, _check_pref, _pref_for
+from ._dual_cone import Preference, _check_pref, _pref_for
 
 __all__ = ["ConFIG"]
 

@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor
 
 from ..solvers import dual_cone_qp
-from .base import Weighting
-from .upgrad import Preference, _check_eps, _check_pref, _pref_for, _regularize
+from ._dual_cone import DualConeWeighting
 
 __all__ = ["DualProj"]
 
 
-class DualProj(Weighting):
+class DualProj(DualConeWeighting):
     r"""Projection of ``Jᵀu`` onto the dual cone ``{d : g_jᵀd ≥ 0 ∀j}`` (torchjd ``DualProj``).
 
     The closest non-conflicting direction to the preference-weighted combination ``Σ u_i g_i``;
@@ -39,29 +36,6 @@ class DualProj(Weighting):
         max_iter: cap on the solver's rounds (default ``6T + 30``).
     """
 
-    def __init__(
-        self,
-        pref: Preference = None,
-        norm_eps: float = 0.0,
-        reg_eps: float = 0.0,
-        max_iter: int | None = None,
-    ) -> None:
-        self.pref = _check_pref(pref)
-        self.norm_eps = _check_eps("norm_eps", norm_eps)
-        self.reg_eps = _check_eps("reg_eps", reg_eps)
-        if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
-            raise ValueError(f"max_iter must be a positive int or None, got {max_iter!r}")
-        self.max_iter = max_iter
-
     def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
-        u = _pref_for(self.pref, gramian)
-        G = _regularize(gramian, self.norm_eps, self.reg_eps)
+        u, G = self._cone_problem(gramian)
         return dual_cone_qp(G, u, max_iter=self.max_iter)
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "pref": None if self.pref is None else self.pref.tolist(),
-            "norm_eps": self.norm_eps,
-            "reg_eps": self.reg_eps,
-            "max_iter": self.max_iter,
-        }
