@@ -10,73 +10,21 @@ from . import diagnostics, methods, solvers
 from .aggregate import aggregate
 from .backward import BackwardResult, backward
 from .grouped import grouped_backward, grouped_task_gradients
-from .methods import (
-    DWA,
-    FAMO,
-    GLS,
-    IMTLG,
-    IMTLL,
-    MGDA,
-    RLW,
-    UW,
-    AlignedMTL,
-    CAGrad,
-    CAGradFast,
-    ConFIG,
-    DualProj,
-    FairGrad,
-    GradDrop,
-    GradNorm,
-    GradVac,
-    Mean,
-    NashMTL,
-    PCGrad,
-    Reuse,
-    Sum,
-    UPGrad,
-    from_spec,
-)
-from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
+from .methods import *  # noqa: F403  (every method class, the kinds' base classes, from_spec)
+from .methods import __all__ as _METHODS
 from .optim import MTLOptimizer
 
 __all__ = [
     "aggregate",
     "backward",
+    "BackwardResult",
     "grouped_backward",
     "grouped_task_gradients",
-    "BackwardResult",
     "MTLOptimizer",
-    "Method",
-    "Weighting",
-    "JacobianAggregator",
-    "LossWeighting",
-    "Mean",
-    "Sum",
-    "MGDA",
-    "PCGrad",
-    "CAGrad",
-    "CAGradFast",
-    "Reuse",
-    "IMTLG",
-    "GradVac",
-    "AlignedMTL",
-    "RLW",
-    "GradDrop",
-    "UPGrad",
-    "DualProj",
-    "NashMTL",
-    "FairGrad",
-    "ConFIG",
-    "UW",
-    "DWA",
-    "GradNorm",
-    "FAMO",
-    "GLS",
-    "IMTLL",
-    "from_spec",
     "methods",
     "solvers",
     "diagnostics",
+    *_METHODS,
 ]
 
 __version__ = "0.1.0"
