@@ -201,3 +201,11 @@ def test_representation_route_equals_its_definition(method):
     sum(forward()[1]).backward()
     for a, b in zip(got[n:], grads(heads)):
         torch.testing.assert_close(a, b)
+
+
+def test_representation_route_rejects_non_gradient_methods():
+    trunk, heads, _ = make_problem(T=2)
+    z = trunk(torch.randn(4, 5, dtype=torch.float64))
+    losses = [h(z).pow(2).mean() for h in heads]
+    with pytest.raises(TypeError, match="gradient methods"):
+        mtgrad.backward(losses, trunk.parameters(), mtgrad.UW(2, dtype=torch.float64), representation=z)

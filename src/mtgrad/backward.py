@@ -110,13 +110,13 @@ def backward(
                 "any of them (check shared_params, or a detach()/no_grad in that task's branch)"
             )
 
+    if representation is not None:
+        return _representation_backward(task_losses, params, method, representation, values, retain_graph, check_finite)
+
     if isinstance(method, LossWeighting):
         objective, w = method.combine(torch.stack(task_losses))
         objective.backward(retain_graph=retain_graph)
         return BackwardResult(weights=w.detach().to(torch.float64), gramian=None)
-
-    if representation is not None:
-        return _representation_backward(task_losses, params, method, representation, values, retain_graph, check_finite)
 
     if isinstance(method, Reuse):
         planned = method.planned_weights(len(task_losses), values)
@@ -137,7 +137,7 @@ def backward(
         G = _checked_gramian(blocks, check_finite)
         w = method.task_weights(G, sampled, len(task_losses))
         rows = w if len(sampled) == len(task_losses) else _row_weights(w, sampled)
-        _apply(params, [combine(rows, block) for block in blocks])
+        _combine_into_grad(params, rows, blocks)
         return BackwardResult(weights=w, gramian=G)
 
     blocks = task_gradients(task_losses, params, engine, retain_graph)
