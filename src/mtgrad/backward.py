@@ -114,9 +114,9 @@ def backward(
         return _representation_backward(task_losses, params, method, representation, values, retain_graph, check_finite)
 
     if isinstance(method, LossWeighting):
-        objective, w = method.combine(torch.stack(task_losses))
+        objective, loss_weights = method.combine(torch.stack(task_losses))
         objective.backward(retain_graph=retain_graph)
-        return BackwardResult(weights=w.detach().to(torch.float64), gramian=None)
+        return BackwardResult(weights=loss_weights.detach().to(torch.float64), gramian=None)
 
     if isinstance(method, Reuse):
         planned = method.planned_weights(len(task_losses), values)
@@ -142,13 +142,13 @@ def backward(
 
     blocks = task_gradients(task_losses, params, engine, retain_graph)
     G = _checked_gramian(blocks, check_finite)
-    if isinstance(method, Weighting):
-        w: Tensor | None = method.weights(G, values if method.needs_losses else None)
-        _combine_into_grad(params, w, blocks)
-    else:
-        w = None
+    if isinstance(method, JacobianAggregator):
         _apply(params, method.aggregate_blocks(blocks, values))
-    return BackwardResult(weights=w, gramian=G)
+        return BackwardResult(weights=None, gramian=G)
+    assert isinstance(method, Weighting)  # the kinds were checked on entry
+    weights = method.weights(G, values if method.needs_losses else None)
+    _combine_into_grad(params, weights, blocks)
+    return BackwardResult(weights=weights, gramian=G)
 
 
 def _combine_into_grad(params: list[Tensor], w: Tensor, blocks: list[Tensor]) -> None:
@@ -175,14 +175,14 @@ def _representation_backward(
         raise TypeError(f"representation= works with gradient methods, not {type(method).__name__}")
     blocks = representation_gradients(losses, rep)
     G = _checked_gramian(blocks, check_finite)
+    weights: Tensor | None = None
     if isinstance(method, Weighting):
-        w: Tensor | None = method.weights(G, values if method.needs_losses else None)
-        update = combine(w, blocks[0])
+        weights = method.weights(G, values if method.needs_losses else None)
+        update = combine(weights, blocks[0])
     else:
-        w = None
         update = method.aggregate_blocks(blocks, values)[0]
     backward_through_representation(losses, rep, params, update, retain_graph)
-    return BackwardResult(weights=w, gramian=G)
+    return BackwardResult(weights=weights, gramian=G)
 
 
 def _checked_gramian(blocks: list[Tensor], check_finite: bool) -> Tensor:

@@ -228,7 +228,7 @@ def min_norm_weights(G: Tensor) -> Tensor:
     return simplex_qp(G)[0]
 
 
-def _cagrad_two_tasks(G: Tensor, mean: Tensor, c: float) -> Tensor:
+def _cagrad_two_tasks(G: Tensor, mean: Tensor, c: float | Tensor) -> Tensor:
     """Closed-form CAGrad weights for T = 2, written in Gramian entries (a hot path: the 2-D toys
     call it every step, so it is kept to elementwise operations on the batch).
 

@@ -81,9 +81,8 @@ class AlignedMTL(Weighting):
         else:
             if self.pref.shape != (T,):
                 raise ValueError(f"pref has {self.pref.numel()} entries but the Gramian has T = {T} tasks")
-            pref = self._pref_on.get(gramian.device)
-            if pref is None:
-                pref = self._pref_on.setdefault(gramian.device, self.pref.to(gramian.device))
+            cached = self._pref_on.get(gramian.device)
+            pref = cached if cached is not None else self._pref_on.setdefault(gramian.device, self.pref.to(gramian.device))
         lam, V = torch.linalg.eigh(gramian)  # ascending
         keep = lam > lam[..., -1:].clamp_min(0.0) * (T * self.rtol)
         count = keep.sum(-1, keepdim=True)

@@ -85,7 +85,7 @@ class GradDrop(JacobianAggregator):
             key = (block.device, dtype)
             if key not in self._leak_on:
                 self._leak_on[key] = torch.tensor(self.leak, dtype=dtype, device=block.device)
-            leak = self._leak_on[key].reshape(T, *([1] * (block.dim() - 1)))
+            leak: Tensor | float = self._leak_on[key].reshape(T, *([1] * (block.dim() - 1)))
         else:
             leak = self.leak
         total = g.sum(0)

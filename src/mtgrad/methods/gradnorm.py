@@ -103,6 +103,7 @@ class GradNorm(LossWeighting):
         w = self.weights.detach()
         used = w.clone()  # the weights of this step's objective (before the update)
         G = w.abs() * grad_norms.to(w)
+        assert self.initial_losses is not None  # recorded on the first call above
         ratios = values.to(w) / self.initial_losses.to(w)
         r = ratios / ratios.mean()
         target = G.mean() * r.pow(self.alpha)  # constant in L_grad

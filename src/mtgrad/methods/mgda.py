@@ -72,10 +72,9 @@ class MGDA(Weighting):
         norms = gramian.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
         if self.normalization == "l2":
             scale = norms
-        elif self.normalization == "loss":
-            scale = losses
         else:
-            scale = losses * norms
+            assert losses is not None  # needs_losses is set for the loss modes
+            scale = losses if self.normalization == "loss" else losses * norms
         usable = torch.isfinite(scale) & (scale > 0)
         return torch.where(usable, scale, 1.0)
 
