@@ -14,6 +14,7 @@ ordinary gradient of ``Σ_i L_i``, added to whatever it held before.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -155,14 +156,10 @@ def _add_to_grad(params: list[Tensor], grads: tuple[Tensor | None, ...]) -> None
             p.grad = g if p.grad is None else p.grad + g
 
 
-def graph_leaves(roots: list[Tensor]) -> list[Tensor]:
-    """Leaf tensors requiring grad that the autograd graphs of ``roots`` reach, in discovery order."""
+def _graph_leaves(roots: list[Tensor]) -> Iterator[Tensor]:
+    """Leaf tensors of the autograd graphs of ``roots``, depth first, each once, lazily."""
     seen: set[int] = set()
-    leaves: dict[int, Tensor] = {}
     stack = [root.grad_fn for root in roots]
-    for root in roots:
-        if root.grad_fn is None and root.requires_grad:
-            leaves[id(root)] = root
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
@@ -170,8 +167,15 @@ def graph_leaves(roots: list[Tensor]) -> list[Tensor]:
         seen.add(id(node))
         variable = getattr(node, "variable", None)
         if variable is not None:
-            leaves.setdefault(id(variable), variable)
+            yield variable
         stack.extend(fn for fn, _ in node.next_functions)
+
+
+def graph_leaves(roots: list[Tensor]) -> list[Tensor]:
+    """Leaf tensors requiring grad that the autograd graphs of ``roots`` reach, in discovery order."""
+    leaves = {id(root): root for root in roots if root.grad_fn is None and root.requires_grad}
+    for leaf in _graph_leaves(roots):
+        leaves.setdefault(id(leaf), leaf)
     return list(leaves.values())
 
 
@@ -181,17 +185,4 @@ def reaches(loss: Tensor, targets: set[int]) -> bool:
     Depth-first with an early exit: from a task's loss the first shared parameter is typically a
     few nodes away, so the check costs little next to a backward pass.
     """
-    if id(loss) in targets:
-        return True
-    seen: set[int] = set()
-    stack = [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)
-        if variable is not None and id(variable) in targets:
-            return True
-        stack.extend(fn for fn, _ in node.next_functions)
-    return False
+    return id(loss) in targets or any(id(leaf) in targets for leaf in _graph_leaves([loss]))
