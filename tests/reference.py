@@ -193,6 +193,10 @@ def cagrad(J, c: float) -> tuple[np.ndarray, float]:
 
     def consider(d):
         nonlocal best_d, best_v
+        # A projector built from nearly dependent rows can miss orthogonality; such a candidate
+        # may leave the ball, and only feasible points may compete.
+        if np.linalg.norm(d - g0) > rho * (1.0 + 1e-9) + 1e-12 * float(np.abs(J).max(initial=0.0)):
+            return
         v = cagrad_value(J, d)
         if v > best_v:
             best_d, best_v = d, v
