@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The main job: CAGrad's and PCGrad's 2-D toy problems, tables on stdout, CSVs and figures in
-# results/toy. Extra arguments go to `mtgrad toy` (see `mtgrad toy --help`).
+# The main job: `mtgrad compare` with its defaults — equal weighting, MGDA, PCGrad and CAGrad
+# against single-task baselines on MultiMNIST built from real MNIST digits, 3 seeds — printing
+# the mean ± std table and writing results.csv, report.md and figures into results/compare.
+# Extra arguments go to `mtgrad compare` (see `mtgrad compare --help`); the 2-D toys of both
+# papers are `.venv/bin/mtgrad toy`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/mtgrad toy --out results/toy "$@"
+exec .venv/bin/mtgrad compare --out results/compare "$@"
