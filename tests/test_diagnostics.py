@@ -44,3 +44,19 @@ def test_record_exposes_diagnostics():
     d = record.diagnostics()
     assert d.conflict_rate.item() == 1.0
     torch.testing.assert_close(d.norms, torch.tensor([1.0, math.sqrt(101.0)], dtype=torch.float64))
+
+
+def test_multitask_curvature_is_exact_for_a_quadratic():
+    """For L(θ) = ½ θᵀAθ the estimate equals sᵀAs exactly (Taylor's theorem with no remainder)."""
+    from mtgrad.diagnostics import multitask_curvature
+
+    A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    theta = torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)
+    loss = 0.5 * theta @ A @ theta
+    (grad,) = torch.autograd.grad(loss, theta)
+    step = torch.tensor([-0.1, 0.3], dtype=torch.float64)
+    after = 0.5 * (theta + step) @ A @ (theta + step)
+    H = multitask_curvature(loss.detach(), after.detach(), [grad], [step])
+    assert H.item() == pytest.approx((step @ A @ step).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="pair up"):
+        multitask_curvature(loss, after, [grad], [])

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["cosine_matrix", "conflict_rate", "magnitude_similarity", "curvature_bound", "Diagnostics", "diagnose"]
+__all__ = [
+    "cosine_matrix",
+    "conflict_rate",
+    "magnitude_similarity",
+    "curvature_bound",
+    "multitask_curvature",
+    "Diagnostics",
+    "diagnose",
+]
 
 
 def _norms(G: Tensor) -> Tensor:
@@ -54,6 +62,21 @@ def curvature_bound(G: Tensor) -> Tensor:
     minus = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * G).clamp_min(0.0)
     sin2 = 1 - cosine_matrix(G).square()
     return torch.where(plus > 0, sin2 * minus / torch.where(plus > 0, plus, 1.0), torch.inf)
+
+
+def multitask_curvature(loss_before: Tensor, loss_after: Tensor, grads: list[Tensor], steps: list[Tensor]) -> Tensor:
+    """PCGrad's estimate of the multi-task curvature along a step (Sec. 5.3, from Def. 3):
+
+    ``H(L; θ_t, θ_{t+1}) = 2·[L(θ_{t+1}) − L(θ_t) − ∇L(θ_t)ᵀ(θ_{t+1} − θ_t)]``,
+
+    with ``L = Σ_i L_i`` evaluated on the same batch before and after the step, ``grads`` the
+    gradient of that summed loss at ``θ_t`` and ``steps`` the parameter changes, tensor by tensor.
+    It costs the second loss evaluation, which is why nothing computes it unless asked.
+    """
+    if len(grads) != len(steps):
+        raise ValueError(f"grads and steps must pair up tensor by tensor, got {len(grads)} and {len(steps)}")
+    directional = sum((g.double() * s.double()).sum() for g, s in zip(grads, steps))
+    return 2 * (loss_after.double() - loss_before.double() - directional)
 
 
 @dataclass(frozen=True)
