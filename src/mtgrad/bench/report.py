@@ -351,4 +351,24 @@ def _plots(res: CompareResult, out: str) -> tuple[list[str], str]:
     figures.append("conflict.png")
     fig.savefig(os.path.join(out, "conflict.png"), dpi=110)
     plt.close(fig)
+
+    # Pairwise gradient cosines, averaged over steps and seeds: which tasks fight.
+    if len(names) > 1:
+        fig, axes = plt.subplots(1, len(res.methods), figsize=(3.4 * len(res.methods), 3.2), squeeze=False)
+        image = None
+        for ax, method in zip(axes[0], res.methods):
+            rows = [r for s in res.seeds for r in res.runs[method][s].steps]
+            C = [[1.0 if i == j else math.nan for j in range(len(names))] for i in range(len(names))]
+            for i in range(len(names)):
+                for j in range(i + 1, len(names)):
+                    vals = [r[f"cos/{names[i]}/{names[j]}"] for r in rows if not math.isnan(r[f"cos/{names[i]}/{names[j]}"])]
+                    C[i][j] = C[j][i] = statistics.fmean(vals) if vals else math.nan
+            image = ax.imshow(C, vmin=-1, vmax=1, cmap="RdBu")
+            ax.set_title(method, fontsize=9)
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+        fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="mean cos(g_i, g_j)")
+        figures.append("cosines.png")
+        fig.savefig(os.path.join(out, "cosines.png"), dpi=110)
+        plt.close(fig)
     return figures, ""

@@ -7,7 +7,8 @@ weightings, Jacobian aggregators, loss weightings), and writes into ``config.out
 * ``epochs.csv``: one row per epoch, the running train loss/metrics over the epoch and the test
   loss/metrics at its end, per task;
 * ``steps.csv``: one row per optimisation step, the task losses, the task weights of the step's
-  record and the conflict diagnostics of its Gramian (mean pairwise cosine, conflict rate);
+  record and the conflict diagnostics of its Gramian (mean pairwise cosine, conflict rate, mean
+  gradient-magnitude similarity Φ, median curvature bound ξ, and every pairwise cosine);
 * ``checkpoint.pt``: written atomically at the end of every epoch: model, ``MTLOptimizer`` state
   (Adam and the method's own state, e.g. PCGrad's generator), torch's global RNG state, the
   data-order generator's state, the epoch and the logs so far;
@@ -118,8 +119,9 @@ class RunResult:
 
     ``history``: one dict per epoch (``epoch``, ``train/<task>/loss``, ``train/<task>/<metric>``,
     ``test/...`` the same, ``seconds``); ``steps``: one dict per step (``step``, ``epoch``,
-    ``loss/<task>``, ``w/<task>``, ``mean_cos``, ``conflict_rate``; NaN where a method gives no
-    weights or Gramian); ``test``: the final test metrics by ``"<task>/<metric>"``.
+    ``loss/<task>``, ``w/<task>``, ``mean_cos``, ``conflict_rate``, ``mean_phi``, ``median_xi``,
+    ``cos/<task>/<task>``; NaN where a method gives no weights or Gramian); ``test``: the final test
+    metrics by ``"<task>/<metric>"``.
     """
 
     config: TrainConfig
@@ -231,15 +233,21 @@ def _step_row(step: int, epoch: int, names: Sequence[str], losses: Sequence[Tens
     w = record.weights
     for k, name in enumerate(names):
         row[f"w/{name}"] = float(w[k]) if w is not None else math.nan
-    mean_cos, conflict = math.nan, math.nan
-    if record.gramian is not None and len(names) > 1:
+    T = len(names)
+    pairs = [(i, j) for i in range(T) for j in range(i + 1, T)]
+    row.update({"mean_cos": math.nan, "conflict_rate": math.nan, "mean_phi": math.nan, "median_xi": math.nan})
+    row.update({f"cos/{names[i]}/{names[j]}": math.nan for i, j in pairs})
+    if record.gramian is not None and pairs:
         d = record.diagnostics()
-        T = len(names)
         iu = torch.triu_indices(T, T, offset=1)
-        mean_cos = float(d.cosine[iu[0], iu[1]].mean())
-        conflict = float(d.conflict_rate)
-    row["mean_cos"] = mean_cos
-    row["conflict_rate"] = conflict
+        cos = d.cosine[iu[0], iu[1]]
+        row["mean_cos"] = float(cos.mean())
+        row["conflict_rate"] = float(d.conflict_rate)
+        # Tragic-triad measures (PCGrad Defs. 2 and 5); ξ is infinite for exactly opposite pairs,
+        # so its median is the summary that stays finite.
+        row["mean_phi"] = float(d.magnitude_similarity[iu[0], iu[1]].mean())
+        row["median_xi"] = float(d.curvature_bound[iu[0], iu[1]].median())
+        row.update({f"cos/{names[i]}/{names[j]}": float(c) for (i, j), c in zip(pairs, cos.tolist())})
     return row
 
 
