@@ -3,18 +3,15 @@ Multi-task Learning", ICLR 2021)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from .base import LossWeighting
-from ._loss_checks import check_finite_float, check_losses, check_num_tasks, load_into, make_parameter
+from ._learned import LearnedTaskVector
 
 __all__ = ["IMTLL"]
 
 
-class IMTLL(LossWeighting):
+class IMTLL(LearnedTaskVector):
     r"""IMTL-L, Liu et al. (2021): learnable loss scales that equalise the scaled losses.
 
     Each task gets a learnable ``s_i`` and the backpropagated objective is
@@ -40,33 +37,15 @@ class IMTLL(LossWeighting):
     check of the losses (one host read).
     """
 
-    check_values: bool = True
+    state_key = "log_scales"
 
-    def __init__(
-        self,
-        num_tasks: int,
-        init: float = 0.0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        self.num_tasks = check_num_tasks(num_tasks)
-        self.init = check_finite_float(init, "init")
-        self.log_scales = make_parameter(self.num_tasks, self.init, device, dtype, "IMTLL")
+    @property
+    def log_scales(self) -> Tensor:
+        """The learned vector ``s`` (the tensor an optimizer holds)."""
+        return self.vector
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         s = self.log_scales
-        losses = check_losses(losses, self.num_tasks, "IMTLL", device=s.device, values=self.check_values)
+        losses = self.checked(losses)
         objective = (torch.exp(s) * losses - s).sum()
         return objective, torch.exp(s.detach())
-
-    def parameters(self) -> list[Tensor]:
-        return [self.log_scales]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"log_scales": self.log_scales.detach().clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_into(self.log_scales, state, "log_scales", "IMTLL")
-
-    def _config(self) -> dict[str, Any]:
-        return {"num_tasks": self.num_tasks, "init": self.init}

@@ -3,18 +3,15 @@ Losses for Scene Geometry and Semantics", CVPR 2018)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from ._loss_checks import check_num_tasks, check_finite_float, make_parameter, load_into, check_losses
-from .base import LossWeighting
+from ._learned import LearnedTaskVector
 
 __all__ = ["UW"]
 
 
-class UW(LossWeighting):
+class UW(LearnedTaskVector):
     r"""Homoscedastic-uncertainty weighting, Kendall et al. (2018).
 
     Each task gets a learnable log-variance ``s_i = log σ_i²`` and the backpropagated objective is
@@ -45,33 +42,15 @@ class UW(LossWeighting):
     (one host read).
     """
 
-    check_values: bool = True
+    state_key = "log_vars"
 
-    def __init__(
-        self,
-        num_tasks: int,
-        init: float = 0.0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        self.num_tasks = check_num_tasks(num_tasks)
-        self.init = check_finite_float(init, "init")
-        self.log_vars = make_parameter(self.num_tasks, self.init, device, dtype, "UW")
+    @property
+    def log_vars(self) -> Tensor:
+        """The learned vector ``s`` (the tensor an optimizer holds)."""
+        return self.vector
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
-        losses = check_losses(losses, self.num_tasks, "UW", device=self.log_vars.device, values=self.check_values)
+        losses = self.checked(losses)
         s = self.log_vars
         objective = 0.5 * (torch.exp(-s) * losses + s).sum()
         return objective, 0.5 * torch.exp(-s.detach())
-
-    def parameters(self) -> list[Tensor]:
-        return [self.log_vars]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"log_vars": self.log_vars.detach().clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_into(self.log_vars, state, "log_vars", "UW")
-
-    def _config(self) -> dict[str, Any]:
-        return {"num_tasks": self.num_tasks, "init": self.init}
