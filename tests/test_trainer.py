@@ -187,3 +187,14 @@ def test_tiny_shapes_run(tmp_path):
     assert len(result.test) == 7 and result.higher_is_better["class/acc"]
     assert all(math.isfinite(v) for v in result.test.values())
     assert 0.0 <= result.steps[0]["conflict_rate"] <= 1.0
+
+
+def test_curvature_estimate_on_request(tmp_path):
+    """The linear benchmark's loss is quadratic in its weights, so PCGrad's estimate
+    H = 2[L(θ+s) − L(θ) − ∇L·s] equals sᵀ∇²L s ≥ 0 exactly; without the option it is not logged."""
+    plain = train(_config(tmp_path / "plain", benchmark="linear", method="pcgrad", epochs=1))
+    assert all("curvature" not in row for row in plain.steps)
+    run = train(_config(tmp_path / "h", benchmark="linear", method="pcgrad", epochs=1, curvature=True))
+    values = [row["curvature"] for row in run.steps]
+    assert values and all(math.isfinite(v) and v >= -1e-9 for v in values)
+    assert any(v > 0 for v in values)

@@ -263,6 +263,11 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start afresh")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    p.add_argument(
+        "--curvature",
+        action="store_true",
+        help="also log PCGrad's multi-task curvature estimate H per step (one extra backward and forward)",
+    )
     _add_training_options(p)
     p.set_defaults(func=_run_train, parser=p)
 
@@ -290,6 +295,7 @@ def _run_train(args: argparse.Namespace) -> int:
         resume=not args.fresh,
         progress=not args.no_progress,
         tensorboard=not args.no_tensorboard,
+        curvature=args.curvature,
     )
     try:
         result = train(config)

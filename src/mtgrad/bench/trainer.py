@@ -76,6 +76,7 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     tensorboard: bool = True
+    curvature: bool = False
 
     def resolved(self) -> TrainConfig:
         """A copy with the benchmark's defaults filled in and the fields checked."""
@@ -109,7 +110,7 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields a checkpoint must match to be resumed (what changes the numbers)."""
-        keep = ("benchmark", "method", "epochs", "batch_size", "lr", "seed", "device", "tasks", "data_options")
+        keep = ("benchmark", "method", "epochs", "batch_size", "lr", "seed", "device", "tasks", "data_options", "curvature")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -251,6 +252,23 @@ def _step_row(step: int, epoch: int, names: Sequence[str], losses: Sequence[Tens
     return row
 
 
+class _CurvatureProbe:
+    """PCGrad's curvature estimate along one step (Sec. 5.3), on request: it costs one extra
+    backward for ``∇ Σ_i L_i`` at θ_t and one extra forward after the step, on the same batch."""
+
+    def __init__(self, model: torch.nn.Module, losses: Sequence[Tensor]) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.loss = torch.stack(list(losses)).sum()
+        grads = torch.autograd.grad(self.loss, self.params, retain_graph=True, allow_unused=True)
+        self.grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
+        self.before = [p.detach().clone() for p in self.params]
+
+    def estimate(self, losses_after: Sequence[Tensor]) -> float:
+        steps = [p.detach() - b for p, b in zip(self.params, self.before)]
+        after = torch.stack(list(losses_after)).sum()
+        return float(mtgrad.diagnostics.multitask_curvature(self.loss.detach(), after, self.grads, steps))
+
+
 def _write_csv(path: str, rows: list[dict[str, float]]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
@@ -361,10 +379,15 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
                         def closure(batch: tuple[Tensor, ...] = batch) -> list[Tensor]:
                             return _task_losses(bench, tasks, model(batch[0]), batch)
 
+                    probe = _CurvatureProbe(model, losses) if cfg.curvature else None
                     record = opt.step(losses, closure=closure)
                     step += 1
                     meter.add(outputs, batch, losses)
                     row = _step_row(step, epoch + 1, names, losses, record)
+                    if probe is not None:
+                        with torch.no_grad():
+                            after = _task_losses(bench, tasks, model(batch[0]), batch)
+                        row["curvature"] = probe.estimate(after)
                     steps.append(row)
                     if writer is not None:
                         for k, v in row.items():
