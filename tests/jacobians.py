@@ -98,3 +98,16 @@ def to_torch(J, dtype=None):
 def pairwise_conflict_free(J: np.ndarray) -> bool:
     G = J @ J.T
     return bool(np.all(G >= 0))
+
+
+def checked_weights(method, gramian, *, nonnegative: bool = False) -> np.ndarray:
+    """``method.weights(gramian)`` as numpy, after the checks every weighting must pass:
+    float64, one weight per task, finite (and non-negative where the method promises it)."""
+    import torch
+
+    w = method.weights(gramian)
+    assert w.dtype == torch.float64 and w.shape == gramian.shape[-1:]
+    assert bool(torch.isfinite(w).all())
+    if nonnegative:
+        assert bool((w >= 0).all())
+    return w.numpy()

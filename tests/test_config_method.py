@@ -8,7 +8,7 @@ import reference_cone as ref
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from jacobians import ADVERSARIAL, jacobians, to_torch
+from jacobians import ADVERSARIAL, jacobians, to_torch, checked_weights
 from reference_cone import single_thread  # noqa: F401  (module fixture)
 
 from mtgrad.methods.config import ConFIG
@@ -18,10 +18,7 @@ FAMILIES = tuple(sorted(set(ADVERSARIAL) | {"benign"}))
 
 def weights(J: np.ndarray, method=None) -> np.ndarray:
     Jt = to_torch(J)
-    w = (method or ConFIG()).weights(Jt @ Jt.T)
-    assert w.dtype == torch.float64 and w.shape == (J.shape[0],)
-    assert bool(torch.isfinite(w).all())
-    return w.numpy()
+    return checked_weights(method or ConFIG(), Jt @ Jt.T)
 
 
 def independent_units(J: np.ndarray) -> bool:

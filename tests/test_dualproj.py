@@ -9,7 +9,7 @@ import reference_cone as ref
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jacobians import ADVERSARIAL, jacobians, to_torch
+from jacobians import ADVERSARIAL, jacobians, to_torch, checked_weights
 from reference_cone import single_thread  # noqa: F401  (module fixture)
 
 from mtgrad.methods.dualproj import DualProj
@@ -19,10 +19,7 @@ FAMILIES = tuple(sorted(set(ADVERSARIAL) | {"benign"}))
 
 def weights(J: np.ndarray, method) -> np.ndarray:
     Jt = to_torch(J)
-    w = method.weights(Jt @ Jt.T)
-    assert w.dtype == torch.float64 and w.shape == (J.shape[0],)
-    assert bool(torch.isfinite(w).all())
-    return w.numpy()
+    return checked_weights(method, Jt @ Jt.T)
 
 
 @settings(max_examples=ref.examples(40))

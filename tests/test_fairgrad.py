@@ -8,7 +8,7 @@ import reference_cone as ref
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from jacobians import ADVERSARIAL, jacobians, to_torch
+from jacobians import ADVERSARIAL, jacobians, to_torch, checked_weights
 from reference_cone import single_thread  # noqa: F401  (module fixture)
 
 from mtgrad.methods.fairgrad import FairGrad
@@ -21,10 +21,7 @@ ALPHAS = st.sampled_from([0.25, 0.5, 1.0, 2.0, 5.0])
 
 def weights(J: np.ndarray, method) -> np.ndarray:
     Jt = to_torch(J)
-    w = method.weights(Jt @ Jt.T)
-    assert w.dtype == torch.float64 and w.shape == (J.shape[0],)
-    assert bool(torch.isfinite(w).all()) and bool((w >= 0).all())
-    return w.numpy()
+    return checked_weights(method, Jt @ Jt.T, nonnegative=True)
 
 
 def well_posed(J: np.ndarray) -> bool:

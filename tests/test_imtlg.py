@@ -11,16 +11,13 @@ from hypothesis import strategies as st
 
 import mtgrad
 import reference_baselines as rb
-from jacobians import ADVERSARIAL, family_samples, jacobians, make_jacobian, to_torch
+from jacobians import ADVERSARIAL, family_samples, jacobians, make_jacobian, to_torch, checked_weights
 from mtgrad.methods.imtlg import IMTLG
 
 
 def weights(J: np.ndarray) -> np.ndarray:
     # The Gramian is formed in numpy: torch's tiny matmuls are slow on a loaded 2-core machine.
-    w = IMTLG().weights(torch.as_tensor(J @ J.T))
-    assert w.dtype == torch.float64 and w.shape == (J.shape[0],)
-    assert np.all(np.isfinite(w.numpy()))
-    return w.numpy()
+    return checked_weights(IMTLG(), torch.as_tensor(J @ J.T))
 
 
 def update(J: np.ndarray) -> np.ndarray:

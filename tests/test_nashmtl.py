@@ -8,7 +8,7 @@ import reference_cone as ref
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from jacobians import ADVERSARIAL, jacobians, make_jacobian, to_torch
+from jacobians import ADVERSARIAL, jacobians, make_jacobian, to_torch, checked_weights
 from reference_cone import single_thread  # noqa: F401  (module fixture)
 
 from mtgrad.methods.nashmtl import NashMTL
@@ -19,10 +19,7 @@ RIDGE = 1e-10  # NashMTL's default ridge
 
 def weights(J: np.ndarray, method=None) -> np.ndarray:
     Jt = to_torch(J)
-    w = (method or NashMTL()).weights(Jt @ Jt.T)
-    assert w.dtype == torch.float64 and w.shape == (J.shape[0],)
-    assert bool(torch.isfinite(w).all()) and bool((w >= 0).all())
-    return w.numpy()
+    return checked_weights(method or NashMTL(), Jt @ Jt.T, nonnegative=True)
 
 
 def well_posed(J: np.ndarray, margin: float = 1e-2) -> bool:

@@ -8,7 +8,7 @@ import reference_cone as ref
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jacobians import ADVERSARIAL, jacobians, make_jacobian, to_torch
+from jacobians import ADVERSARIAL, jacobians, make_jacobian, to_torch, checked_weights
 from reference_cone import single_thread  # noqa: F401  (module fixture)
 
 from mtgrad.methods.pcgrad import PCGrad
@@ -20,10 +20,7 @@ FAMILIES = tuple(sorted(set(ADVERSARIAL) | {"benign"}))
 
 def weights(J: np.ndarray, method) -> np.ndarray:
     Jt = to_torch(J)
-    w = method.weights(Jt @ Jt.T)
-    assert w.dtype == torch.float64 and w.shape == (J.shape[0],)
-    assert bool(torch.isfinite(w).all())
-    return w.numpy()
+    return checked_weights(method, Jt @ Jt.T)
 
 
 def assert_no_conflict(J: np.ndarray, w: np.ndarray) -> None:
