@@ -70,3 +70,51 @@ def test_batch_needs_the_task_dimension_first():
     model, (x, y) = make()
     with pytest.raises(ValueError, match="leading dimension"):
         mtgrad.grouped_task_gradients(model, task_loss(model), (x, y[:2]))
+
+
+def test_cagrad_fast_on_grouped_rows_equals_eq4_on_the_sampled_and_pseudo_task_gradients():
+    # Independent route: build the |S| + 1 gradient rows of eq. (4) explicitly from the loop's
+    # per-task gradients and run CAGrad's dual on them with the full-average centre.
+    model, batch = make(T=6)
+    fast = mtgrad.CAGradFast(c=0.5, num_gradients=3, generator=torch.Generator().manual_seed(3))
+    probe = mtgrad.CAGradFast(c=0.5, num_gradients=3, generator=torch.Generator().manual_seed(3))
+    sampled = probe.sample(6)
+    rest = [j for j in range(6) if j not in sampled]
+    record = mtgrad.grouped_backward(model, task_loss(model), batch, fast)
+    blocks = loop_gradients(model, batch)
+    J = torch.cat([b.flatten(1) for b in blocks], dim=1)
+    rows = torch.cat([J[sampled], J[rest].mean(0, keepdim=True)])
+    centre = torch.tensor([1 / 6] * len(sampled) + [len(rest) / 6], dtype=torch.float64)
+    a = mtgrad.solvers.cagrad_weights(rows @ rows.T, 0.5, centre)
+    want = a @ rows
+    got = torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(record.weights @ J, want, rtol=1e-8, atol=1e-10)
+
+
+def test_graddrop_on_grouped_rows_uses_the_per_task_blocks():
+    model, batch = make()
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.GradDrop(generator=gen_a))
+    want = mtgrad.GradDrop(generator=gen_b).aggregate_blocks(loop_gradients(model, batch))
+    for p, w in zip(model.parameters(), want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-9, atol=1e-12)
+
+
+def test_loss_weighting_on_grouped_rows_backpropagates_its_objective():
+    model, batch = make()
+    uw = mtgrad.UW(num_tasks=4)
+    record = mtgrad.grouped_backward(model, task_loss(model), batch, uw)
+    assert record.gramian is None
+    x, y = batch
+    losses = ((model(x) - y) ** 2).mean(dim=(1, 2))
+    objective, _ = uw.combine(losses)
+    want = torch.autograd.grad(objective, list(model.parameters()))
+    for p, w in zip(model.parameters(), want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-9, atol=1e-12)
+
+
+def test_grouped_backward_rejects_reuse_with_a_clear_error():
+    model, batch = make()
+    with pytest.raises(TypeError, match="Reuse"):
+        mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.Reuse(mtgrad.PCGrad(), every=2))

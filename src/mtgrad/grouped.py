@@ -22,7 +22,8 @@ from torch import Tensor
 
 from .backward import BackwardResult
 from .gramian import combine, gramian
-from .methods.base import Weighting
+from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
+from .methods.schedules import CAGradFast
 
 __all__ = ["grouped_task_gradients", "grouped_backward"]
 
@@ -71,7 +72,7 @@ def grouped_backward(
     model: torch.nn.Module,
     task_loss: Callable[[dict[str, Tensor], Any], Tensor],
     batch: Any,
-    method: Weighting,
+    method: Method,
     *,
     shared: Iterable[str] | None = None,
     randomness: Randomness = "error",
@@ -79,12 +80,25 @@ def grouped_backward(
 ) -> BackwardResult:
     """Gradient surgery with per-task gradients from each task's own rows.
 
-    The shared parameters (all trainable ones unless ``shared`` names a subset) receive
-    ``Σ_i w_i g_i`` with ``w = method.weights(G)``; every other trainable parameter receives
-    ``Σ_i g_i``. Gradients are added to ``.grad`` as in :func:`mtgrad.backward`.
+    The shared parameters (all trainable ones unless ``shared`` names a subset) receive the
+    method's combination of the per-task gradients ``g_i``; every other trainable parameter
+    receives ``Σ_i g_i``. Gradients are added to ``.grad`` as in :func:`mtgrad.backward`.
+
+    * a Gramian weighting (PCGrad, CAGrad, MGDA, …): ``Σ_i w_i g_i`` with ``w = method.weights(G)``;
+    * :class:`~mtgrad.CAGradFast`: eq. (4) of Liu et al. (2021) on the sampled tasks plus the
+      pseudo-task ``g̃ = mean_{j∉S} g_j``, whose Gramian is ``A G Aᵀ`` for the averaging matrix
+      ``A`` — exact, and free here since every ``g_i`` costs the same one vmapped backward;
+    * a Jacobian aggregator (GradDrop): its update from the per-task gradient blocks;
+    * a loss weighting (UW, DWA, …): one backward of its combined objective (the per-task losses
+      are still each computed from their own rows); ``gramian`` is then ``None``.
     """
-    if not isinstance(method, Weighting):
-        raise TypeError(f"grouped_backward needs a Gramian weighting (e.g. mtgrad.PCGrad()), got {type(method).__name__}")
+    if isinstance(method, LossWeighting):
+        return _loss_weighting_backward(model, task_loss, batch, method, randomness, check_finite)
+    if not isinstance(method, (Weighting, CAGradFast, JacobianAggregator)):
+        raise TypeError(
+            "grouped_backward needs a Gramian weighting (e.g. mtgrad.PCGrad()), CAGradFast, a Jacobian "
+            f"aggregator or a loss weighting, got {type(method).__name__}"
+        )
     losses, grads = grouped_task_gradients(model, task_loss, batch, randomness=randomness)
     names = list(grads)
     shared_names = names if shared is None else list(shared)
@@ -96,12 +110,52 @@ def grouped_backward(
     G = gramian(grads[n] for n in shared_names)
     if check_finite and not bool(torch.isfinite(G).all()):
         raise ValueError("a task gradient is NaN or inf (an overflow?)")
-    w = method.weights(G, losses if method.needs_losses else None)
-    params = dict(model.named_parameters())
     shared_set = set(shared_names)
-    for name in names:
-        block = grads[name]
-        update = combine(w, block) if name in shared_set else block.sum(0)
+    updates: dict[str, Tensor] = {name: grads[name].sum(0) for name in names if name not in shared_set}
+    w: Tensor | None
+    if isinstance(method, JacobianAggregator):
+        w = None
+        blocks = [grads[n] for n in shared_names]
+        updates.update(zip(shared_names, method.aggregate_blocks(blocks, losses.detach())))
+    else:
+        w = _fast_weights(method, G) if isinstance(method, CAGradFast) else method.weights(
+            G, losses if method.needs_losses else None
+        )
+        updates.update((name, combine(w, grads[name])) for name in shared_names)
+    params = dict(model.named_parameters())
+    for name, update in updates.items():
         p = params[name]
         p.grad = update if p.grad is None else p.grad + update
     return BackwardResult(weights=w, gramian=G)
+
+
+def _fast_weights(method: CAGradFast, G: Tensor) -> Tensor:
+    """CAGrad-Fast weights over all K tasks from the full Gramian (eq. 4 of Liu et al. 2021)."""
+    K = G.shape[0]
+    sampled = method.sample(K)
+    if len(sampled) == K:
+        return method.task_weights(G, sampled, K)
+    rest = [j for j in range(K) if j not in set(sampled)]
+    A = G.new_zeros((len(sampled) + 1, K))
+    A[torch.arange(len(sampled)), sampled] = 1.0
+    A[-1, rest] = 1.0 / len(rest)
+    return method.task_weights(A @ G @ A.T, sampled, K)
+
+
+def _loss_weighting_backward(
+    model: torch.nn.Module,
+    task_loss: Callable[[dict[str, Tensor], Any], Tensor],
+    batch: Any,
+    method: LossWeighting,
+    randomness: Randomness,
+    check_finite: bool,
+) -> BackwardResult:
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("the model has no parameter that requires grad")
+    losses = torch.func.vmap(task_loss, in_dims=(None, 0), randomness=randomness)(params, batch)
+    if check_finite and not bool(torch.isfinite(losses.detach()).all()):
+        raise ValueError(f"task losses are NaN or inf: {losses.detach().tolist()}")
+    objective, weights = method.combine(losses)
+    objective.backward()
+    return BackwardResult(weights=weights.detach().to(torch.float64), gramian=None)
