@@ -35,10 +35,13 @@ class BackwardResult:
             :class:`~mtgrad.methods.base.JacobianAggregator`.
         gramian: ``G = J Jᵀ`` (T, T), float64, of the shared-parameter task gradients; ``None``
             for a loss weighting, which computes no per-task gradients.
+        losses: the per-task loss values ``(T,)``, detached, where the call computed them itself
+            (:func:`mtgrad.grouped_backward`); ``None`` when the caller passed them in.
     """
 
     weights: Tensor | None
     gramian: Tensor | None
+    losses: Tensor | None = None
 
     def diagnostics(self) -> Diagnostics:
         """Conflict statistics of this step's task gradients (cosines, conflict rate, Φ, ξ)."""

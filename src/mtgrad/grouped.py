@@ -126,7 +126,7 @@ def grouped_backward(
     for name, update in updates.items():
         p = params[name]
         p.grad = update if p.grad is None else p.grad + update
-    return BackwardResult(weights=w, gramian=G)
+    return BackwardResult(weights=w, gramian=G, losses=losses.detach())
 
 
 def _fast_weights(method: CAGradFast, G: Tensor) -> Tensor:
@@ -158,4 +158,4 @@ def _loss_weighting_backward(
         raise ValueError(f"task losses are NaN or inf: {losses.detach().tolist()}")
     objective, weights = method.combine(losses)
     objective.backward()
-    return BackwardResult(weights=weights.detach().to(torch.float64), gramian=None)
+    return BackwardResult(weights=weights.detach().to(torch.float64), gramian=None, losses=losses.detach())

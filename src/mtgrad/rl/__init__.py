@@ -1,0 +1,21 @@
+"""Multi-task reinforcement learning: multi-task SAC on Meta-World with gradient surgery.
+
+Needs the ``rl`` extra (``pip install 'mtgrad[rl]'``: metaworld, gymnasium, packaging); the
+modules import it lazily, so ``import mtgrad.rl`` works without it.
+
+    from mtgrad.rl import preset, train
+    train(preset("quick"), "cagrad", out="runs/quick-cagrad")
+
+or ``mtgrad rl --preset quick --methods mean,pcgrad,cagrad --out runs/quick``.
+"""
+
+from .buffer import TaskReplayBuffer
+from .config import PRESETS, SACConfig, preset
+from .envs import make_envs, parse_benchmark
+from .sac import Actor, MultiTaskSAC, TwinCritic
+from .train import build_method, evaluate, train
+
+__all__ = [
+    "SACConfig", "PRESETS", "preset", "TaskReplayBuffer", "make_envs", "parse_benchmark",
+    "Actor", "TwinCritic", "MultiTaskSAC", "build_method", "evaluate", "train",
+]

@@ -1,0 +1,371 @@
+"""The multi-task SAC training loop: collect, update, evaluate, log, checkpoint, resume.
+
+One vector step acts in every task's environment, adds one transition per task to the replay
+buffer and (after ``random_steps`` steps of random actions) runs ``updates_per_step`` updates on
+``batch_per_task`` rows of every task. Files written under ``out``:
+
+* ``train.csv`` — one row per episode: every task's return and success, and the mean of the
+  update statistics over the episode (per-task critic/actor losses and temperatures, the task
+  weights and the gradient-conflict rate of the critic and actor updates);
+* ``eval.csv`` — one row per evaluation (every ``eval_every`` steps and at the end): success rate
+  per task and averaged, mean return, with Meta-World's evaluation protocol
+  (``metaworld.evaluation.evaluation``: deterministic actions, episodes end on success);
+* ``summary.json`` — the final evaluation, environment steps/s and updates/s;
+* ``checkpoint.pt`` — everything needed to continue: networks, optimizers, temperatures, the
+  method's state (e.g. PCGrad's generator), the replay buffer, torch's RNG and the environments'
+  random states; ``tb/`` — TensorBoard events when ``tensorboard`` is installed.
+
+Resume: a checkpoint is written at the end of every ``checkpoint_every``-th episode (all tasks end
+their episodes together), before the environments reset; a resumed run reloads it, resets the
+environments from their restored random state and continues bit-for-bit as if never stopped
+(logged rows after the checkpoint are dropped and rewritten).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+import mtgrad
+
+from .buffer import TaskReplayBuffer
+from .config import SACConfig
+from .envs import make_envs, parse_benchmark, task_names
+from .sac import MultiTaskSAC
+
+__all__ = ["build_method", "train", "evaluate"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def build_method(spec: str, cfg: SACConfig, num_tasks: int, seed: int) -> mtgrad.methods.Method:
+    """A method from its spec, with the benchmark's CAGrad ``c`` and CAGrad-Fast gradient count
+    filled in when the spec does not give them (``"cagrad"`` → ``CAGrad(c=0.9)`` on MT10)."""
+    name, _, args = spec.strip().partition(":")
+    given = {part.split("=")[0].strip() for part in args.split(",") if part.strip()}
+    defaults = {"cagrad": {"c": cfg.method_c}, "cagrad_fast": {"c": cfg.method_c, "num_gradients": cfg.fast_gradients}}
+    extra = [f"{k}={v}" for k, v in defaults.get(name.strip().lower(), {}).items() if k not in given]
+    full = name + ":" + ",".join(filter(None, [args, *extra])) if extra else spec
+    return mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
+
+
+class _Agent:
+    """Meta-World's evaluation protocol calls ``eval_action`` and ``reset``."""
+
+    def __init__(self, sac: MultiTaskSAC) -> None:
+        self.sac = sac
+
+    def eval_action(self, observations: np.ndarray) -> np.ndarray:
+        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.sac.device)
+        return self.sac.act(obs, deterministic=True).cpu().numpy()
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        pass
+
+
+def evaluate(sac: MultiTaskSAC, eval_envs: Any, episodes: int) -> tuple[float, float, list[float]]:
+    """Mean success, mean return and per-task success (vector order), ``episodes`` per task.
+
+    Meta-World's protocol (``metaworld.evaluation.evaluation``): deterministic actions, every
+    episode ends at its first success (or at the time limit), and a task's success rate is the
+    fraction of its first ``episodes`` episodes that succeeded. Tasks are kept apart by vector index
+    rather than by environment name, so that goal-conditioned tasks (one environment, several
+    goals) are counted separately; on named task sets both give the same numbers (tested).
+    """
+    T = eval_envs.num_envs
+    eval_envs.call("toggle_terminate_on_success", True)  # these environments only ever evaluate
+    agent = _Agent(sac)
+    successes, returns = np.zeros(T), [[] for _ in range(T)]
+    obs, _ = eval_envs.reset()
+    while min(len(r) for r in returns) < episodes:
+        obs, _, terminated, truncated, info = eval_envs.step(agent.eval_action(obs))
+        for i in np.flatnonzero(np.logical_or(terminated, truncated)):
+            if len(returns[i]) < episodes:
+                returns[i].append(float(info["final_info"]["episode"]["r"][i]))
+                successes[i] += float(info["final_info"]["success"][i])
+    per_task = (successes / episodes).tolist()
+    return float(np.mean(per_task)), float(np.mean(returns)), per_task
+
+
+def train(
+    cfg: SACConfig,
+    method: str,
+    out: str,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+    tensorboard: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train multi-task SAC with ``method`` on ``cfg.benchmark``; returns the summary.
+
+    ``stop_after`` ends the process early at that vector step (as if killed), for tests and for
+    splitting a long run into jobs; the next call with the same ``out`` resumes.
+    """
+    tasks = parse_benchmark(cfg.benchmark)
+    os.makedirs(out, exist_ok=True)
+    envs = make_envs(tasks, seed, cfg.max_episode_steps, cfg.use_one_hot)
+    eval_envs = make_envs(tasks, seed + 10_000, cfg.max_episode_steps, cfg.use_one_hot, evaluation=True)
+    names = task_names(envs)
+    T, obs_dim = envs.num_envs, envs.single_observation_space.shape[0]
+    action_dim = envs.single_action_space.shape[0]
+    torch.manual_seed(seed)
+    sac = MultiTaskSAC(
+        cfg, obs_dim, action_dim, T, build_method(method, cfg, T, seed), build_method(method, cfg, T, seed + 1), device
+    )
+    buffer = TaskReplayBuffer(T, cfg.buffer_per_task, obs_dim, action_dim, device)
+    log = _Logs(out, names)
+    step, episode, elapsed = 0, 0, {"env": 0.0, "update": 0.0, "eval": 0.0}
+    envs.reset(seed=seed)
+    eval_envs.reset(seed=seed + 10_000)
+    path = os.path.join(out, CHECKPOINT)
+    if resume and os.path.exists(path):
+        state = torch.load(path, map_location=device, weights_only=False)
+        _check_same_run(state, cfg, method, seed)
+        sac.load_state_dict(state["agent"])
+        buffer.load_state_dict(state["buffer"])
+        envs.call("load_checkpoint", state["envs"])
+        eval_envs.call("load_checkpoint", state["eval_envs"])
+        torch.set_rng_state(state["torch_rng"])
+        step, episode, elapsed = state["step"], state["episode"], state["elapsed"]
+        log.truncate(step)
+    obs_np, _ = envs.reset()
+    obs = torch.as_tensor(obs_np, dtype=torch.float32, device=device)
+    returns = np.zeros(T)
+    success = np.zeros(T)
+    stats = _Running()
+    writer = _tensorboard(out, tensorboard, step)
+    bar = _progress(cfg.total_steps, step, f"{method} on {cfg.benchmark}", progress)
+    end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
+    try:
+        while step < end:
+            t0 = time.perf_counter()
+            if step < cfg.random_steps:
+                action = torch.rand((T, action_dim), device=device) * 2 - 1
+            else:
+                action = sac.act(obs)
+            next_np, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+            next_obs = torch.as_tensor(next_np, dtype=torch.float32, device=device)
+            buffer.add(obs, action, torch.as_tensor(reward, dtype=torch.float32, device=device), next_obs,
+                       torch.as_tensor(terminated, dtype=torch.float32, device=device))
+            obs = next_obs
+            returns += reward
+            success = np.maximum(success, np.asarray(info["success"], dtype=float))
+            step += 1
+            t1 = time.perf_counter()
+            elapsed["env"] += t1 - t0
+            if step > cfg.random_steps:
+                for _ in range(cfg.updates_per_step):
+                    stats.add(sac.update(buffer.sample(cfg.batch_per_task)))
+                elapsed["update"] += time.perf_counter() - t1
+            if bar is not None:
+                bar.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.total_steps:
+                t2 = time.perf_counter()
+                mean_success, mean_return, per_task = evaluate(sac, eval_envs, cfg.eval_episodes)
+                elapsed["eval"] += time.perf_counter() - t2
+                log.eval_row(step, mean_success, mean_return, per_task)
+                _scalars(writer, step, {"eval/success": mean_success, "eval/return": mean_return})
+                if bar is not None:
+                    bar.set_postfix(success=f"{mean_success:.2f}")
+            done = np.logical_or(terminated, truncated)
+            if done.any():
+                if not done.all():
+                    raise RuntimeError(
+                        "tasks ended their episodes at different steps; the trainer expects Meta-World's "
+                        "fixed-length episodes (no termination on success while training)"
+                    )
+                episode += 1
+                row = log.episode_row(step, episode, returns, success, stats.mean())
+                _scalars(writer, step, {k: v for k, v in row.items() if k.startswith("mean_")})
+                stats, returns, success = _Running(), np.zeros(T), np.zeros(T)
+                if episode % cfg.checkpoint_every == 0 or step == end:
+                    _save(path, {
+                        "config": asdict(cfg), "method": method, "seed": seed, "step": step, "episode": episode,
+                        "elapsed": elapsed, "agent": sac.state_dict(), "buffer": buffer.state_dict(),
+                        "envs": list(envs.call("get_checkpoint")), "eval_envs": list(eval_envs.call("get_checkpoint")),
+                        "torch_rng": torch.get_rng_state(),
+                    })
+                obs = torch.as_tensor(envs.reset()[0], dtype=torch.float32, device=device)
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        envs.close()
+        eval_envs.close()
+    summary = _summary(cfg, method, seed, step, elapsed, log.evals())
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _check_same_run(state: dict[str, Any], cfg: SACConfig, method: str, seed: int) -> None:
+    saved = (state["config"], state["method"], state["seed"])
+    if saved != (asdict(cfg), method, seed):
+        raise ValueError(
+            "the checkpoint in this directory is from a different run (config, method or seed differ); "
+            "use another --out or --no-resume"
+        )
+
+
+def _save(path: str, state: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint intact
+
+
+def _summary(cfg: SACConfig, method: str, seed: int, step: int, elapsed: dict[str, float], evals: list[dict[str, str]]) -> dict[str, Any]:
+    T = parse_benchmark(cfg.benchmark).num_tasks
+    updates = max(step - cfg.random_steps, 0) * cfg.updates_per_step
+    return {
+        "benchmark": cfg.benchmark, "method": method, "seed": seed, "steps": step, "env_steps": step * T,
+        "env_steps_per_s": step * T / elapsed["env"] if elapsed["env"] else None,
+        "updates_per_s": updates / elapsed["update"] if elapsed["update"] else None,
+        "seconds": elapsed, "final_eval": evals[-1] if evals else None,
+        "best_success": max(float(r["mean_success"]) for r in evals) if evals else None,
+    }
+
+
+class _Running:
+    """Sums of the update statistics over an episode, kept as tensors (no host reads per step)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            v = v.detach().to(torch.float64)
+            self.total[k] = v if k not in self.total else self.total[k] + v
+        self.count += 1
+
+    def mean(self) -> dict[str, list[float]]:
+        return {k: (v / self.count).cpu().reshape(-1).tolist() for k, v in self.total.items()} if self.count else {}
+
+
+class _Logs:
+    """``train.csv`` and ``eval.csv``, appended row by row, truncated to a checkpoint on resume."""
+
+    STATS = ("critic_loss", "actor_loss", "alpha", "critic_weights", "actor_weights")
+
+    def __init__(self, out: str, names: list[str]) -> None:
+        self.names = names
+        self.train_path = os.path.join(out, "train.csv")
+        self.eval_path = os.path.join(out, "eval.csv")
+        per_task = [f"{kind}/{n}" for kind in ("return", "success", *self.STATS) for n in names]
+        self.train_fields = ["step", "env_steps", "episode", "mean_return", "mean_success",
+                             "critic_conflict", "actor_conflict", *per_task]
+        self.eval_fields = ["step", "env_steps", "mean_success", "mean_return", *[f"success/{n}" for n in names]]
+        for path, fields in ((self.train_path, self.train_fields), (self.eval_path, self.eval_fields)):
+            if not os.path.exists(path):
+                with open(path, "w", newline="") as f:
+                    csv.writer(f).writerow(fields)
+
+    def episode_row(self, step: int, episode: int, returns: np.ndarray, success: np.ndarray,
+                    stats: dict[str, list[float]]) -> dict[str, Any]:
+        T = len(self.names)
+        row: dict[str, Any] = {"step": step, "env_steps": step * T, "episode": episode,
+                               "mean_return": float(returns.mean()), "mean_success": float(success.mean()),
+                               "critic_conflict": _first(stats.get("critic_conflict")),
+                               "actor_conflict": _first(stats.get("actor_conflict"))}
+        for kind, values in (("return", returns.tolist()), ("success", success.tolist()),
+                             *((k, stats.get(k, [float("nan")] * T)) for k in self.STATS)):
+            row.update({f"{kind}/{n}": v for n, v in zip(self.names, values)})
+        self._append(self.train_path, self.train_fields, row)
+        return row
+
+    def eval_row(self, step: int, mean_success: float, mean_return: float, per_task: list[float]) -> None:
+        row = {"step": step, "env_steps": step * len(self.names), "mean_success": mean_success, "mean_return": mean_return}
+        row.update({f"success/{n}": s for n, s in zip(self.names, per_task)})
+        self._append(self.eval_path, self.eval_fields, row)
+
+    def evals(self) -> list[dict[str, str]]:
+        return _read(self.eval_path)
+
+    def truncate(self, step: int) -> None:
+        for path in (self.train_path, self.eval_path):
+            fields, rows = _header(path), [r for r in _read(path) if int(r["step"]) <= step]
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(rows)
+
+    @staticmethod
+    def _append(path: str, fields: list[str], row: dict[str, Any]) -> None:
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=fields).writerow(row)
+
+
+def _first(values: list[float] | None) -> float:
+    return float("nan") if not values else values[0]
+
+
+def _read(path: str) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _header(path: str) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f))
+
+
+def _scalars(writer: Any, step: int, values: dict[str, float]) -> None:
+    if writer is not None:
+        for k, v in values.items():
+            writer.add_scalar(k, v, step)
+
+
+def _tensorboard(out: str, enabled: bool, step: int) -> Any:
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch's writer needs the tensorboard package
+        return None
+    return SummaryWriter(os.path.join(out, "tb"), purge_step=step)
+
+
+class _PlainProgress:
+    """Progress lines with an ETA on stderr when tqdm is not installed."""
+
+    def __init__(self, total: int, initial: int, desc: str) -> None:
+        self.total, self.n, self.desc = total, initial, desc
+        self.start, self.first, self.last = time.perf_counter(), initial, 0.0
+        self.postfix = ""
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if now - self.last >= 10 or self.n == self.total:
+            self.last = now
+            rate = (self.n - self.first) / max(now - self.start, 1e-9)
+            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+            sys.stderr.write(f"{self.desc}: {self.n}/{self.total} steps, {rate:.0f} steps/s, ETA {eta / 60:.1f} min {self.postfix}\n")
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _PlainProgress(total, initial, desc)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, mininterval=1.0)
