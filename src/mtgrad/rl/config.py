@@ -85,7 +85,7 @@ PRESETS: dict[str, SACConfig] = {
         benchmark="mt50", batch_per_task=26, buffer_per_task=20_000, method_c=0.5, fast_gradients=8
     ),
     "quick": SACConfig(
-        benchmark="custom:reach-v3,button-press-topdown-v3",
+        benchmark="custom:reach-v3,drawer-close-v3",
         total_steps=30_000,
         random_steps=1_000,
         max_episode_steps=200,
