@@ -13,8 +13,10 @@ Each timed step is ``opt.zero_grad(); forward; <method>; opt.step()`` (SGD) for:
 * ``plain``                 — ``sum(losses).backward()``: one backward, the reference (1.00×);
 * ``loop``                  — ``losses[i].backward()`` for every task: T backward passes, no
   aggregation (the bare cost of exact per-task gradients);
-* ``mtgrad-{pcgrad,cagrad,mgda}-{loop,batched}`` — ``mtgrad.backward(losses, trunk params,
-  method, engine=...)``; PCGrad(), CAGrad(c=0.4), MGDA();
+* ``mtgrad-{pcgrad,cagrad,mgda}-{loop,batched,gramian}`` — ``mtgrad.backward(losses, trunk
+  params, method, engine=...)``; PCGrad(), CAGrad(c=0.4), MGDA(); ``gramian`` is
+  ``engine=mtgrad.GramianEngine(trunk)`` (the Gramian-only engine, on its own copy of the model
+  since it hooks the trunk);
 * ``torchjd-{pcgrad,cagrad}`` — ``torchjd.autojac.mtl_backward(losses, features=z, ...)`` then
   ``jac_to_grad(trunk params, PCGrad() / CAGrad(c=0.4))`` (torchjd 0.18), when installed;
 * ``torchjd-autogram-pcgrad`` — torchjd's Gramian engine (``autogram.Engine(trunk,
@@ -127,7 +129,7 @@ def build(name: str) -> Problem:
 
 def method_names(with_torchjd: bool) -> list[str]:
     names = ["plain", "loop"]
-    names += [f"mtgrad-{m}-{e}" for m in ("pcgrad", "cagrad", "mgda") for e in ("loop", "batched")]
+    names += [f"mtgrad-{m}-{e}" for m in ("pcgrad", "cagrad", "mgda") for e in ("loop", "batched", "gramian")]
     if with_torchjd:
         names.append("torchjd-pcgrad")
         if torchjd_cagrad_available():
@@ -139,8 +141,8 @@ def method_names(with_torchjd: bool) -> list[str]:
 def make_step(name: str, prob: Problem) -> Callable[[], None]:
     """A closure running one full training step of method ``name`` on ``prob``."""
     model = prob.model
-    if name == "torchjd-autogram-pcgrad":
-        model = copy.deepcopy(prob.model)  # the engine hooks every module of the trunk it gets
+    if name == "torchjd-autogram-pcgrad" or name.endswith("-gramian"):
+        model = copy.deepcopy(prob.model)  # the engine hooks the trunk's modules: keep them off the others' steps
     trunk_params = list(model.trunk.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     x, ys = prob.x, prob.ys
@@ -170,7 +172,8 @@ def make_step(name: str, prob: Problem) -> Callable[[], None]:
             "cagrad": lambda: mtgrad.CAGrad(c=0.4),
             "mgda": lambda: mtgrad.MGDA(),
         }[m]()
-        return run(lambda z, losses: mtgrad.backward(losses, trunk_params, method, engine=engine))
+        how = mtgrad.GramianEngine(model.trunk) if engine == "gramian" else engine
+        return run(lambda z, losses: mtgrad.backward(losses, trunk_params, method, engine=how))
     if name in ("torchjd-pcgrad", "torchjd-cagrad"):
         from torchjd.aggregation import CAGrad, PCGrad
         from torchjd.autojac import jac_to_grad, mtl_backward

@@ -8,6 +8,7 @@ tensor([0.1835, 1.2041, 1.2041])
 
 from . import diagnostics, methods, solvers
 from .aggregate import aggregate
+from .autogram import GramianEngine
 from .backward import BackwardResult, backward
 from .grouped import grouped_backward, grouped_task_gradients
 from .methods import *  # noqa: F403  (every method class, the kinds' base classes, from_spec)
@@ -18,6 +19,7 @@ __all__ = [
     "aggregate",
     "backward",
     "BackwardResult",
+    "GramianEngine",
     "grouped_backward",
     "grouped_task_gradients",
     "MTLOptimizer",

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .autogram import GramianEngine
 from .diagnostics import Diagnostics, diagnose
 from .engine import (
+    ENGINES,
     Engine,
     backward_through_representation,
     reaches,
@@ -57,7 +59,7 @@ def backward(
     *,
     retain_graph: bool = False,
     check_finite: bool = True,
-    engine: Engine = "loop",
+    engine: Engine | GramianEngine = "loop",
     representation: Tensor | None = None,
 ) -> BackwardResult:
     """Backpropagate T task losses with gradient surgery on the shared parameters.
@@ -82,8 +84,12 @@ def backward(
         check_finite: raise on NaN/inf losses or gradients. This reads T values on the host once
             per call; switch it off to avoid that synchronisation on accelerators.
         engine: how the per-task gradients are computed (see :mod:`mtgrad.engine`): ``"loop"``
-            (T backward passes, lowest memory, fastest on CPUs) or ``"batched"`` (one vmapped
-            backward). Both give the same answer up to rounding.
+            (T backward passes, lowest memory among the Jacobian engines, fastest on CPUs),
+            ``"batched"`` (one vmapped backward), or a :class:`~mtgrad.GramianEngine` created on
+            the trunk before the forward (the Gramian-only engine, :mod:`mtgrad.autogram`: ``G``
+            from the linear layers' inputs and output gradients, then one backward of
+            ``Σ_i w_i L_i``; never holds ``J``; Gramian weightings, ``Reuse`` and ``CAGradFast``
+            only). All give the same answer up to rounding.
         representation: the shared representation ``Z`` (the trunk's output the heads read). If
             given, the method works on the gradients ``∂L_i/∂Z`` instead of ``∂L_i/∂θ`` (MGDA-UB
             style, Sener & Koltun 2018, Sec. 3.3): T cheap passes through the heads, one through
@@ -92,10 +98,29 @@ def backward(
 
     Raises:
         ValueError: empty or non-scalar losses, NaN/inf losses or gradients, a loss with no
-            gradient path to the shared parameters, no shared parameters, mixed devices.
+            gradient path to the shared parameters, no shared parameters, mixed devices, an
+            unknown engine, a GramianEngine with a Jacobian aggregator or ``representation``
+            (or one that recorded no forward of these losses).
         TypeError: a loss or parameter that is not a floating-point tensor, or a bad method.
     """
-    _check_method(method)
+    try:
+        _check_method(method)
+        _check_engine(engine, method, representation)
+        return _backward(losses, shared_params, method, retain_graph, check_finite, engine, representation)
+    finally:
+        if isinstance(engine, GramianEngine) and not retain_graph:
+            engine.reset()  # the recorded calls belong to this graph, done with now (or abandoned)
+
+
+def _backward(
+    losses: Sequence[Tensor] | Tensor,
+    shared_params: Iterable[Tensor],
+    method: Method,
+    retain_graph: bool,
+    check_finite: bool,
+    engine: Engine | GramianEngine,
+    representation: Tensor | None,
+) -> BackwardResult:
     task_losses = _as_losses(losses)
     params = _as_params(shared_params)
     _check_devices(task_losses, params)
@@ -131,6 +156,9 @@ def backward(
         method.advance(record.weights)
         return record
 
+    if isinstance(engine, GramianEngine):
+        return _gramian_backward(task_losses, params, method, engine, values, retain_graph, check_finite)
+
     if isinstance(method, CAGradFast):
         sampled = method.sample(len(task_losses))
         if len(sampled) == len(task_losses):
@@ -152,6 +180,44 @@ def backward(
     weights = method.weights(G, values if method.needs_losses else None)
     _combine_into_grad(params, weights, blocks)
     return BackwardResult(weights=weights, gramian=G)
+
+
+def _gramian_backward(
+    losses: list[Tensor],
+    params: list[Tensor],
+    method: Weighting | CAGradFast,
+    engine: GramianEngine,
+    values: Tensor,
+    retain_graph: bool,
+    check_finite: bool,
+) -> BackwardResult:
+    """``G`` without ``J`` (:mod:`mtgrad.autogram`), the weights, then one weighted backward.
+
+    CAGrad-Fast's rows ``[g_i, i ∈ S] + [g̃]`` are gradients of ``C L`` for the cotangents ``C``
+    of :func:`_sampled_cotangents`, so their Gramian costs |S| + 1 batched cotangents, not K.
+    """
+    T = len(losses)
+    sampled = method.sample(T) if isinstance(method, CAGradFast) else list(range(T))
+    C = None if len(sampled) == T else _sampled_cotangents(sampled, T, values)
+    G = engine.gramian(losses, params, C, retain_graph=True)
+    if check_finite and not bool(torch.isfinite(G).all()):
+        raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
+    if isinstance(method, CAGradFast):
+        weights = method.task_weights(G, sampled, T)
+    else:
+        weights = method.weights(G, values if method.needs_losses else None)
+    weighted_backward(losses, params, weights, retain_graph)
+    return BackwardResult(weights=weights, gramian=G)
+
+
+def _sampled_cotangents(sampled: list[int], num_tasks: int, like: Tensor) -> Tensor:
+    """``C`` (|S| + 1, K): rows ``e_i`` for ``i ∈ S``, then ``(1 − Σ_{i∈S} e_i)/(K − |S|)`` (eq. 4)."""
+    C = like.new_zeros((len(sampled) + 1, num_tasks))
+    C[-1] = 1.0 / (num_tasks - len(sampled))
+    for r, i in enumerate(sampled):
+        C[r, i] = 1.0
+        C[-1, i] = 0.0
+    return C
 
 
 def _combine_into_grad(params: list[Tensor], w: Tensor, blocks: list[Tensor]) -> None:
@@ -209,6 +275,25 @@ def _row_weights(task_weights: Tensor, sampled: list[int]) -> Tensor:
     K = task_weights.shape[0]
     rest = [j for j in range(K) if j not in set(sampled)]
     return torch.cat([task_weights[sampled], task_weights[rest[:1]] * len(rest)])
+
+
+def _check_engine(engine: object, method: Method, representation: Tensor | None) -> None:
+    if isinstance(engine, GramianEngine):
+        if isinstance(method, JacobianAggregator):
+            raise ValueError(
+                f"{type(method).__name__} works on the task gradients themselves, which the Gramian "
+                "engine never forms: use engine='loop' or 'batched'"
+            )
+        if representation is not None:
+            raise ValueError("representation= already works on a small Gramian; it takes no GramianEngine")
+        return
+    if engine == "gramian":
+        raise ValueError(
+            "the Gramian engine hooks the trunk before the forward: create engine = "
+            "mtgrad.GramianEngine(model.trunk) once, then pass engine=engine"
+        )
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES} or a mtgrad.GramianEngine, got {engine!r}")
 
 
 def _check_method(method: object) -> None:

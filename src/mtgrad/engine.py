@@ -10,6 +10,10 @@ ordinary gradient of ``Σ_i L_i``, added to whatever it held before.
   (``autograd.grad(..., is_grads_batched=True)``) for the shared parameters, then one backward of
   ``Σ L_i`` restricted to the other leaves (autograd prunes the trunk from it). Trades memory
   for fewer kernel launches; worth it on accelerators. Every op in the graph needs a vmap rule.
+
+The Gramian-only engine, :class:`mtgrad.GramianEngine` (:mod:`mtgrad.autogram`), returns no
+blocks: it computes ``G`` from the linear layers' inputs and output gradients and
+:func:`mtgrad.backward` applies the weights with :func:`weighted_backward`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["gramian", "combine"]
+__all__ = ["gramian", "cross_gramian", "combine"]
 
 # Columns per block: small enough to stay in cache-friendly GEMMs, large enough to amortise calls.
 BLOCK_COLUMNS = 1 << 16
@@ -28,6 +28,17 @@ def gramian(blocks: Iterable[Tensor]) -> Tensor:
             total = part if total is None else total + part
     if total is None:
         raise ValueError("no gradient blocks given: the Gramian of zero parameters is undefined")
+    return total
+
+
+def cross_gramian(left: Tensor, right: Tensor) -> Tensor:
+    """``L Rᵀ`` (float64) for ``left`` and ``right`` of shape (T, n): ``[i, j] = ⟨L_i, R_j⟩``.
+
+    Accumulated over ``BLOCK_COLUMNS`` chunks of the n columns in float64, as :func:`gramian`.
+    """
+    total = left.new_zeros((left.shape[0], right.shape[0]), dtype=torch.float64)
+    for a, b in zip(left.split(BLOCK_COLUMNS, dim=1), right.split(BLOCK_COLUMNS, dim=1)):
+        total += (a @ b.T).to(torch.float64)
     return total
 
 
