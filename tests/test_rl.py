@@ -208,3 +208,31 @@ def test_cli_runs_methods_and_writes_the_summary_and_plot(tmp_path, capsys):
     assert (tmp_path / "summary.md").exists() and (tmp_path / "success.png").exists()
     assert "cagrad_fast" in capsys.readouterr().out
     assert main(["rl", "--benchmark", "mt11", "--out", str(tmp_path / "x")]) == 2
+
+
+def _random_policy_success(benchmark: str, episodes: int, max_steps: int) -> float:
+    import numpy as np
+
+    envs = make_envs(parse_benchmark(benchmark), 7, max_steps, evaluation=True)
+    envs.call("toggle_terminate_on_success", True)
+    rng = np.random.default_rng(0)
+    done, hits = np.zeros(envs.num_envs), np.zeros(envs.num_envs)
+    envs.reset(seed=7)
+    while done.min() < episodes:
+        _, _, term, trunc, info = envs.step(rng.uniform(-1, 1, (envs.num_envs, 4)))
+        for i in np.flatnonzero(term | trunc):
+            if done[i] < episodes:
+                done[i] += 1
+                hits[i] += info["final_info"]["success"][i]
+    envs.close()
+    return float(hits.mean() / episodes)
+
+
+def test_cagrad_sac_learns_to_reach_above_the_random_policys_success(tmp_path):
+    # ~2 minutes on one core: two reaching tasks, small networks, 100-step episodes.
+    benchmark = "custom:reach-v3,reach-wall-v3"
+    cfg = preset("quick", benchmark=benchmark, total_steps=12_000, random_steps=500, max_episode_steps=100,
+                 hidden=64, layers=2, batch_per_task=64, eval_every=1_000, eval_episodes=5, checkpoint_every=1_000)
+    summary = train(cfg, "cagrad", str(tmp_path), progress=False, tensorboard=False)
+    random_success = _random_policy_success(benchmark, 10, 100)
+    assert summary["best_success"] > random_success + 0.2, (summary["best_success"], random_success)
