@@ -24,7 +24,7 @@ def test_presets_are_the_papers_settings():
 
 @pytest.mark.parametrize("change, match", [
     ({"hidden": 0}, "hidden"), ({"discount": 1.5}, "discount"), ({"batch_per_task": 10, "buffer_per_task": 5}, "smaller"),
-    ({"random_steps": -1}, "random_steps"), ({"actor_lr": 0.0}, "actor_lr"),
+    ({"random_steps": -1}, "random_steps"), ({"actor_lr": 0.0}, "actor_lr"), ({"max_episode_steps": 501}, "500"),
 ])
 def test_bad_config_values_are_rejected(change, match):
     with pytest.raises(ValueError, match=match):

@@ -67,6 +67,8 @@ class SACConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 <= self.discount <= 1:
             raise ValueError(f"discount must be in [0, 1], got {self.discount!r}")
+        if self.max_episode_steps > 500:
+            raise ValueError(f"max_episode_steps must be ≤ 500 (Meta-World v3 ends every episode there), got {self.max_episode_steps}")
         if self.buffer_per_task < self.batch_per_task:
             raise ValueError(f"buffer_per_task ({self.buffer_per_task}) is smaller than batch_per_task ({self.batch_per_task})")
         if not self.log_std_min < self.log_std_max:

@@ -20,7 +20,7 @@ def run_dir(out: str, method: str, seed: int) -> str:
     return os.path.join(out, f"{re.sub(r'[^A-Za-z0-9_.=-]+', '_', method)}-s{seed}")
 
 
-def _one(job: tuple[SACConfig, str, int, str, str, bool, bool, int]) -> dict[str, Any]:
+def _one(job: tuple[SACConfig, str, int, str, str, bool, bool | str, int]) -> dict[str, Any]:
     cfg, method, seed, out, device, resume, progress, threads = job
     import torch
 
@@ -46,7 +46,9 @@ def run_methods(
     """Train every method × seed into ``run_dir(out, method, seed)``, then write ``summary.md``
     (and ``success.png`` with ``plots``); returns the runs' summaries."""
     os.makedirs(out, exist_ok=True)
-    runs = [(cfg, m, s, run_dir(out, m, s), device, resume, progress and jobs == 1, threads) for m in methods for s in seeds]
+    # Parallel runs print progress lines (with an ETA) instead of fighting over one terminal bar.
+    shown: bool | str = progress if jobs == 1 else ("plain" if progress else False)
+    runs = [(cfg, m, s, run_dir(out, m, s), device, resume, shown, threads) for m in methods for s in seeds]
     if jobs == 1:
         summaries = [_one(job) for job in runs]
     else:

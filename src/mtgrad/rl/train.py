@@ -103,14 +103,16 @@ def train(
     seed: int = 0,
     device: str = "cpu",
     resume: bool = True,
-    progress: bool = True,
+    progress: bool | str = True,
     tensorboard: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Train multi-task SAC with ``method`` on ``cfg.benchmark``; returns the summary.
 
-    ``stop_after`` ends the process early at that vector step (as if killed), for tests and for
-    splitting a long run into jobs; the next call with the same ``out`` resumes.
+    ``progress``: a tqdm bar (True), progress lines with an ETA every 10 s (``"plain"``, for
+    several runs in parallel), or nothing (False). ``stop_after`` ends the process early at that
+    vector step (as if killed), for tests and for splitting a long run into jobs; the next call
+    with the same ``out`` resumes.
     """
     tasks = parse_benchmark(cfg.benchmark)
     os.makedirs(out, exist_ok=True)
@@ -361,9 +363,11 @@ class _PlainProgress:
         pass
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
+def _progress(total: int, initial: int, desc: str, enabled: bool | str) -> Any:
     if not enabled:
         return None
+    if enabled == "plain":
+        return _PlainProgress(total, initial, desc)
     try:
         from tqdm import tqdm
     except ImportError:
