@@ -25,6 +25,7 @@ def test_presets_are_the_papers_settings():
 @pytest.mark.parametrize("change, match", [
     ({"hidden": 0}, "hidden"), ({"discount": 1.5}, "discount"), ({"batch_per_task": 10, "buffer_per_task": 5}, "smaller"),
     ({"random_steps": -1}, "random_steps"), ({"actor_lr": 0.0}, "actor_lr"), ({"max_episode_steps": 501}, "500"),
+    ({"tau": 2.0}, "tau"), ({"discount": 1.0}, "discount"),
 ])
 def test_bad_config_values_are_rejected(change, match):
     with pytest.raises(ValueError, match=match):
@@ -165,8 +166,27 @@ def test_a_resumed_run_continues_identically(tmp_path):
     a = torch.load(straight / "checkpoint.pt", weights_only=False)["agent"]["actor"]
     b = torch.load(split / "checkpoint.pt", weights_only=False)["agent"]["actor"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="different run"):
+    with pytest.raises(ValueError, match="different run.*method"):
         train(TINY, "cagrad", str(split), progress=False, tensorboard=False)
+    with pytest.raises(ValueError, match="hidden"):
+        train(TINY.replace(hidden=8), "pcgrad", str(split), progress=False, tensorboard=False)
+
+
+def test_a_fresh_or_restarted_run_does_not_keep_old_log_rows(tmp_path):
+    train(TINY, "pcgrad", str(tmp_path), progress=False, tensorboard=False, stop_after=50)  # before any checkpoint
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "summary.json").exists()
+    with open(tmp_path / "train.csv", "a") as f:
+        f.write("999,1998,17,0.5")  # a line cut short by a kill
+    train(TINY.replace(total_steps=120), "pcgrad", str(tmp_path), progress=False, tensorboard=False)
+    assert [int(r["step"]) for r in _rows(tmp_path / "train.csv")] == [60, 120]
+    train(TINY.replace(total_steps=60), "mean", str(tmp_path), progress=False, tensorboard=False, resume=False)
+    assert [int(r["step"]) for r in _rows(tmp_path / "train.csv")] == [60]
+    assert [int(r["step"]) for r in _rows(tmp_path / "eval.csv")] == [60]  # the final evaluation only
+
+
+def test_loss_weightings_are_refused_with_a_clear_error():
+    with pytest.raises(ValueError, match="loss weighting"):
+        _agent(mtgrad.UW(num_tasks=3))
 
 
 def test_evaluation_agrees_with_metaworlds_protocol():
@@ -186,15 +206,32 @@ def test_evaluation_agrees_with_metaworlds_protocol():
     assert per_task == [their_tasks["reach-v3"], their_tasks["push-v3"]]
 
 
-def test_goal_conditioned_tasks_are_distinct_goals_of_one_environment():
-    envs = make_envs(parse_benchmark("goals:reach-v3:3"), 0, 50)
-    obs, _ = envs.reset(seed=0)
+def test_goal_conditioned_tasks_are_distinct_goals_of_one_environment_in_training_and_evaluation():
+    spec = parse_benchmark("goals:reach-v3:3")
+    envs, eval_envs = make_envs(spec, 0, 50), make_envs(spec, 0, 50, evaluation=True)
+    eval_envs.call("seed", 123)  # as the trainer does: another sampling stream, the same tasks
+    obs, _ = envs.reset()
     assert obs.shape == (3, 39 + 3)
     goals = obs[:, 36:39]
     assert len({tuple(round(x, 4) for x in g) for g in goals.tolist()}) == 3
-    obs2, _ = envs.reset()
-    assert (obs2[:, 36:39] == goals).all()  # each task keeps its own goal across episodes
+    assert (envs.reset()[0][:, 36:39] == goals).all()  # each task keeps its own goal across episodes
+    assert (eval_envs.reset()[0][:, 36:39] == goals).all()  # and evaluation measures that goal
     envs.close()
+    eval_envs.close()
+
+
+def test_evaluation_runs_on_the_training_tasks(tmp_path, monkeypatch):
+    # Meta-World draws a task's goal variations from the seed: the evaluation environments must
+    # be built from the same seed as the training ones, or they evaluate other goals.
+    import sys
+
+    train_module = sys.modules["mtgrad.rl.train"]
+    built = []
+    real = train_module.make_envs
+    monkeypatch.setattr(train_module, "make_envs", lambda *a, **k: built.append((a, k)) or real(*a, **k))
+    train(TINY.replace(total_steps=60, eval_every=60, random_steps=60), "mean", str(tmp_path), seed=4,
+          progress=False, tensorboard=False)
+    assert [a[1] for a, _ in built] == [4, 4] and built[1][1].get("evaluation") is True
 
 
 def test_cli_runs_methods_and_writes_the_summary_and_plot(tmp_path, capsys):
@@ -208,6 +245,10 @@ def test_cli_runs_methods_and_writes_the_summary_and_plot(tmp_path, capsys):
     assert (tmp_path / "summary.md").exists() and (tmp_path / "success.png").exists()
     assert "cagrad_fast" in capsys.readouterr().out
     assert main(["rl", "--benchmark", "mt11", "--out", str(tmp_path / "x")]) == 2
+    for bad in (["--set", "hidden=abc"], ["--set", "use_one_hot=yes"], ["--set", "nope=1"], ["--seeds", "-1"]):
+        with pytest.raises(SystemExit):
+            main(["rl", *bad, "--out", str(tmp_path / "y")])
+    assert main(["rl", "--methods", "uw", "--steps", "10", "--out", str(tmp_path / "z"), "--no-progress"]) == 2
 
 
 def _random_policy_success(benchmark: str, episodes: int, max_steps: int) -> float:

@@ -401,7 +401,7 @@ def _add_rl(sub) -> None:
             "Each method x seed goes to --out/<method>-s<seed> (train.csv, eval.csv, summary.json, "
             "checkpoint.pt; rerunning resumes); --out gets summary.md and success.png.",
             "Presets: mt10 and mt50 are the papers' settings (CAGrad App. B.3; days of GPU time "
-            "at full length); quick is a 2-task set (reach, button-press-topdown) that runs 30,000 "
+            "at full length); quick is a 2-task set (reach, drawer-close) that runs 30,000 "
             "steps in about 10 minutes per method on one CPU core. 'cagrad' and 'cagrad_fast' get "
             "the preset's c (0.9 on MT10, 0.5 on MT50) and gradient count (4 / 8) unless given.",
             "Needs the rl extra: pip install 'mtgrad[rl]'.",
@@ -436,13 +436,19 @@ def _run_rl(args: argparse.Namespace) -> int:
     from mtgrad.bench import toy
     from mtgrad.rl import config, report
 
-    name = args.preset or (args.benchmark if args.benchmark in config.PRESETS else "quick")
+    bench = args.benchmark.lower() if args.benchmark else None
+    name = args.preset or (bench if bench in config.PRESETS else "quick")
     fields = {f.name: f.type for f in dataclasses.fields(config.SACConfig)}
     changes: dict[str, object] = {}
     for key, value in args.set:
         if key not in fields:
             args.parser.error(f"--set: SACConfig has no field {key!r}; fields: {', '.join(fields)}")
-        changes[key] = _typed(value, getattr(config.PRESETS[name], key))
+        try:
+            changes[key] = _typed(value, getattr(config.PRESETS[name], key))
+        except (ValueError, argparse.ArgumentTypeError):
+            args.parser.error(f"--set {key}={value}: expected a value like {getattr(config.PRESETS[name], key)!r}")
+    if any(seed < 0 for seed in args.seeds):
+        args.parser.error(f"--seeds must be ≥ 0, got {args.seeds}")
     for key, value in (("benchmark", args.benchmark), ("total_steps", args.steps),
                        ("eval_every", args.eval_every), ("eval_episodes", args.eval_episodes)):
         if value is not None:
@@ -454,7 +460,7 @@ def _run_rl(args: argparse.Namespace) -> int:
             cfg, methods, args.seeds, args.out, jobs=args.jobs, threads=args.threads, device=args.device,
             resume=not args.no_resume, progress=not args.no_progress, plots=not args.no_plots,
         )
-    except (ValueError, ImportError) as exc:
+    except (ValueError, TypeError, ImportError) as exc:
         print(f"mtgrad rl: error: {exc}", file=sys.stderr)
         return 2
     print(report.summary_table(summaries))

@@ -89,10 +89,16 @@ def grouped_backward(
       pseudo-task ``g̃ = mean_{j∉S} g_j``, whose Gramian is ``A G Aᵀ`` for the averaging matrix
       ``A`` — exact, and free here since every ``g_i`` costs the same one vmapped backward;
     * a Jacobian aggregator (GradDrop): its update from the per-task gradient blocks;
-    * a loss weighting (UW, DWA, …): one backward of its combined objective (the per-task losses
-      are still each computed from their own rows); ``gramian`` is then ``None``.
+    * a loss weighting (UW, DWA, …): one backward of its combined objective into every trainable
+      parameter, shared or not, as :func:`mtgrad.backward` does for loss weightings (the per-task
+      losses are still each computed from their own rows); ``gramian`` is then ``None``.
     """
     if isinstance(method, LossWeighting):
+        if shared is not None:
+            known = {name for name, p in model.named_parameters() if p.requires_grad}
+            unknown = sorted(set(shared) - known)
+            if unknown:
+                raise ValueError(f"shared names {unknown} are not trainable parameters of the model")
         return _loss_weighting_backward(model, task_loss, batch, method, randomness, check_finite)
     if not isinstance(method, (Weighting, CAGradFast, JacobianAggregator)):
         raise TypeError(

@@ -62,11 +62,14 @@ class SACConfig:
                 raise ValueError(f"{name} must be an int ≥ 1, got {value!r}")
         if isinstance(self.random_steps, bool) or not isinstance(self.random_steps, int) or self.random_steps < 0:
             raise ValueError(f"random_steps must be an int ≥ 0, got {self.random_steps!r}")
-        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature", "tau"):
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not 0 <= self.discount <= 1:
-            raise ValueError(f"discount must be in [0, 1], got {self.discount!r}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau!r}")
+        # Training episodes only ever truncate, so γ = 1 would make the values unbounded.
+        if not 0 <= self.discount < 1:
+            raise ValueError(f"discount must be in [0, 1), got {self.discount!r}")
         if self.max_episode_steps > 500:
             raise ValueError(f"max_episode_steps must be ≤ 500 (Meta-World v3 ends every episode there), got {self.max_episode_steps}")
         if self.buffer_per_task < self.batch_per_task:
@@ -101,6 +104,7 @@ PRESETS: dict[str, SACConfig] = {
         eval_every=5_000,
         eval_episodes=5,
         checkpoint_every=10,
+        log_std_min=-5.0,
     ),
 }
 

@@ -6,7 +6,8 @@ Benchmarks (``SACConfig.benchmark``):
 * ``"custom:reach-v3,push-v3"`` — any list of Meta-World v3 environments, one task each;
 * ``"goals:reach-v3:4"`` — goal-conditioned: one environment, each task a fixed goal (the first
   4 of its 50 goal variations, drawn from the seed), as in PCGrad's goal-conditioned experiment
-  where every goal is a task. The goal position is part of the observation.
+  where every goal is a task. The goal position is part of the observation. The same seed gives
+  the same goals, in training and in evaluation.
 
 Training environments do not reset themselves (``AutoresetMode.DISABLED``): the trainer resets
 all tasks together at the end of each episode, which is where checkpoints are taken, so that a
@@ -103,13 +104,12 @@ def make_envs(
 
 def _goal_env(metaworld: Any, name: str, goal: int, num_goals: int, seed: int, max_steps: int, one_hot: bool) -> Any:
     # Every copy draws the same 50 goal variations from ``seed`` and keeps only its own, so task
-    # k is always goal k; the copies differ in their physics random streams via ``seed + k``.
+    # k is always goal k (Meta-World's reset ignores its seed argument: ``seed()`` seeds).
     env = metaworld.make_mt_envs(
         name, seed=seed, max_episode_steps=max_steps, use_one_hot=one_hot, env_id=goal, num_tasks=num_goals
     )
     goals = env.get_wrapper_attr("tasks")
     env.set_wrapper_attr("tasks", [goals[goal]])
-    env.reset(seed=seed + goal)
     return env
 
 

@@ -51,8 +51,8 @@ class Actor(nn.Module):
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         mean, raw = self.net(obs).chunk(2, dim=-1)
-        # Squashing log σ smoothly into [min, max] keeps early updates from exploding σ (as in
-        # CleanRL and mtrl), where clamping would zero its gradient at the bounds.
+        # Squashing log σ smoothly into [min, max] (mtrl: [−20, 2]; CleanRL: [−5, 2]) keeps early
+        # updates from exploding σ, where clamping would zero its gradient at the bounds.
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(raw) + 1)
         return mean, log_std
 
@@ -63,8 +63,10 @@ def sample_action(mean: Tensor, log_std: Tensor) -> tuple[Tensor, Tensor]:
     ``log π(a|s) = log N(u; μ, σ) − Σ_j log(1 − tanh(u_j)²)`` with the stable identity
     ``log(1 − tanh(u)²) = 2 (log 2 − u − softplus(−2u))``.
     """
-    u = mean + log_std.exp() * torch.randn_like(mean)
-    gauss = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+    eps = torch.randn_like(mean)
+    u = mean + log_std.exp() * eps
+    # From ε itself rather than (u − μ)/σ, which cancels catastrophically in float32 for tiny σ.
+    gauss = -0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)
     squash = 2 * (math.log(2) - u - nn.functional.softplus(-2 * u))
     return torch.tanh(u), (gauss - squash).sum(-1)
 
@@ -91,6 +93,9 @@ class MultiTaskSAC:
         actor_method, critic_method: any mtgrad method; :class:`mtgrad.Mean` (equal weights) takes
             the plain path of one backward of the mean loss, which is what "multi-task SAC" is.
         device: where the networks live.
+
+    Loss weightings (UW, DWA, FAMO, …) are refused: their own parameters and hooks need a
+    training loop that SAC's three optimizers do not provide, and they would silently not learn.
     """
 
     def __init__(
@@ -103,6 +108,12 @@ class MultiTaskSAC:
         critic_method: mtgrad.methods.Method,
         device: torch.device | str = "cpu",
     ) -> None:
+        for which, method in (("actor", actor_method), ("critic", critic_method)):
+            if isinstance(method, mtgrad.methods.LossWeighting):
+                raise ValueError(
+                    f"{type(method).__name__} is a loss weighting; multi-task SAC takes gradient methods "
+                    f"(mean, pcgrad, cagrad, cagrad_fast, mgda, …) for its {which}"
+                )
         self.cfg, self.num_tasks, self.device = cfg, num_tasks, torch.device(device)
         self.actor = Actor(obs_dim, action_dim, cfg.hidden, cfg.layers, cfg.log_std_min, cfg.log_std_max).to(device)
         self.critic = TwinCritic(obs_dim, action_dim, cfg.hidden, cfg.layers).to(device)

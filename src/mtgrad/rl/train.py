@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -114,33 +115,41 @@ def train(
     vector step (as if killed), for tests and for splitting a long run into jobs; the next call
     with the same ``out`` resumes.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int ≥ 0, got {seed!r}")
     tasks = parse_benchmark(cfg.benchmark)
     os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, CHECKPOINT)
+    if not resume:
+        _clear_run(out)
+    # Meta-World draws a benchmark's goal variations from the seed, so evaluation uses the same
+    # seed (the same tasks; MT10/MT50 have no test split) and only its sampling stream differs.
     envs = make_envs(tasks, seed, cfg.max_episode_steps, cfg.use_one_hot)
-    eval_envs = make_envs(tasks, seed + 10_000, cfg.max_episode_steps, cfg.use_one_hot, evaluation=True)
+    eval_envs = make_envs(tasks, seed, cfg.max_episode_steps, cfg.use_one_hot, evaluation=True)
+    eval_envs.call("seed", seed + 10_000)
     names = task_names(envs)
     T, obs_dim = envs.num_envs, envs.single_observation_space.shape[0]
     action_dim = envs.single_action_space.shape[0]
     torch.manual_seed(seed)
+    # Distinct generator streams for every (seed, actor/critic) pair.
     sac = MultiTaskSAC(
-        cfg, obs_dim, action_dim, T, build_method(method, cfg, T, seed), build_method(method, cfg, T, seed + 1), device
+        cfg, obs_dim, action_dim, T, build_method(method, cfg, T, 2 * seed), build_method(method, cfg, T, 2 * seed + 1), device
     )
     buffer = TaskReplayBuffer(T, cfg.buffer_per_task, obs_dim, action_dim, device)
-    log = _Logs(out, names)
     step, episode, elapsed = 0, 0, {"env": 0.0, "update": 0.0, "eval": 0.0}
-    envs.reset(seed=seed)
-    eval_envs.reset(seed=seed + 10_000)
-    path = os.path.join(out, CHECKPOINT)
-    if resume and os.path.exists(path):
-        state = torch.load(path, map_location=device, weights_only=False)
+    if os.path.exists(path):
+        # Loaded on the CPU: RNG states must stay CPU ByteTensors; load_state_dict moves the rest.
+        state = torch.load(path, map_location="cpu", weights_only=False)
         _check_same_run(state, cfg, method, seed)
         sac.load_state_dict(state["agent"])
         buffer.load_state_dict(state["buffer"])
         envs.call("load_checkpoint", state["envs"])
         eval_envs.call("load_checkpoint", state["eval_envs"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, episode, elapsed = state["step"], state["episode"], state["elapsed"]
-        log.truncate(step)
+    log = _Logs(out, names, keep_until=step if os.path.exists(path) else None)
     obs_np, _ = envs.reset()
     obs = torch.as_tensor(obs_np, dtype=torch.float32, device=device)
     returns = np.zeros(T)
@@ -197,6 +206,7 @@ def train(
                         "elapsed": elapsed, "agent": sac.state_dict(), "buffer": buffer.state_dict(),
                         "envs": list(envs.call("get_checkpoint")), "eval_envs": list(eval_envs.call("get_checkpoint")),
                         "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.device(device).type == "cuda" else None,
                     })
                 obs = torch.as_tensor(envs.reset()[0], dtype=torch.float32, device=device)
     finally:
@@ -207,18 +217,34 @@ def train(
         envs.close()
         eval_envs.close()
     summary = _summary(cfg, method, seed, step, elapsed, log.evals())
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if step == cfg.total_steps:  # a run stopped early (stop_after) has no final summary yet
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     return summary
 
 
+def _clear_run(out: str) -> None:
+    """Remove a previous run's files from ``out`` (``resume=False``)."""
+    for name in (CHECKPOINT, "train.csv", "eval.csv", "summary.json"):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    if os.path.isdir(os.path.join(out, "tb")):
+        shutil.rmtree(os.path.join(out, "tb"))
+
+
 def _check_same_run(state: dict[str, Any], cfg: SACConfig, method: str, seed: int) -> None:
-    saved = (state["config"], state["method"], state["seed"])
-    if saved != (asdict(cfg), method, seed):
+    """A checkpoint continues only the same run; a longer ``total_steps`` extends it."""
+    saved = {k: v for k, v in state["config"].items() if k != "total_steps"}
+    now = {k: v for k, v in asdict(cfg).items() if k != "total_steps"}
+    if (saved, state["method"], state["seed"]) != (now, method, seed):
+        differ = sorted(k for k in now if saved.get(k) != now[k])
+        what = ", ".join(differ + (["method"] if state["method"] != method else []) + (["seed"] if state["seed"] != seed else []))
         raise ValueError(
-            "the checkpoint in this directory is from a different run (config, method or seed differ); "
-            "use another --out or --no-resume"
+            f"the checkpoint in this directory is from a different run ({what} differ; the method spec is "
+            "compared as written); use another --out, or --no-resume to start over"
         )
+    if state["step"] > cfg.total_steps:
+        raise ValueError(f"the checkpoint is at step {state['step']}, past total_steps = {cfg.total_steps}")
 
 
 def _save(path: str, state: dict[str, Any]) -> None:
@@ -261,7 +287,7 @@ class _Logs:
 
     STATS = ("critic_loss", "actor_loss", "alpha", "critic_weights", "actor_weights")
 
-    def __init__(self, out: str, names: list[str]) -> None:
+    def __init__(self, out: str, names: list[str], keep_until: int | None) -> None:
         self.names = names
         self.train_path = os.path.join(out, "train.csv")
         self.eval_path = os.path.join(out, "eval.csv")
@@ -269,10 +295,14 @@ class _Logs:
         self.train_fields = ["step", "env_steps", "episode", "mean_return", "mean_success",
                              "critic_conflict", "actor_conflict", *per_task]
         self.eval_fields = ["step", "env_steps", "mean_success", "mean_return", *[f"success/{n}" for n in names]]
+        # Rows up to the checkpoint's step are kept; anything else (rows written after it, or a
+        # run that never reached a checkpoint) is dropped so the files describe one run.
         for path, fields in ((self.train_path, self.train_fields), (self.eval_path, self.eval_fields)):
-            if not os.path.exists(path):
-                with open(path, "w", newline="") as f:
-                    csv.writer(f).writerow(fields)
+            rows = _read(path) if keep_until is not None and os.path.exists(path) else []
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(r for r in rows if _step(r) is not None and _step(r) <= keep_until)
 
     def episode_row(self, step: int, episode: int, returns: np.ndarray, success: np.ndarray,
                     stats: dict[str, list[float]]) -> dict[str, Any]:
@@ -295,14 +325,6 @@ class _Logs:
     def evals(self) -> list[dict[str, str]]:
         return _read(self.eval_path)
 
-    def truncate(self, step: int) -> None:
-        for path in (self.train_path, self.eval_path):
-            fields, rows = _header(path), [r for r in _read(path) if int(r["step"]) <= step]
-            with open(path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=fields)
-                w.writeheader()
-                w.writerows(rows)
-
     @staticmethod
     def _append(path: str, fields: list[str], row: dict[str, Any]) -> None:
         with open(path, "a", newline="") as f:
@@ -313,14 +335,16 @@ def _first(values: list[float] | None) -> float:
     return float("nan") if not values else values[0]
 
 
+def _step(row: dict[str, str]) -> int | None:
+    try:  # a line cut short by a kill has no valid step, or missing fields
+        return int(row["step"]) if None not in row.values() else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _read(path: str) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _header(path: str) -> list[str]:
-    with open(path, newline="") as f:
-        return next(csv.reader(f))
 
 
 def _scalars(writer: Any, step: int, values: dict[str, float]) -> None:
