@@ -90,6 +90,7 @@ def test_cagrad_fast_on_grouped_rows_equals_eq4_on_the_sampled_and_pseudo_task_g
     got = torch.cat([p.grad.flatten() for p in model.parameters()])
     torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(record.weights @ J, want, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(record.gramian, rows @ rows.T, rtol=1e-10, atol=1e-12)  # the reduced rows' Gramian
 
 
 def test_graddrop_on_grouped_rows_uses_the_per_task_blocks():

@@ -86,8 +86,9 @@ def grouped_backward(
 
     * a Gramian weighting (PCGrad, CAGrad, MGDA, …): ``Σ_i w_i g_i`` with ``w = method.weights(G)``;
     * :class:`~mtgrad.CAGradFast`: eq. (4) of Liu et al. (2021) on the sampled tasks plus the
-      pseudo-task ``g̃ = mean_{j∉S} g_j``, whose Gramian is ``A G Aᵀ`` for the averaging matrix
-      ``A`` — exact, and free here since every ``g_i`` costs the same one vmapped backward;
+      pseudo-task ``g̃ = mean_{j∉S} g_j`` (every ``g_i`` costs the same one vmapped backward here,
+      so the saving is in the Gramian: ``(|S| + 1)² d`` instead of ``T² d``); ``gramian`` is then
+      that of those ``|S| + 1`` rows, as in :func:`mtgrad.backward`;
     * a Jacobian aggregator (GradDrop): its update from the per-task gradient blocks;
     * a loss weighting (UW, DWA, …): one backward of its combined objective into every trainable
       parameter, shared or not, as :func:`mtgrad.backward` does for loss weightings (the per-task
@@ -113,7 +114,9 @@ def grouped_backward(
         raise ValueError(f"shared names {unknown} are not trainable parameters of the model")
     if check_finite and not bool(torch.isfinite(losses).all()):
         raise ValueError(f"task losses are NaN or inf: {losses.tolist()}")
-    G = gramian(grads[n] for n in shared_names)
+    T = losses.shape[0]
+    sampled = method.sample(T) if isinstance(method, CAGradFast) else list(range(T))
+    G = gramian(_rows(grads[n], sampled) for n in shared_names)
     if check_finite and not bool(torch.isfinite(G).all()):
         raise ValueError("a task gradient is NaN or inf (an overflow?)")
     shared_set = set(shared_names)
@@ -124,7 +127,7 @@ def grouped_backward(
         blocks = [grads[n] for n in shared_names]
         updates.update(zip(shared_names, method.aggregate_blocks(blocks, losses.detach())))
     else:
-        w = _fast_weights(method, G) if isinstance(method, CAGradFast) else method.weights(
+        w = method.task_weights(G, sampled, T) if isinstance(method, CAGradFast) else method.weights(
             G, losses if method.needs_losses else None
         )
         updates.update((name, combine(w, grads[name])) for name in shared_names)
@@ -135,17 +138,17 @@ def grouped_backward(
     return BackwardResult(weights=w, gramian=G, losses=losses.detach())
 
 
-def _fast_weights(method: CAGradFast, G: Tensor) -> Tensor:
-    """CAGrad-Fast weights over all K tasks from the full Gramian (eq. 4 of Liu et al. 2021)."""
-    K = G.shape[0]
-    sampled = method.sample(K)
-    if len(sampled) == K:
-        return method.task_weights(G, sampled, K)
-    rest = [j for j in range(K) if j not in set(sampled)]
-    A = G.new_zeros((len(sampled) + 1, K))
-    A[torch.arange(len(sampled)), sampled] = 1.0
-    A[-1, rest] = 1.0 / len(rest)
-    return method.task_weights(A @ G @ A.T, sampled, K)
+def _rows(block: Tensor, sampled: list[int]) -> Tensor:
+    """The gradient rows the solver sees: every task's, or CAGrad-Fast's sampled tasks plus the
+    pseudo-task ``g̃ = mean_{j∉S} g_j`` (eq. 4). Reducing before the Gramian makes it
+    ``(|S| + 1)² d`` instead of ``T² d`` multiply-adds, the point of CAGrad-Fast here."""
+    T = block.shape[0]
+    if len(sampled) == T:
+        return block
+    index = torch.tensor(sampled, device=block.device)
+    own = block.index_select(0, index)
+    pseudo = (block.sum(0) - own.sum(0)) / (T - len(sampled))
+    return torch.cat([own, pseudo.unsqueeze(0)])
 
 
 def _loss_weighting_backward(
