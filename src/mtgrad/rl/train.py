@@ -364,19 +364,23 @@ def _tensorboard(out: str, enabled: bool, step: int) -> Any:
 
 
 class _PlainProgress:
-    """Progress lines with an ETA on stderr when tqdm is not installed."""
+    """Progress lines with an ETA on stderr when tqdm is not wanted or not installed.
+
+    The rate is that of the last 10-second window, not the run's average: the random-action
+    steps at the start are several times faster than the steps with updates after them.
+    """
 
     def __init__(self, total: int, initial: int, desc: str) -> None:
         self.total, self.n, self.desc = total, initial, desc
-        self.start, self.first, self.last = time.perf_counter(), initial, 0.0
+        self.last_time, self.last_n = time.perf_counter(), initial
         self.postfix = ""
 
     def update(self, n: int) -> None:
         self.n += n
         now = time.perf_counter()
-        if now - self.last >= 10 or self.n == self.total:
-            self.last = now
-            rate = (self.n - self.first) / max(now - self.start, 1e-9)
+        if now - self.last_time >= 10 or self.n == self.total:
+            rate = (self.n - self.last_n) / max(now - self.last_time, 1e-9)
+            self.last_time, self.last_n = now, self.n
             eta = (self.total - self.n) / rate if rate > 0 else float("inf")
             sys.stderr.write(f"{self.desc}: {self.n}/{self.total} steps, {rate:.0f} steps/s, ETA {eta / 60:.1f} min {self.postfix}\n")
 
