@@ -79,8 +79,7 @@ def env_table(device: str, seconds: float) -> str:
         built = time.perf_counter() - t0
         T = envs.num_envs
         obs, _ = envs.reset(seed=0)
-        sac, _, _ = agents(T, device)
-        actor = sac["mean"]
+        actor = MultiTaskSAC(preset("mt10" if T <= 10 else "mt50"), 39 + T, 4, T, mtgrad.Mean(), mtgrad.Mean(), device)
         for label, policy in (("random", None), ("actor", actor)):
             n, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:

@@ -54,11 +54,19 @@ class TaskReplayBuffer:
                 self.next_obs[task, idx], self.terminated[task, idx])
 
     def state_dict(self) -> dict[str, Any]:
-        """The filled part only, so a checkpoint early in a run stays small."""
+        """The filled part only, so a checkpoint early in a run stays small.
+
+        A partly filled buffer is copied (``torch.save`` of a slice would write the whole
+        storage); a full one is handed out as is, so a checkpoint does not double its memory.
+        """
         n = self.size
+
+        def filled(t: Tensor) -> Tensor:
+            return t if n == self.capacity else t[:, :n].clone()
+
         return {
-            "obs": self.obs[:, :n].clone(), "action": self.action[:, :n].clone(), "reward": self.reward[:, :n].clone(),
-            "next_obs": self.next_obs[:, :n].clone(), "terminated": self.terminated[:, :n].clone(),
+            "obs": filled(self.obs), "action": filled(self.action), "reward": filled(self.reward),
+            "next_obs": filled(self.next_obs), "terminated": filled(self.terminated),
             "position": self.position, "size": n,
         }
 
