@@ -74,16 +74,10 @@ def _run_job(kwargs: dict[str, Any]) -> RunResult:
 
 
 def _run_bar(total: int, desc: str, enabled: bool):
-    """A progress bar counting finished runs (tqdm if installed; the workers show none)."""
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm  # type: ignore[import-untyped]
-    except ImportError:
-        from .toy import _SimpleBar
+    """A progress bar counting finished runs (the workers show none)."""
+    from ..reporting import progress_bar
 
-        return _SimpleBar(total, desc)
-    return tqdm(total=total, desc=desc, unit="run", file=sys.stderr)
+    return progress_bar(total, desc, enabled, unit="run")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -45,6 +45,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from ..reporting import progress_bar
 from ..solvers import cagrad_weights
 
 __all__ = [
@@ -587,38 +588,6 @@ def _batched_weighting(spec: str, problem: ToyProblem, seed: int, n_runs: int):
     )
 
 
-class _SimpleBar:
-    """Fallback progress bar on stderr when tqdm is not installed."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.n, self._last = total, desc, 0, -1
-
-    def update(self, n: int) -> None:
-        self.n += n
-        pct = int(100 * self.n / max(self.total, 1))
-        if pct != self._last:
-            self._last = pct
-            bar = "#" * (pct // 4)
-            sys.stderr.write(f"\r{self.desc}: [{bar:<25}] {pct:3d}% {self.n}/{self.total}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
-def _progress(total: int, desc: str, enabled: bool, position: int = 0):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _SimpleBar(total, desc)
-    return tqdm(
-        total=total, desc=desc, unit="step", file=sys.stderr, mininterval=0.5, position=position
-    )
-
-
 def run_toy(
     problem: str | ToyProblem = "cagrad",
     methods: Sequence[str] | None = None,
@@ -674,7 +643,7 @@ def run_toy(
     grads_fn = prob.grads
     records = [x.clone()]
     record_steps = [0]
-    bar = _progress(steps, f"toy {prob.name}", progress, progress_position)
+    bar = progress_bar(steps, f"toy {prob.name}", progress, position=progress_position)
     chunk = max(1, steps // 100)
     weights_shape = (n_runs, 1, 2)
     # methods that also need the loss values (e.g. MGDA with loss normalisation) get them;

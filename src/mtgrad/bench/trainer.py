@@ -27,7 +27,6 @@ import csv
 import dataclasses
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,13 +37,13 @@ from torch import Tensor
 
 import mtgrad
 
+from ..reporting import progress_bar, tensorboard_writer
 from .benchmarks import Benchmark, get_benchmark
 
 __all__ = ["TrainConfig", "RunResult", "train", "delta_m", "make_method", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 _EVAL_BATCH = 1024
-_TB_NOTE_SHOWN = False
 
 
 @dataclass
@@ -279,31 +278,6 @@ def _write_csv(path: str, rows: list[dict[str, float]]) -> None:
     os.replace(tmp, path)
 
 
-def _tensorboard(out: str, enabled: bool, purge_step: int):
-    global _TB_NOTE_SHOWN
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # torch's writer needs the tensorboard package
-        if not _TB_NOTE_SHOWN:
-            print("note: TensorBoard logging skipped (pip install tensorboard to enable it)", file=sys.stderr)
-            _TB_NOTE_SHOWN = True
-        return None
-    return SummaryWriter(os.path.join(out, "tb"), purge_step=purge_step)
-
-
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from .toy import _progress as toy_progress
-
-    bar = toy_progress(total, desc, True)
-    if bar is not None and initial:
-        bar.update(initial)
-    return bar
-
-
 def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
     """Run (or resume) ``config``; see the module docstring for what is written to ``out``.
 
@@ -359,9 +333,9 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
 
         n = int(train_data[0].shape[0])
         per_epoch = math.ceil(n / cfg.batch_size)
-        writer = _tensorboard(cfg.out, cfg.tensorboard, step) if start_epoch < cfg.epochs else None
+        writer = tensorboard_writer(cfg.out, cfg.tensorboard, step) if start_epoch < cfg.epochs else None
         desc = f"{bench.name} {cfg.method} s{cfg.seed}" + ("" if len(tasks) == bench.num_tasks else f" task {names}")
-        bar = _progress(cfg.epochs * per_epoch, start_epoch * per_epoch, desc, cfg.progress and start_epoch < cfg.epochs)
+        bar = progress_bar(cfg.epochs * per_epoch, desc, cfg.progress and start_epoch < cfg.epochs, initial=start_epoch * per_epoch)
         needs_closure = getattr(method, "needs_closure", False)
         model.train()
         try:

@@ -27,7 +27,6 @@ import csv
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict
 from typing import Any
@@ -37,6 +36,7 @@ import torch
 
 import mtgrad
 
+from ..reporting import progress_bar, tensorboard_writer
 from .buffer import TaskReplayBuffer
 from .config import SACConfig
 from .envs import make_envs, parse_benchmark, task_names
@@ -155,8 +155,8 @@ def train(
     returns = np.zeros(T)
     success = np.zeros(T)
     stats = _Running()
-    writer = _tensorboard(out, tensorboard, step)
-    bar = _progress(cfg.total_steps, step, f"{method} on {cfg.benchmark}", progress)
+    writer = tensorboard_writer(out, tensorboard, step)
+    bar = progress_bar(cfg.total_steps, f"{method} on {cfg.benchmark}", progress, initial=step)
     end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
     try:
         while step < end:
@@ -351,53 +351,3 @@ def _scalars(writer: Any, step: int, values: dict[str, float]) -> None:
     if writer is not None:
         for k, v in values.items():
             writer.add_scalar(k, v, step)
-
-
-def _tensorboard(out: str, enabled: bool, step: int) -> Any:
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # torch's writer needs the tensorboard package
-        return None
-    return SummaryWriter(os.path.join(out, "tb"), purge_step=step)
-
-
-class _PlainProgress:
-    """Progress lines with an ETA on stderr when tqdm is not wanted or not installed.
-
-    The rate is that of the last 10-second window, not the run's average: the random-action
-    steps at the start are several times faster than the steps with updates after them.
-    """
-
-    def __init__(self, total: int, initial: int, desc: str) -> None:
-        self.total, self.n, self.desc = total, initial, desc
-        self.last_time, self.last_n = time.perf_counter(), initial
-        self.postfix = ""
-
-    def update(self, n: int) -> None:
-        self.n += n
-        now = time.perf_counter()
-        if now - self.last_time >= 10 or self.n == self.total:
-            rate = (self.n - self.last_n) / max(now - self.last_time, 1e-9)
-            self.last_time, self.last_n = now, self.n
-            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-            sys.stderr.write(f"{self.desc}: {self.n}/{self.total} steps, {rate:.0f} steps/s, ETA {eta / 60:.1f} min {self.postfix}\n")
-
-    def set_postfix(self, **values: str) -> None:
-        self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, initial: int, desc: str, enabled: bool | str) -> Any:
-    if not enabled:
-        return None
-    if enabled == "plain":
-        return _PlainProgress(total, initial, desc)
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _PlainProgress(total, initial, desc)
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, mininterval=1.0)
