@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["progress_bar", "PlainProgress", "tensorboard_writer"]
+__all__ = ["progress_bar", "PlainProgress", "tensorboard_available", "tensorboard_writer"]
 
 _TB_NOTE_SHOWN = False
 
@@ -63,17 +63,24 @@ def progress_bar(total: int, desc: str, mode: bool | str = True, initial: int = 
     return PlainProgress(total, desc, initial, unit)
 
 
-def tensorboard_writer(out: str, enabled: bool, purge_step: int) -> Any:
-    """A ``SummaryWriter`` on ``out/tb`` (events after ``purge_step`` dropped, for resumed runs), or
-    ``None`` when disabled or when the ``tensorboard`` package is missing."""
+def tensorboard_available() -> bool:
+    """Whether TensorBoard events can be written; prints a one-time note when they cannot."""
     global _TB_NOTE_SHOWN
-    if not enabled:
-        return None
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:  # torch's writer needs the tensorboard package
         if not _TB_NOTE_SHOWN:
             print("note: TensorBoard logging skipped (pip install tensorboard to enable it)", file=sys.stderr)
             _TB_NOTE_SHOWN = True
+        return False
+    return True
+
+
+def tensorboard_writer(out: str, enabled: bool, purge_step: int) -> Any:
+    """A ``SummaryWriter`` on ``out/tb`` (events after ``purge_step`` dropped, for resumed runs), or
+    ``None`` when disabled or when the ``tensorboard`` package is missing."""
+    if not enabled or not tensorboard_available():
         return None
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(os.path.join(out, "tb"), purge_step=purge_step)

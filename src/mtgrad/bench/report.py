@@ -32,6 +32,7 @@ from typing import Any, TextIO
 
 import torch
 
+from ..reporting import progress_bar, tensorboard_available
 from .benchmarks import get_benchmark
 from .trainer import RunResult, TrainConfig, delta_m, make_method, train
 
@@ -75,8 +76,6 @@ def _run_job(kwargs: dict[str, Any]) -> RunResult:
 
 def _run_bar(total: int, desc: str, enabled: bool):
     """A progress bar counting finished runs (the workers show none)."""
-    from ..reporting import progress_bar
-
     return progress_bar(total, desc, enabled, unit="run")
 
 
@@ -141,7 +140,7 @@ def compare(
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
     common = dict(
-        tensorboard=_tensorboard_available(),
+        tensorboard=tensorboard_available(),  # checked here so the note is printed once, not per worker
         benchmark=bench.name,
         epochs=epochs,
         batch_size=batch_size,
@@ -213,16 +212,6 @@ def compare(
     if note:
         print(f"note: {note}", file=stream)
     return res
-
-
-def _tensorboard_available() -> bool:
-    """Checked once here, so that the note is printed once rather than by every worker."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        print("note: TensorBoard logging skipped (pip install tensorboard to enable it)", file=sys.stderr)
-        return False
-    return True
 
 
 def _write_results(path: str, res: CompareResult) -> None:

@@ -164,6 +164,8 @@ class MultiTaskSAC:
         actor_record = self._surgery(actor, actor_loss, (obs, alpha), self.actor_method, "different")
         self.actor_opt.step()
 
+        # A fresh sample from the updated actor (as CleanRL does): the surgery returns only the
+        # per-task losses, not the log-densities inside them.
         with torch.no_grad():
             logp = sample_action(*self.actor(obs))[1]
         alpha_loss = -(self.log_alpha * (logp + self.target_entropy).mean(-1)).sum()
