@@ -364,16 +364,114 @@ def test_a_module_without_linear_layers_is_rejected():
         mtgrad.GramianEngine(torch.zeros(3))
 
 
-def test_forward_before_the_engine_or_consumed_records_raise():
+def _loop_gramian(prob: Problem) -> Tensor:
+    return mtgrad.backward(prob.losses(), prob.shared(), mtgrad.MGDA(), engine="loop").gramian
+
+
+def test_forward_before_the_engine_or_consumed_records_warn_and_fall_back():
     prob = make("mlp")
+    want = _loop_gramian(prob)
     losses = prob.losses()
     engine = mtgrad.GramianEngine(prob.trunk)  # created after the forward
-    with pytest.raises(ValueError, match="recorded no call"):
-        mtgrad.backward(losses, prob.shared(), mtgrad.MGDA(), engine=engine)
+    with pytest.warns(UserWarning, match="recorded no call"):
+        got = mtgrad.backward(losses, prob.shared(), mtgrad.MGDA(), engine=engine).gramian
+    torch.testing.assert_close(got, want, **TOL[F64])
     first, second = prob.losses(), prob.losses()
     mtgrad.backward(second, prob.shared(), mtgrad.MGDA(), engine=engine)  # consumes both forwards' records
-    with pytest.raises(ValueError, match="recorded no call"):
-        mtgrad.backward(first, prob.shared(), mtgrad.MGDA(), engine=engine)
+    got = mtgrad.backward(first, prob.shared(), mtgrad.MGDA(), engine=engine).gramian  # warned once already
+    torch.testing.assert_close(got, want, **TOL[F64])
+
+
+def test_records_of_another_graph_raise():
+    prob = make("mlp")
+    stale = prob.losses()  # before the engine: never recorded
+    engine = mtgrad.GramianEngine(prob.trunk)
+    prob.losses()  # recorded, never backpropagated
+    with pytest.raises(ValueError, match="none on these losses' graph"):
+        mtgrad.backward(stale, prob.shared(), mtgrad.MGDA(), engine=engine)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x: Tensor) -> Tensor:  # not ∇W = Dᵀ X: must not be recorded
+        return F.linear(x, 3 * self.weight, self.bias)
+
+
+@pytest.mark.parametrize("kind", ["weight-norm", "old-weight-norm", "subclass-forward"])
+def test_layers_whose_weight_is_not_the_leaf_fall_back_exactly(kind):
+    torch.manual_seed(0)
+    first = {
+        "weight-norm": lambda: nn.utils.parametrizations.weight_norm(nn.Linear(4, 5)),
+        "old-weight-norm": lambda: nn.utils.weight_norm(nn.Linear(4, 5)),
+        "subclass-forward": lambda: ScaledLinear(4, 5),
+    }[kind]()
+    prob = Problem(nn.Sequential(first, nn.Tanh(), nn.Linear(5, 6)), torch.randn(7, 4))
+    want = _loop_gramian(prob)
+    engine = mtgrad.GramianEngine(prob.trunk)
+    got = mtgrad.backward(prob.losses(), prob.shared(), mtgrad.MGDA(), engine=engine).gramian
+    torch.testing.assert_close(got, want, **TOL[F64])
+    assert engine.last_fallback_numel == sum(p.numel() for p in first.parameters())
+
+
+def test_in_place_op_after_a_linear_on_3d_inputs_keeps_the_activation_route():
+    torch.manual_seed(0)
+    prob = Problem(nn.Sequential(nn.Linear(4, 9), nn.ReLU(inplace=True), nn.Linear(9, 6)), torch.randn(5, 7, 4))
+    want = _loop_gramian(prob)
+    engine = mtgrad.GramianEngine(prob.trunk)
+    got = mtgrad.backward(prob.losses(), prob.shared(), mtgrad.MGDA(), engine=engine).gramian
+    torch.testing.assert_close(got, want, **TOL[F64])
+    assert engine.last_fallback_numel == 0
+
+
+def test_attention_whose_out_proj_is_never_called_as_a_module_falls_back():
+    torch.manual_seed(0)
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    prob = Problem(Attn(), torch.randn(3, 4, 8))
+    want = _loop_gramian(prob)
+    engine = mtgrad.GramianEngine(prob.trunk)
+    with pytest.warns(UserWarning, match="recorded no call"):
+        got = mtgrad.backward(prob.losses(), prob.shared(), mtgrad.MGDA(), engine=engine).gramian
+    torch.testing.assert_close(got, want, **TOL[F64])
+
+
+def test_half_precision_activations_do_not_overflow_the_kernel_route():
+    torch.manual_seed(0)
+    X = (4 * torch.randn(64, 4096)).half()
+    D = torch.randn(3, 64, 8).half()
+    got = weight_gramian(D, X)
+    grads = torch.einsum("rbo,bi->roi", D.double(), X.double()).flatten(1)
+    torch.testing.assert_close(got, grads @ grads.T, rtol=1e-3, atol=0.0)
+
+
+def test_a_frozen_weight_does_not_need_its_input_kept():
+    torch.manual_seed(0)
+    frozen = nn.Linear(4, 5)
+    frozen.weight.requires_grad_(False)
+    trunk = nn.Sequential(nn.Linear(4, 4), frozen)
+    prob = Problem(trunk, torch.randn(6, 4))
+    want = _loop_gramian(prob)
+    engine = mtgrad.GramianEngine(trunk)
+    h = trunk[0](prob.x)
+    z = trunk[1](h)
+    h.mul_(2)  # the frozen layer's input changes after its call: its weight needs no X
+    losses = [F.mse_loss(head(z).squeeze(-1), y) for head, y in zip(prob.heads, prob.ys)]
+    got = mtgrad.backward(losses, [p for p in trunk.parameters() if p.requires_grad], mtgrad.MGDA(), engine=engine)
+    torch.testing.assert_close(got.gramian, want, **TOL[F64])
+
+
+def test_a_parameter_listed_twice_counts_once():
+    prob = make("mlp")
+    engine = mtgrad.GramianEngine(prob.trunk)
+    once = engine.gramian(prob.losses(), prob.shared())
+    twice = engine.gramian(prob.losses(), prob.shared() + prob.shared())
+    torch.testing.assert_close(twice, once, **TOL[F64])
 
 
 def test_a_closed_engine_raises():

@@ -23,25 +23,29 @@ parameter that no recorded call covers (a convolution, a weight also used functi
 Cost per weight (T tasks, B rows, ``in``/``out`` features), the cheaper route is taken:
 
 * kernel: ``B²·in + T·B²·out + T²·B·out`` multiply-adds (``K``, then ``K D_i``, then the inner
-  products), a few tasks at a time so that ``K D_i`` holds at most ``CHUNK_ELEMENTS`` numbers;
-  only while ``K`` (B × B) itself fits in a chunk;
+  products), as many tasks at a time as keep ``K D_i`` within ``CHUNK_ELEMENTS`` numbers (at
+  least one task, B·out numbers); only while ``K`` (B × B) itself fits in a chunk;
 * direct: ``T·B·in·out + T²·in·out`` (the per-task weight gradients, as the other engines
-  compute them, ``CHUNK_ELEMENTS`` at a time), when B is large next to ``in``.
+  compute them, about ``CHUNK_ELEMENTS`` at a time and at least one output row of every task),
+  when B is large next to ``in``.
 
 On the benchmark MLP (B = 256, T = 10) the kernel route is 4–7× cheaper per layer than forming
 the gradients. The memory held beyond an ordinary step is the ``D_i`` (4·T·B·Σ out bytes) plus
-the chunks, never a block ``(T, *W.shape)``.
+the chunks, never a block ``(T, *W.shape)``; a weight used at several calls concatenates their
+``(X, D)``, and half-precision layers are computed on a float32 copy of their D.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+import warnings
 from dataclasses import dataclass
 from types import TracebackType
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
+from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from .gramian import cross_gramian, gramian
@@ -59,7 +63,7 @@ class _Call:
 
     weight: Tensor | None  # the layer's weight if a leaf requiring grad, else None
     bias: Tensor | None
-    x: Tensor  # the input (…, in), detached (shares the version counter)
+    x: Tensor | None  # the input (…, in), detached (shares the version counter); None without weight
     version: int  # x._version at the call: an in-place change afterwards invalidates x
     out: GradientEdge  # where the output's gradient D enters the graph (robust to in-place ops after)
     source: Node | None  # x's own node (None when x needs no grad): the graph walk goes on there
@@ -91,16 +95,22 @@ class GramianEngine:
     other engines do. Only Gramian weightings (and ``Reuse``, ``CAGradFast``) can use it.
 
     Every ``nn.Linear`` (or subclass) inside ``modules`` is hooked; a call is recorded when grad
-    mode is on and its output requires grad. Shared parameters that no recorded call covers
-    (convolutions, normalisation layers, a weight used outside its module's ``forward`` as
-    ``nn.MultiheadAttention.out_proj``'s) are handled by the fallback: their gradient blocks
-    ``(T, *p.shape)`` are held, as in the batched engine.
+    mode is on, its output requires grad, the layer computes ``F.linear(x, weight, bias)``
+    itself (its class keeps ``nn.Linear.forward``; no parametrization, weight norm or pruning
+    derives its weight) and its weight or bias is a leaf that requires grad. Shared parameters
+    that no recorded call covers (convolutions, normalisation layers, derived weights, a weight
+    used outside its module's ``forward`` as ``nn.MultiheadAttention.out_proj``'s) are handled by
+    the fallback: their gradient blocks ``(T, *p.shape)`` are held, as in the batched engine.
+    Forward hooks registered on a layer before the engine that change its output are not
+    supported.
 
     Recorded calls are consumed by the next ``mtgrad.backward(..., engine=engine)``: run the
     forward(s) of one backward call, then call it. With ``retain_graph=True`` the calls on that
     call's graph are kept (for another backward of the same losses) and the others dropped. A
-    forward with grad enabled that is never backpropagated keeps its inputs alive until the next
-    call or :meth:`reset`; run evaluation under ``torch.no_grad()``.
+    forward with grad enabled that is never backpropagated through the engine (evaluation with grad
+    on, or a plain ``loss.backward()``) keeps its records — and through them its autograd graph
+    and saved activations — until the next engine call or :meth:`reset`; run evaluation under
+    ``torch.no_grad()``.
 
     Use :meth:`close` (or a ``with`` block) to remove the hooks.
 
@@ -132,6 +142,7 @@ class GramianEngine:
         self._handles: list[RemovableHandle] = [
             layer.register_forward_hook(self._record, with_kwargs=True) for layer in self._layers
         ]
+        self._warned = False
         self.last_fallback_numel = 0
         """Entries of the shared parameters held as blocks ``(T, *p.shape)`` by the last call."""
 
@@ -172,11 +183,24 @@ class GramianEngine:
         x = args[0] if args else kwargs.get("input")
         if not isinstance(x, Tensor) or torch._C._functorch.is_functorch_wrapped_tensor(output):
             return  # inside torch.func transforms the graph is not the caller's: nothing to record
-        weight, bias = (_leaf(getattr(layer, name, None)) for name in ("weight", "bias"))
+        if type(layer).forward is not nn.Linear.forward or parametrize.is_parametrized(layer):
+            return  # not ∇W = Dᵀ X for the leaves: the graph walk and the fallback handle it
+        leaves = []
+        for name in ("weight", "bias"):
+            own = layer._parameters.get(name)
+            derived = layer.__dict__.get(name)  # weight_norm / prune set a computed tensor here
+            if own is None and isinstance(derived, Tensor) and derived.requires_grad:
+                return
+            leaves.append(_leaf(own))
+        weight, bias = leaves
         if weight is None and bias is None:
-            return  # frozen, or parametrized (the leaves are elsewhere): the fallback handles it
+            return  # frozen: nothing to record
+        # For inputs of more than 2 dims F.linear returns a view of its 2-D result; an in-place
+        # op on that view would take the view's node off the graph, not its base's.
+        base = output._base if output._is_view() and output._base.numel() == output.numel() else output
         source = get_gradient_edge(x).node if x.requires_grad else None
-        self._calls.append(_Call(weight, bias, x.detach(), x._version, get_gradient_edge(output), source))
+        kept = x.detach() if weight is not None else None  # a bias needs only D
+        self._calls.append(_Call(weight, bias, kept, x._version, get_gradient_edge(base), source))
 
     def gramian(
         self,
@@ -198,7 +222,9 @@ class GramianEngine:
             ValueError: hooks removed, no recorded call on the losses' graph although hooked
                 shared layers feed them, or a recorded input modified in place since its call.
         """
-        params = [p for p in shared_params if p.requires_grad]
+        params = list({id(p): p for p in shared_params if p.requires_grad}.values())
+        if any(not p.is_leaf for p in params):
+            raise ValueError("shared_params must be leaf tensors (parameters)")
         try:
             return self._gramian(list(losses), params, cotangents)
         finally:
@@ -213,7 +239,7 @@ class GramianEngine:
         plan = self._plan(losses, params)
         self._calls = list(plan.calls)  # what a retain_graph=True call keeps: its own graph's calls
         for call in plan.calls:
-            if call.x._version != call.version:
+            if call.x is not None and id(call.weight) in plan.activation and call.x._version != call.version:
                 raise ValueError(
                     "the input of a hooked nn.Linear was modified in place after the layer's forward; "
                     "the Gramian engine reads it (clone it before the in-place op)"
@@ -253,6 +279,7 @@ class GramianEngine:
         for call in self._calls:
             if any(t is not None and id(t) in shared for t in (call.weight, call.bias)):
                 at_node.setdefault(id(call.out.node), []).append(call)
+        had_records = bool(at_node)
         seen: dict[int, Node] = {}  # holds the nodes too, so that their ids are not reused
         reached: set[int] = set()
         used: list[_Call] = []
@@ -273,22 +300,32 @@ class GramianEngine:
             stack.extend(fn for fn, _ in node.next_functions)
         reached |= {id(loss) for loss in losses if loss.grad_fn is None}
         covered = {id(t) for call in used for t in (call.weight, call.bias) if t is not None} & shared
-        self._check_recorded(used, reached, shared)
+        self._check_recorded(used, reached, shared, had_records)
         activation = covered - reached
         fallback = [p for p in params if id(p) in reached]
         calls = [c for c in used if any(t is not None and id(t) in activation for t in (c.weight, c.bias))]
         return _Plan(calls, activation, fallback)
 
-    def _check_recorded(self, used: list[_Call], reached: set[int], shared: set[int]) -> None:
+    def _check_recorded(self, used: list[_Call], reached: set[int], shared: set[int], had_records: bool) -> None:
         if used:
             return
-        hooked = {id(t) for layer in self._layers for t in layer.parameters()}
-        if hooked & shared & reached:
+        if had_records:
             raise ValueError(
-                "GramianEngine recorded no call of its linear layers on these losses' graph, yet "
-                "the losses use their shared parameters: the forward ran before the engine was "
-                "created, on another copy of the module, or an earlier backward call consumed the "
-                "records (run the forward of each backward call right before it)"
+                "GramianEngine holds calls of its linear layers, but none on these losses' graph: "
+                "the forward ran on another copy of the module, or an earlier backward call consumed "
+                "the records (run the forward of each backward call right before it)"
+            )
+        hooked = {id(t) for layer in self._layers for t in layer.parameters()}
+        if hooked & shared & reached and not self._warned:
+            # Correct but without the saving: the fallback holds every shared parameter's block.
+            # Also the case of layers never called as modules (MultiheadAttention.out_proj) or
+            # whose weight is derived, so a warning rather than an error.
+            self._warned = True
+            warnings.warn(
+                "GramianEngine recorded no call of its linear layers on these losses' graph (a forward "
+                "before the engine was created, or layers not called as modules); their parameters "
+                "are held as gradient blocks",
+                stacklevel=4,
             )
 
 
@@ -332,7 +369,8 @@ def weight_gramian(D: Tensor, X: Tensor) -> Tensor:
     Takes the cheaper of the kernel route (``⟨D_i, X Xᵀ D_j⟩``) and the direct route (form
     ``D_iᵀ X`` a few output rows at a time); see :mod:`mtgrad.autogram` for the costs.
     """
-    dtype = torch.promote_types(D.dtype, X.dtype)
+    # At least float32: products of half-precision activations overflow 65504 within one layer.
+    dtype = torch.promote_types(torch.promote_types(D.dtype, X.dtype), torch.float32)
     D, X = D.to(dtype), X.to(dtype)
     R, B, out = D.shape
     inp = X.shape[1]
