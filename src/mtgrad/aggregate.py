@@ -36,4 +36,4 @@ def aggregate(jacobian: Tensor, method: Method, losses: Tensor | None = None) ->
         raise ValueError("jacobian contains NaN or inf entries (or overflows when squared)")
     if isinstance(method, JacobianAggregator):
         return method.aggregate_blocks([jacobian], losses)[0]
-    return combine(method.weights(G, losses), jacobian)
+    return combine(method.weights(G, losses, validate=False), jacobian)

@@ -177,7 +177,7 @@ def _backward(
         _apply(params, method.aggregate_blocks(blocks, values))
         return BackwardResult(weights=None, gramian=G)
     assert isinstance(method, Weighting)  # the kinds were checked on entry
-    weights = method.weights(G, values if method.needs_losses else None)
+    weights = method.weights(G, values if method.needs_losses else None, validate=False)
     _combine_into_grad(params, weights, blocks)
     return BackwardResult(weights=weights, gramian=G)
 
@@ -205,7 +205,7 @@ def _gramian_backward(
     if isinstance(method, CAGradFast):
         weights = method.task_weights(G, sampled, T)
     else:
-        weights = method.weights(G, values if method.needs_losses else None)
+        weights = method.weights(G, values if method.needs_losses else None, validate=False)
     weighted_backward(losses, params, weights, retain_graph)
     return BackwardResult(weights=weights, gramian=G)
 
@@ -223,7 +223,7 @@ def _sampled_cotangents(sampled: list[int], num_tasks: int, like: Tensor) -> Ten
 def _combine_into_grad(params: list[Tensor], w: Tensor, blocks: list[Tensor]) -> None:
     """``p.grad += Σ_i w_i J_i`` without a temporary when ``.grad`` exists (gradient accumulation)."""
     for p, block in zip(params, blocks):
-        if p.grad is None or not p.grad.is_contiguous():
+        if p.grad is None or not p.grad.is_contiguous() or block.element_size() < 4:  # half: see combine
             _apply([p], [combine(w, block)])
         else:
             p.grad.view(-1).addmv_(block.view(block.shape[0], -1).T, w.to(block.dtype))
@@ -246,7 +246,7 @@ def _representation_backward(
     G = _checked_gramian(blocks, check_finite)
     weights: Tensor | None = None
     if isinstance(method, Weighting):
-        weights = method.weights(G, values if method.needs_losses else None)
+        weights = method.weights(G, values if method.needs_losses else None, validate=False)
         update = combine(weights, blocks[0])
     else:
         update = method.aggregate_blocks(blocks, values)[0]

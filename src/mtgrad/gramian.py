@@ -16,15 +16,21 @@ BLOCK_COLUMNS = 1 << 16
 def gramian(blocks: Iterable[Tensor]) -> Tensor:
     """``Σ_k J_k J_kᵀ`` over column blocks ``J_k`` (T, n_k) of the task-gradient matrix.
 
-    Blocks are split further into ``BLOCK_COLUMNS`` chunks and each partial product is accumulated
-    in float64: summing many small fp32 products in fp64 keeps the diagonal (the squared norms
-    that every method divides by) accurate where one long fp32 dot product would not.
+    Every chunk of ``BLOCK_COLUMNS`` columns is promoted to float64 *before* it is multiplied:
+    the product of two fp32, bf16 or fp16 numbers is exact in float64 and their squares can
+    neither overflow nor underflow there, so ``G`` is the Gramian of the given numbers up to
+    float64 summation error (positive semi-definite to ~1e-16 relative). Formed in fp32 instead,
+    a degenerate Gramian is indefinite by ~1e-7 relative, fp32 gradients overflow above norms of
+    ~1e19 and underflow below ~1e-21, and fp16 ones overflow at entries of ~52/√d. The price is
+    a float64 GEMM: about 2.5× an fp32 one on a CPU, where both are bound by memory traffic
+    (``benchmarks/aggregation.py``).
     """
     total: Tensor | None = None
     for block in blocks:
         flat = block.reshape(block.shape[0], -1)
         for chunk in flat.split(BLOCK_COLUMNS, dim=1):
-            part = (chunk @ chunk.T).to(torch.float64)
+            chunk = chunk.to(torch.float64)
+            part = chunk @ chunk.T
             total = part if total is None else total + part
     if total is None:
         raise ValueError("no gradient blocks given: the Gramian of zero parameters is undefined")
@@ -43,5 +49,10 @@ def cross_gramian(left: Tensor, right: Tensor) -> Tensor:
 
 
 def combine(weights: Tensor, block: Tensor) -> Tensor:
-    """``Σ_i w_i J_i`` for one block ``J`` of shape (T, *shape), in the block's dtype."""
-    return torch.tensordot(weights.to(block.dtype), block, dims=1)
+    """``Σ_i w_i J_i`` for one block ``J`` of shape (T, *shape), returned in the block's dtype.
+
+    Computed in at least float32: a half-precision weight overflows at 65504 (PCGrad's
+    coefficients ``⟨g_i, g_j⟩/‖g_j‖²`` reach that at a norm ratio of ~1e5) while the update fits.
+    """
+    dtype = torch.promote_types(block.dtype, torch.float32)
+    return torch.tensordot(weights.to(dtype), block.to(dtype), dims=1).to(block.dtype)

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from ..reporting import progress_bar
 from ..solvers import cagrad_weights
+from ..methods.base import unit_scaled
 
 __all__ = [
     "LOWER",
@@ -523,11 +524,11 @@ class _PerRun:
         self.instances = instances
         self.needs_losses = bool(getattr(instances[0], "needs_losses", False))
 
-    def weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
+    def weights(self, gramian: Tensor, losses: Tensor | None = None, validate: bool | None = None) -> Tensor:
         if losses is None:
-            return torch.stack([m.weights(g) for m, g in zip(self.instances, gramian)])
+            return torch.stack([m.weights(g, validate=validate) for m, g in zip(self.instances, gramian)])
         return torch.stack(
-            [m.weights(g, l) for m, g, l in zip(self.instances, gramian, losses)]
+            [m.weights(g, l, validate=validate) for m, g, l in zip(self.instances, gramian, losses)]
         )
 
 
@@ -555,7 +556,7 @@ class _MergedCAGrad:
                     for m in self.methods
                 ]
             ).view(-1, 1, 1)
-            w = (cagrad_weights(G, c) * factor).to(gram.dtype)
+            w = (cagrad_weights(unit_scaled(G), c) * factor).to(gram.dtype)
             for k, i in enumerate(self.members):
                 others[i] = w[k]
         return torch.stack(others)
@@ -662,12 +663,12 @@ def run_toy(
                 lv = losses_fn(x).view(n_methods, n_starts, 2)
                 w = torch.stack(
                     [
-                        m.weights(gram[i], lv[i]) if needs_losses[i] else m.weights(gram[i])
+                        m.weights(gram[i], lv[i], validate=False) if needs_losses[i] else m.weights(gram[i], validate=False)
                         for i, m in enumerate(weightings)
                     ]
                 )
             else:
-                w = merged.weights(gram, [m.weights(gram[i]) if i not in merged.members else None for i, m in enumerate(weightings)])
+                w = merged.weights(gram, [m.weights(gram[i], validate=False) if i not in merged.members else None for i, m in enumerate(weightings)])
             update = torch.bmm(w.view(weights_shape), jac).view(n_runs, 2)
             opt.step(update)
             if step % record_every == 0:

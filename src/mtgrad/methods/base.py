@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import solvers
+
 __all__ = ["Method", "Weighting", "JacobianAggregator", "LossWeighting"]
 
 
@@ -47,9 +49,14 @@ class Method(ABC):
 class Weighting(Method):
     """Gramian ``(..., T, T)`` → task weights ``(..., T)``.
 
-    Subclasses implement :meth:`_weights` on a validated float64 Gramian; :meth:`weights` checks
-    the input, promotes to float64 (the T×T problems are tiny, and their answers must not depend on
-    the gradients' precision) and returns weights in the Gramian's dtype.
+    Subclasses implement :meth:`_weights` on a validated float64 Gramian whose largest diagonal
+    entry lies in [1, 4) — :meth:`weights` checks the input, promotes it to float64 (the T×T
+    problems are tiny, and their answers must not depend on the gradients' precision), divides it
+    by a power of two ``λ`` (exact), and maps the answer back with the method's
+    :attr:`gramian_degree` ``k``: ``w(G) = λ^k · w(G/λ)``. The solvers therefore see the same
+    numbers whether the gradients have norms of 1e-30 or 1e30, which makes every method
+    positively homogeneous where its math is (``A(sJ) = s·A(J)`` for ``k = 0``) and leaves their
+    tolerances meaningful. Weights are returned in the Gramian's dtype.
 
     A weighting that also needs the loss values (e.g. MGDA's ``"loss"`` normalisation) sets
     ``needs_losses = True`` and receives them as a float64 tensor ``(..., T)``.
@@ -57,8 +64,22 @@ class Weighting(Method):
 
     needs_losses: bool = False
 
-    def weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
-        """Task weights ``w`` such that the update is ``Σ_i w_i g_i``."""
+    @property
+    def gramian_degree(self) -> float:
+        """``k`` with ``w(λG) = λ^k w(G)`` for every ``λ > 0``: 0 when the update ``Σ w_i g_i``
+        scales with the gradients (PCGrad, CAGrad, MGDA, …), −½ when it does not depend on their
+        scale (Nash-MTL)."""
+        return 0.0
+
+    def weights(self, gramian: Tensor, losses: Tensor | None = None, *, validate: bool | None = None) -> Tensor:
+        """Task weights ``w`` such that the update is ``Σ_i w_i g_i``.
+
+        ``validate`` checks that ``gramian`` is finite, symmetric and positive semi-definite up to
+        rounding (an eigen-decomposition of the T×T matrix, then a read on the host) and raises a
+        ``ValueError`` otherwise. ``None`` (default) validates where that read costs nothing, on
+        the CPU, and not on an accelerator, where the call then never synchronises with the host.
+        The backward engines, which form ``G`` themselves and check it for overflow, pass False.
+        """
         _check_gramian(gramian)
         if losses is not None:
             losses = losses.detach().to(device=gramian.device, dtype=torch.float64)
@@ -66,12 +87,64 @@ class Weighting(Method):
                 raise ValueError(f"losses must have shape {tuple(gramian.shape[:-1])}, got {tuple(losses.shape)}")
         elif self.needs_losses:
             raise ValueError(f"{type(self).__name__} needs the loss values: call weights(gramian, losses)")
-        return self._weights(gramian.to(torch.float64), losses).to(gramian.dtype)
+        G = gramian.detach().to(torch.float64)
+        if validate or (validate is None and solvers._host_sync_is_free(G)):
+            _check_psd(G, torch.finfo(gramian.dtype).eps)
+        G = 0.5 * (G + G.transpose(-1, -2))
+        scale = _power_of_two_scale(G)
+        w = self._weights(G / scale.unsqueeze(-1), losses)
+        if self.gramian_degree != 0.0:
+            w = w * scale.pow(self.gramian_degree)
+        return w.to(gramian.dtype)
 
     __call__ = weights
 
     @abstractmethod
     def _weights(self, gramian: Tensor, losses: Tensor | None) -> Tensor: ...
+
+
+def unit_scaled(gramian: Tensor) -> Tensor:
+    """``G/λ`` with ``λ`` the power of four of :meth:`Weighting.weights` (largest diagonal in [1, 4)).
+
+    For solvers called outside :meth:`Weighting.weights` on a scale-invariant problem.
+    """
+    return gramian / _power_of_two_scale(gramian).unsqueeze(-1)
+
+
+def _power_of_two_scale(G: Tensor) -> Tensor:
+    """``λ = 4^e`` (..., 1) with ``max_i G_ii / λ ∈ [1, 4)``; 1 for a zero Gramian.
+
+    A power of four, so that ``λ^½`` (Nash-MTL's degree) is exact too.
+    """
+    top = G.diagonal(dim1=-2, dim2=-1).amax(dim=-1, keepdim=True)
+    _, exponent = torch.frexp(torch.where(top > 0, top, torch.ones_like(top)))
+    return torch.ldexp(torch.ones_like(top), torch.div(exponent - 1, 2, rounding_mode="floor") * 2)
+
+
+def _check_psd(G: Tensor, eps: float) -> None:
+    """Refuse a Gramian that is not finite, or not symmetric / PSD beyond rounding.
+
+    Rounding means that of ``eps`` (the Gramian's dtype) and at least float32's: a float64 ``G``
+    is often formed from fp32 gradients, indefinite by ~1e-8 relative where they are degenerate.
+    """
+    if not bool(torch.isfinite(G).all()):
+        raise ValueError("gramian has NaN or inf entries (an overflow in the task gradients?)")
+    T = G.shape[-1]
+    diag = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
+    bound = diag.unsqueeze(-1).sqrt() * diag.unsqueeze(-2).sqrt()  # |G_ij| ≤ √(G_ii G_jj)
+    tol = 64 * T * max(eps, torch.finfo(torch.float32).eps)
+    asym = (G - G.transpose(-1, -2)).abs()
+    if bool((asym > tol * bound + torch.finfo(torch.float64).tiny).any()):
+        raise ValueError(
+            f"gramian is not symmetric (max |G - Gᵀ| = {float(asym.max()):.3g}): pass G = J Jᵀ of the task gradients"
+        )
+    top = diag.amax(dim=-1)
+    lowest = torch.linalg.eigvalsh(0.5 * (G + G.transpose(-1, -2)))[..., 0]
+    if bool((lowest < -tol * top).any()):
+        raise ValueError(
+            f"gramian is not positive semi-definite (eigenvalue {float(lowest.min()):.3g} against a largest "
+            f"diagonal entry of {float(top.max()):.3g}): pass G = J Jᵀ of the task gradients"
+        )
 
 
 class JacobianAggregator(Method):

@@ -63,6 +63,11 @@ class FairGrad(Weighting):
         self.ridge = _check_ridge(ridge)
         self.max_iter = _check_max_iter(max_iter)
 
+    @property
+    def gramian_degree(self) -> float:
+        # λG w' = w'^{−1/α} with w' = λ^k w needs 1 + k = −k/α.
+        return -self.alpha / (1.0 + self.alpha)
+
     def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
         w = bargaining_weights(gramian, self.alpha, ridge=self.ridge, max_iter=self.max_iter)
         return w * gramian.shape[-1] if self.scale_by_tasks else w

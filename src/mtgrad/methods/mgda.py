@@ -56,6 +56,12 @@ class MGDA(Weighting):
         self.apply_to: ApplyTo = apply_to
         self.needs_losses = normalization in ("loss", "loss+")
 
+    @property
+    def gramian_degree(self) -> float:
+        # Dividing by the gradient norms (l2, loss+) and then applying to the normalised ones
+        # takes one power of ‖g‖ = √λ out of the update.
+        return -0.5 if self.apply_to == "normalized" and self.normalization in ("l2", "loss+") else 0.0
+
     def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
         if self.normalization == "none":
             return min_norm_weights(gramian)

@@ -71,21 +71,30 @@ class NashMTL(Weighting):
         self._alpha: Tensor | None = None
         self._step = 0
 
-    def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
+    gramian_degree = -0.5  # (λG)(w/√λ) = 1/(w/√λ)
+
+    def weights(self, gramian: Tensor, losses: Tensor | None = None, *, validate: bool | None = None) -> Tensor:
         shape = gramian.shape[:-1]
         stale = self._alpha is not None and self._alpha.shape != shape
         if self._alpha is None or self._step % self.update_weights_every == 0:
-            warm = None if stale else self._alpha
-            self._alpha = bargaining_weights(
-                gramian, 1.0, ridge=self.ridge, w0=warm, max_iter=self.max_iter
-            )
+            self._alpha = super().weights(gramian, losses, validate=validate).to(torch.float64)
         elif stale:
             raise ValueError(
                 f"NashMTL reuses its weights of shape {tuple(self._alpha.shape)} at this step "
                 f"(update_weights_every={self.update_weights_every}), got a Gramian for shape {tuple(shape)}"
             )
         self._step += 1
-        return self._alpha.clone()
+        return self._alpha.clone().to(gramian.dtype)
+
+    __call__ = weights
+
+    def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
+        warm = self._alpha if self._alpha is not None and self._alpha.shape == gramian.shape[:-1] else None
+        if warm is not None:
+            # The last α is in the last Gramian's units; αᵀGα = T at the solution fixes its scale here.
+            curvature = (warm.unsqueeze(-2) @ gramian @ warm.unsqueeze(-1)).squeeze(-1)
+            warm = warm * torch.where(curvature > 0, (gramian.shape[-1] / curvature).sqrt(), torch.ones_like(curvature))
+        return bargaining_weights(gramian, 1.0, ridge=self.ridge, w0=warm, max_iter=self.max_iter)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self._step, "alpha": None if self._alpha is None else self._alpha.clone()}

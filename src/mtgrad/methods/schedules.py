@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..solvers import cagrad_weights
-from .base import Method, Weighting
+from .base import Method, Weighting, unit_scaled
 
 __all__ = ["Reuse", "CAGradFast"]
 
@@ -145,7 +145,7 @@ class CAGradFast(Method):
         sampled task and ``a_p/(K − |S|)`` for every other task.
         """
         K, s = num_tasks, len(sampled)
-        G = gramian.to(torch.float64)
+        G = unit_scaled(gramian.to(torch.float64))  # CAGrad's weights do not depend on G's scale
         if s == K:
             a = cagrad_weights(G, self.c)
         else:
