@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .gramian import combine, gramian
+from .gramian import combine
 from .methods.base import JacobianAggregator, Method, Weighting
+from .methods.schedules import CAGradFast, Reuse
+from .stored import stored_weights
 
 __all__ = ["aggregate"]
 
@@ -14,11 +16,13 @@ __all__ = ["aggregate"]
 def aggregate(jacobian: Tensor, method: Method, losses: Tensor | None = None) -> Tensor:
     """Update for task gradients stacked as rows of ``jacobian`` (T, d).
 
-    For a :class:`Weighting`, ``d = Σ_i w_i g_i`` with ``w = method.weights(J Jᵀ, losses)``; a
-    :class:`JacobianAggregator` gets ``J`` itself. The result has the dtype and device of
-    ``jacobian``. ``losses`` (T,) are needed only by methods that use loss values.
+    For a :class:`Weighting`, ``d = Σ_i w_i g_i`` with ``w = method.weights(J Jᵀ, losses)``; as
+    much for :class:`~mtgrad.CAGradFast` (eq. 4 on sampled rows) and :class:`~mtgrad.Reuse` (one
+    call is one step of its schedule); a :class:`JacobianAggregator` gets ``J`` itself. The result
+    has the dtype and device of ``jacobian``. ``losses`` (T,) are needed only by methods that use
+    loss values.
     """
-    if not isinstance(method, (Weighting, JacobianAggregator)):
+    if not isinstance(method, (Weighting, CAGradFast, Reuse, JacobianAggregator)):
         raise TypeError(
             f"method must be a gradient method (e.g. mtgrad.PCGrad()), got {type(method).__name__}"
             " (loss weightings need the losses themselves: use mtgrad.backward)"
@@ -31,9 +35,9 @@ def aggregate(jacobian: Tensor, method: Method, losses: Tensor | None = None) ->
         raise ValueError("jacobian is empty (0 rows): give one row per task")
     if not jacobian.is_floating_point():
         raise TypeError(f"jacobian must be floating point, got dtype {jacobian.dtype}")
-    G = gramian([jacobian])
-    if not bool(torch.isfinite(G).all()):
-        raise ValueError("jacobian contains NaN or inf entries (or overflows when squared)")
+    if not bool(torch.isfinite(jacobian).all()):
+        raise ValueError("jacobian contains NaN or inf entries")
     if isinstance(method, JacobianAggregator):
         return method.aggregate_blocks([jacobian], losses)[0]
-    return combine(method.weights(G, losses, validate=False), jacobian)
+    w, _ = stored_weights(method, [jacobian.detach()], losses)
+    return combine(w, jacobian)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -14,15 +15,17 @@ from .engine import (
     ENGINES,
     Engine,
     backward_through_representation,
+    graph_leaves,
     reaches,
     representation_gradients,
     sampled_gradients,
     task_gradients,
     weighted_backward,
 )
-from .gramian import combine, gramian
+from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .methods.schedules import CAGradFast, Reuse
+from .stored import checked_gramian, stored_weights
 
 __all__ = ["backward", "BackwardResult"]
 
@@ -36,7 +39,9 @@ class BackwardResult:
             loss weighting, the backpropagated objective's weights). ``None`` for a
             :class:`~mtgrad.methods.base.JacobianAggregator`.
         gramian: ``G = J Jᵀ`` (T, T), float64, of the shared-parameter task gradients; ``None``
-            for a loss weighting, which computes no per-task gradients.
+            when the step did not form it: a loss weighting, a reused step of
+            :class:`~mtgrad.Reuse`, or a :class:`~mtgrad.CAGradFast` step that sampled tasks (its
+            solver saw only the sampled rows' Gramian).
         losses: the per-task loss values ``(T,)``, detached, where the call computed them itself
             (:func:`mtgrad.grouped_backward`); ``None`` when the caller passed them in.
     """
@@ -138,6 +143,42 @@ def _backward(
                 "any of them (check shared_params, or a detach()/no_grad in that task's branch)"
             )
 
+    with _all_or_nothing(graph_leaves(task_losses)):
+        return _dispatch(task_losses, params, method, retain_graph, check_finite, engine, representation, values)
+
+
+@contextmanager
+def _all_or_nothing(leaves: list[Tensor]) -> Iterator[None]:
+    """Every ``.grad`` of ``leaves`` gets this call's gradient added, or — on an exception — is left
+    exactly as it was (no head holding a NaN from an aborted step).
+
+    The leaves start the call with ``.grad = None`` and their previous gradients are added back at
+    the end: no copy, and with ``zero_grad()`` before the step (``.grad = None``) no extra work.
+    """
+    saved = [leaf.grad for leaf in leaves]
+    for leaf in leaves:
+        leaf.grad = None
+    try:
+        yield
+    except BaseException:
+        for leaf, grad in zip(leaves, saved):
+            leaf.grad = grad
+        raise
+    for leaf, grad in zip(leaves, saved):
+        if grad is not None:
+            leaf.grad = grad if leaf.grad is None else grad.add_(leaf.grad)
+
+
+def _dispatch(
+    task_losses: list[Tensor],
+    params: list[Tensor],
+    method: Method,
+    retain_graph: bool,
+    check_finite: bool,
+    engine: Engine | GramianEngine,
+    representation: Tensor | None,
+    values: Tensor,
+) -> BackwardResult:
     if representation is not None:
         return _representation_backward(task_losses, params, method, representation, values, retain_graph, check_finite)
 
@@ -152,7 +193,7 @@ def _backward(
             weighted_backward(task_losses, params, planned, retain_graph)
             method.advance()
             return BackwardResult(weights=planned, gramian=None)
-        record = backward(task_losses, params, method.method, retain_graph=retain_graph, check_finite=check_finite, engine=engine)
+        record = _dispatch(task_losses, params, method.method, retain_graph, check_finite, engine, None, values)
         method.advance(record.weights)
         return record
 
@@ -165,19 +206,21 @@ def _backward(
             blocks = task_gradients(task_losses, params, engine, retain_graph)
         else:
             blocks = sampled_gradients(task_losses, params, sampled, retain_graph)
-        G = _checked_gramian(blocks, check_finite)
+        G = checked_gramian(blocks, check_finite)
         w = method.task_weights(G, sampled, len(task_losses))
-        rows = w if len(sampled) == len(task_losses) else _row_weights(w, sampled)
-        _combine_into_grad(params, rows, blocks)
-        return BackwardResult(weights=w, gramian=G)
+        if len(sampled) == len(task_losses):
+            _combine_into_grad(params, w, blocks)
+            return BackwardResult(weights=w, gramian=G)
+        _combine_into_grad(params, _row_weights(w, sampled), blocks)
+        return BackwardResult(weights=w, gramian=None)  # only the sampled rows' Gramian was formed
 
     blocks = task_gradients(task_losses, params, engine, retain_graph)
-    G = _checked_gramian(blocks, check_finite)
     if isinstance(method, JacobianAggregator):
+        G = checked_gramian(blocks, check_finite)
         _apply(params, method.aggregate_blocks(blocks, values))
         return BackwardResult(weights=None, gramian=G)
     assert isinstance(method, Weighting)  # the kinds were checked on entry
-    weights = method.weights(G, values if method.needs_losses else None, validate=False)
+    weights, G = stored_weights(method, blocks, values, check_finite)
     _combine_into_grad(params, weights, blocks)
     return BackwardResult(weights=weights, gramian=G)
 
@@ -207,7 +250,7 @@ def _gramian_backward(
     else:
         weights = method.weights(G, values if method.needs_losses else None, validate=False)
     weighted_backward(losses, params, weights, retain_graph)
-    return BackwardResult(weights=weights, gramian=G)
+    return BackwardResult(weights=weights, gramian=G if C is None else None)
 
 
 def _sampled_cotangents(sampled: list[int], num_tasks: int, like: Tensor) -> Tensor:
@@ -240,25 +283,18 @@ def _representation_backward(
 ) -> BackwardResult:
     if not isinstance(rep, Tensor) or not rep.requires_grad:
         raise ValueError("representation must be a tensor that requires grad (the trunk's output)")
-    if not isinstance(method, (Weighting, JacobianAggregator)):
-        raise TypeError(f"representation= works with gradient methods, not {type(method).__name__}")
+    if isinstance(method, LossWeighting):
+        raise TypeError(f"representation= works with gradient methods, not the loss weighting {type(method).__name__}")
     blocks = representation_gradients(losses, rep)
-    G = _checked_gramian(blocks, check_finite)
     weights: Tensor | None = None
-    if isinstance(method, Weighting):
-        weights = method.weights(G, values if method.needs_losses else None, validate=False)
-        update = combine(weights, blocks[0])
-    else:
+    if isinstance(method, JacobianAggregator):
+        G: Tensor | None = checked_gramian(blocks, check_finite)
         update = method.aggregate_blocks(blocks, values)[0]
+    else:
+        weights, G = stored_weights(method, blocks, values, check_finite)
+        update = combine(weights, blocks[0])
     backward_through_representation(losses, rep, params, update, retain_graph)
     return BackwardResult(weights=weights, gramian=G)
-
-
-def _checked_gramian(blocks: list[Tensor], check_finite: bool) -> Tensor:
-    G = gramian(blocks)
-    if check_finite and not bool(torch.isfinite(G).all()):
-        raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
-    return G
 
 
 def _apply(params: list[Tensor], updates: list[Tensor]) -> None:
@@ -335,6 +371,8 @@ def _as_params(shared_params: Iterable[Tensor]) -> list[Tensor]:
     for i, p in enumerate(shared_params):
         if not isinstance(p, Tensor):
             raise TypeError(f"shared_params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+        if not (p.is_floating_point() or p.is_complex()):
+            raise TypeError(f"shared_params[{i}] must be a floating-point tensor, got dtype {p.dtype}")
         if not p.requires_grad:
             continue  # frozen parameters take no update
         if not p.is_leaf:

@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 
 from .backward import BackwardResult
-from .gramian import combine, gramian
+from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
-from .methods.schedules import CAGradFast
+from .methods.schedules import CAGradFast, Reuse
+from .stored import checked_gramian, stored_weights
 
 __all__ = ["grouped_task_gradients", "grouped_backward"]
 
@@ -88,7 +89,8 @@ def grouped_backward(
     * :class:`~mtgrad.CAGradFast`: eq. (4) of Liu et al. (2021) on the sampled tasks plus the
       pseudo-task ``g̃ = mean_{j∉S} g_j`` (every ``g_i`` costs the same one vmapped backward here,
       so the saving is in the Gramian: ``(|S| + 1)² d`` instead of ``T² d``); ``gramian`` is then
-      that of those ``|S| + 1`` rows, as in :func:`mtgrad.backward`;
+      ``None`` (only those ``|S| + 1`` rows' Gramian was formed), as in :func:`mtgrad.backward`;
+    * :class:`~mtgrad.Reuse` of either: the inner method every ``every`` steps, its weights between;
     * a Jacobian aggregator (GradDrop): its update from the per-task gradient blocks;
     * a loss weighting (UW, DWA, …): one backward of its combined objective into every trainable
       parameter, shared or not, as :func:`mtgrad.backward` does for loss weightings (the per-task
@@ -101,9 +103,9 @@ def grouped_backward(
             if unknown:
                 raise ValueError(f"shared names {unknown} are not trainable parameters of the model")
         return _loss_weighting_backward(model, task_loss, batch, method, randomness, check_finite)
-    if not isinstance(method, (Weighting, CAGradFast, JacobianAggregator)):
+    if not isinstance(method, (Weighting, CAGradFast, Reuse, JacobianAggregator)):
         raise TypeError(
-            "grouped_backward needs a Gramian weighting (e.g. mtgrad.PCGrad()), CAGradFast, a Jacobian "
+            "grouped_backward needs a Gramian weighting (e.g. mtgrad.PCGrad()), CAGradFast, Reuse, a Jacobian "
             f"aggregator or a loss weighting, got {type(method).__name__}"
         )
     losses, grads = grouped_task_gradients(model, task_loss, batch, randomness=randomness)
@@ -114,41 +116,21 @@ def grouped_backward(
         raise ValueError(f"shared names {unknown} are not trainable parameters of the model")
     if check_finite and not bool(torch.isfinite(losses).all()):
         raise ValueError(f"task losses are NaN or inf: {losses.tolist()}")
-    T = losses.shape[0]
-    sampled = method.sample(T) if isinstance(method, CAGradFast) else list(range(T))
-    G = gramian(_rows(grads[n], sampled) for n in shared_names)
-    if check_finite and not bool(torch.isfinite(G).all()):
-        raise ValueError("a task gradient is NaN or inf (an overflow?)")
     shared_set = set(shared_names)
     updates: dict[str, Tensor] = {name: grads[name].sum(0) for name in names if name not in shared_set}
+    blocks = [grads[n] for n in shared_names]
     w: Tensor | None
     if isinstance(method, JacobianAggregator):
-        w = None
-        blocks = [grads[n] for n in shared_names]
+        w, G = None, checked_gramian(blocks, check_finite)
         updates.update(zip(shared_names, method.aggregate_blocks(blocks, losses.detach())))
     else:
-        w = method.task_weights(G, sampled, T) if isinstance(method, CAGradFast) else method.weights(
-            G, losses if method.needs_losses else None, validate=False
-        )
+        w, G = stored_weights(method, blocks, losses.detach(), check_finite)
         updates.update((name, combine(w, grads[name])) for name in shared_names)
     params = dict(model.named_parameters())
     for name, update in updates.items():
         p = params[name]
         p.grad = update if p.grad is None else p.grad + update
     return BackwardResult(weights=w, gramian=G, losses=losses.detach())
-
-
-def _rows(block: Tensor, sampled: list[int]) -> Tensor:
-    """The gradient rows the solver sees: every task's, or CAGrad-Fast's sampled tasks plus the
-    pseudo-task ``g̃ = mean_{j∉S} g_j`` (eq. 4). Reducing before the Gramian makes it
-    ``(|S| + 1)² d`` instead of ``T² d`` multiply-adds, the point of CAGrad-Fast here."""
-    T = block.shape[0]
-    if len(sampled) == T:
-        return block
-    index = torch.tensor(sampled, device=block.device)
-    own = block.index_select(0, index)
-    pseudo = (block.sum(0) - own.sum(0)) / (T - len(sampled))
-    return torch.cat([own, pseudo.unsqueeze(0)])
 
 
 def _loss_weighting_backward(

@@ -1,0 +1,170 @@
+"""Every method × every entry point × every engine works, or refuses with an error naming the method.
+
+Entry points: ``aggregate`` (a stored Jacobian), ``backward`` with the loop, batched and
+Gramian-only engines and with ``representation=``, ``grouped_backward`` (each task its own rows)
+and ``MTLOptimizer.step``. Where a combination works, the engines agree with the loop engine, and
+an error leaves every ``.grad`` as it was.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtgrad
+
+T, B, D_IN, D_HID = 3, 8, 5, 6
+NAMES = sorted(mtgrad.REGISTRY) + ["reuse"]
+
+
+def make_method(name: str) -> mtgrad.Method:
+    gen = torch.Generator().manual_seed(7)
+    if name == "reuse":
+        return mtgrad.Reuse(mtgrad.PCGrad(generator=gen), every=2)
+    if name == "gradnorm":
+        return mtgrad.GradNorm(num_tasks=T, last_shared=[_TRUNK.weight])
+    return mtgrad.from_spec(name, generator=gen, num_tasks=T)
+
+
+class Model(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = torch.nn.Linear(D_IN, D_HID)
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(D_HID, 1) for _ in range(T))
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        z = torch.tanh(self.trunk(x))
+        return [((h(z).squeeze(-1) - y[:, i]) ** 2).mean() * (i + 1) for i, h in enumerate(self.heads)], z
+
+
+_TRUNK = torch.nn.Linear(D_IN, D_HID)  # placeholder for GradNorm's construction; replaced per run
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(B, D_IN, generator=gen), torch.randn(B, T, generator=gen)
+
+
+def _run(name: str, entry: str) -> list[torch.Tensor] | str:
+    """The shared and head ``.grad`` after one call, or the error message."""
+    global _TRUNK
+    model = Model()
+    gmodel = torch.nn.Sequential(torch.nn.Linear(D_IN, D_HID), torch.nn.Tanh(), torch.nn.Linear(D_HID, 1))
+    _TRUNK = gmodel[0] if entry == "grouped" else model.trunk
+    method = make_method(name)
+    x, y = _data()
+    engine = mtgrad.GramianEngine(model.trunk) if entry == "gramian" else None
+    try:
+        if entry == "aggregate":
+            losses, _ = model.losses(x, y)
+            J = torch.stack([
+                torch.cat([g.flatten() for g in torch.autograd.grad(loss, model.trunk.parameters(), retain_graph=True)])
+                for loss in losses
+            ])
+            return [mtgrad.aggregate(J, method)]
+        if entry == "grouped":
+            rows = (x.expand(T, B, D_IN), y.T)
+
+            def task_loss(params, batch):
+                xb, yb = batch
+                return ((torch.func.functional_call(gmodel, params, (xb,)).squeeze(-1) - yb) ** 2).mean()
+
+            mtgrad.grouped_backward(gmodel, task_loss, rows, method)
+            return [p.grad for p in gmodel.parameters()]
+        losses, z = model.losses(x, y)
+        if entry == "optimizer":
+            opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model.trunk.parameters(), method)
+            opt.step(losses, closure=lambda: model.losses(x, y)[0])
+        elif entry == "representation":
+            mtgrad.backward(losses, model.trunk.parameters(), method, representation=z)
+        else:
+            mtgrad.backward(losses, model.trunk.parameters(), method, engine=engine or entry)
+        return [p.grad for p in model.parameters()]
+    except (TypeError, ValueError) as error:
+        return str(error)
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+ENTRIES = ["aggregate", "loop", "batched", "gramian", "representation", "grouped", "optimizer"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("name", NAMES)
+def test_every_combination_works_or_refuses_naming_the_method(name, entry):
+    result = _run(name, entry)
+    if isinstance(result, str):
+        kind = type(make_method(name)).__name__
+        assert kind in result, f"{name} × {entry}: refusal does not name {kind}: {result}"
+        # What must work: every gradient method on stored task gradients, every method via backward.
+        assert entry not in ("loop", "batched", "optimizer", "grouped"), f"{name} × {entry} refused: {result}"
+        return
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in result), f"{name} × {entry}"
+
+
+@pytest.mark.parametrize("entry", ["batched", "gramian", "optimizer"])
+@pytest.mark.parametrize("name", ["mean", "mgda", "pcgrad", "cagrad", "cagrad_fast", "nashmtl", "upgrad", "reuse"])
+def test_engines_agree_with_the_loop_engine(name, entry):
+    loop, other = _run(name, "loop"), _run(name, entry)
+    assert not isinstance(other, str), other
+    for a, b in zip(loop, other):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_reuse_reuses_the_weights_in_aggregate_and_grouped_backward():
+    J1 = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    J2 = torch.tensor([[0.0, 3.0], [2.0, 1.0]])
+    reuse = mtgrad.Reuse(mtgrad.PCGrad(order="fixed"), every=2)
+    mtgrad.aggregate(J1, reuse)
+    w = mtgrad.PCGrad(order="fixed").weights(J1.double() @ J1.double().T)
+    torch.testing.assert_close(mtgrad.aggregate(J2, reuse), (w.float() @ J2))  # step 2 reuses step 1's w
+
+
+def test_cagrad_fast_in_aggregate_is_eq4_on_the_sampled_rows():
+    J = torch.randn(6, 9, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fast = mtgrad.CAGradFast(c=0.5, num_gradients=3, generator=torch.Generator().manual_seed(3))
+    sampled = mtgrad.CAGradFast(c=0.5, num_gradients=3, generator=torch.Generator().manual_seed(3)).sample(6)
+    rest = [j for j in range(6) if j not in sampled]
+    rows = torch.cat([J[sampled], J[rest].mean(0, keepdim=True)])
+    centre = torch.tensor([1 / 6] * len(sampled) + [len(rest) / 6], dtype=torch.float64)
+    want = mtgrad.solvers.cagrad_weights(rows @ rows.T, 0.5, centre) @ rows
+    torch.testing.assert_close(mtgrad.aggregate(J, fast), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ["loop", "batched"])
+def test_an_error_leaves_every_grad_as_it_was(engine):
+    model = Model()
+    x, y = _data()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    before = [p.grad.clone() for p in model.parameters()]
+    losses, _ = model.losses(x, y)
+    # A finite loss whose trunk gradient is NaN (√ at 0), found only after the heads' backward.
+    w = model.trunk.weight
+    losses[0] = losses[0] + (w - w.detach()).pow(2).sum().sqrt()
+    with pytest.raises(ValueError, match="NaN or inf"):
+        mtgrad.backward(losses, model.trunk.parameters(), mtgrad.PCGrad(), engine=engine)
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p.grad, b)
+
+
+def test_gradients_accumulate_into_existing_grad_on_success():
+    model = Model()
+    x, y = _data()
+    losses, _ = model.losses(x, y)
+    mtgrad.backward(losses, model.trunk.parameters(), mtgrad.Mean())
+    once = [p.grad.clone() for p in model.parameters()]
+    losses, _ = model.losses(x, y)
+    mtgrad.backward(losses, model.trunk.parameters(), mtgrad.Mean())
+    for p, g in zip(model.parameters(), once):
+        torch.testing.assert_close(p.grad, 2 * g)
+
+
+def test_integer_tensors_among_shared_params_are_refused():
+    model = Model()
+    x, y = _data()
+    losses, _ = model.losses(x, y)
+    with pytest.raises(TypeError, match="floating-point"):
+        mtgrad.backward(losses, [*model.trunk.parameters(), torch.zeros(3, dtype=torch.long)], mtgrad.Mean())
