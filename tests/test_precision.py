@@ -210,3 +210,90 @@ def test_fairgrad_is_finite_over_its_accepted_range():
             for dtype in (torch.float32, torch.float64):
                 d = mtgrad.aggregate(_jacobian(seed).to(dtype), mtgrad.FairGrad(alpha=alpha))
                 assert bool(torch.isfinite(d).all()), (alpha, seed, dtype)
+
+
+# --- T = 2 closed forms at any norm ratio, against 50-digit references (mpmath) --------------
+
+def _mp_rows(J: torch.Tensor):
+    import mpmath as mp
+
+    mp.mp.dps = 50
+    return mp, [[mp.mpf(float(v)) for v in row] for row in J.tolist()]
+
+
+def _mp_dot(a, b):
+    import mpmath as mp
+
+    return mp.fsum(x * y for x, y in zip(a, b))
+
+
+def _two_task_jacobians():
+    """Pairs with norm ratios 1 … 1e24, the small task first and second, with positive and
+    negative cosines."""
+    gen = torch.Generator().manual_seed(5)
+    for k in range(50):
+        J = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+        J[1] = J[1] / 10.0 ** (k % 25)
+        yield J.flip(0) if k % 2 else J
+
+
+def test_mgda_two_task_weights_are_exact_at_any_norm_ratio():
+    worst = 0.0
+    for J in _two_task_jacobians():
+        mp, g = _mp_rows(J)
+        g11, g22, g12 = _mp_dot(g[0], g[0]), _mp_dot(g[1], g[1]), _mp_dot(g[0], g[1])
+        w1 = min(max((g22 - g12) / (g11 + g22 - 2 * g12), 0), 1)
+        w = mtgrad.MGDA().weights(J @ J.T)
+        for got, want in zip(w.tolist(), (w1, 1 - w1)):
+            worst = max(worst, float(abs(got - want) / want) if want > 0 else float(got != 0))
+    assert worst <= 1e-13
+
+
+@pytest.mark.parametrize("c", [0.4, 2.0])
+def test_cagrad_two_tasks_is_optimal_and_in_its_ball_at_any_norm_ratio(c):
+    """The dual (eq. 11) is a convex function of one variable for T = 2: its minimiser to 50 digits
+    (ternary search) gives d* and the optimal value min_i ⟨g_i, d*⟩ to compare with."""
+    for J in _two_task_jacobians():
+        mp, g = _mp_rows(J)
+        g0 = [(a + b) / 2 for a, b in zip(*g)]
+        rho = c * mp.sqrt(_mp_dot(g0, g0))
+
+        def gw(x):
+            return [x * a + (1 - x) * b for a, b in zip(*g)]
+
+        def dual(x):
+            return _mp_dot(gw(x), g0) + rho * mp.sqrt(_mp_dot(gw(x), gw(x)))
+
+        lo, hi = mp.mpf(0), mp.mpf(1)
+        for _ in range(250):
+            m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+            lo, hi = (lo, m2) if dual(m1) < dual(m2) else (m1, hi)
+        w = gw((lo + hi) / 2)
+        d_ref = [a + rho * b / mp.sqrt(_mp_dot(w, w)) for a, b in zip(g0, w)]
+        value_ref = min(_mp_dot(g[i], d_ref) for i in range(2))
+
+        d = [mp.mpf(v) for v in mtgrad.aggregate(J, mtgrad.CAGrad(c=c)).tolist()]
+        value = min(_mp_dot(g[i], d) for i in range(2))
+        gmax = max(mp.sqrt(_mp_dot(r, r)) for r in g)
+        assert abs(value - value_ref) <= 1e-13 * gmax * rho
+        assert mp.sqrt(sum((x - y) ** 2 for x, y in zip(d, g0))) <= rho * (1 + 1e-13)
+
+
+def test_nash_mtl_two_nearly_opposite_gradients_conflict_with_neither():
+    # 1 + cos = 6e-10: the weights must balance to ~1e-10 relative or d turns against a task.
+    J = torch.tensor([[1.304, 0.947], [-1.304, -0.94707]], dtype=torch.float64)
+    for method in (mtgrad.NashMTL(), mtgrad.FairGrad(), mtgrad.FairGrad(alpha=2.0)):
+        assert bool((J @ mtgrad.aggregate(J, method) > 0).all()), method
+
+
+def test_upgrad_and_dualproj_do_not_conflict_with_a_nearly_opposite_pair():
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(10):
+        J = torch.randn(6, 30, generator=gen, dtype=torch.float64)
+        J[1] = -J[0] * (1 + 1e-6 * torch.randn((), generator=gen, dtype=torch.float64))
+        J[1, 0] += 1e-6 * J[0].norm()  # 1 + cos ≈ 1e-12
+        for method in (mtgrad.UPGrad(), mtgrad.DualProj()):
+            w = method.weights(J @ J.T)
+            norms = J.norm(dim=1)
+            tol = 16 * torch.finfo(torch.float64).eps * norms * (w.abs() * norms).sum()
+            assert bool((J @ (w @ J) >= -tol).all()), method

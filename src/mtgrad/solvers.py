@@ -50,6 +50,22 @@ def _diag_scale(Q: Tensor) -> Tensor:
     return torch.where(diag > top * _EPS**2, diag, top).rsqrt()
 
 
+def _equilibrate(Q: Tensor, D: Tensor) -> Tensor:
+    """``D Q D``, exactly symmetric and with an exact unit diagonal where ``D_i = 1/√Q_ii``.
+
+    Computed as it stands, ``(Q_ij·D_i)·D_j`` and ``(Q_ji·D_j)·D_i`` differ by an ulp and so does
+    ``Q_ii·D_i²`` from 1. For two nearly opposite gradients (1 + cos ~ 1e-9) such an ulp is a
+    relative error of 1e-7 in the quantities the solution is made of, enough for an update that
+    should balance the two to conflict with one of them.
+    """
+    Qs = Q * D.unsqueeze(-1) * D.unsqueeze(-2)
+    Qs = 0.5 * (Qs + Qs.mT)
+    diag = Q.diagonal(dim1=-2, dim2=-1)
+    unit = (diag * D * D - 1).abs() < 1e-12  # the rows D normalised (not the zero rows)
+    eye = torch.eye(Q.shape[-1], dtype=torch.bool, device=Q.device)
+    return torch.where(eye & unit.unsqueeze(-1), 1.0, Qs)
+
+
 class _Faces:
     """Exact solutions of ``min ½wᵀQw + pᵀw`` s.t. ``Σ_{i∈F} w_i = s``, ``w_i = 0`` off the free set F.
 
@@ -65,7 +81,7 @@ class _Faces:
     def __init__(self, Q: Tensor) -> None:
         self.Q = Q
         self.D = _diag_scale(Q)
-        self.Qs = Q * self.D.unsqueeze(-1) * self.D.unsqueeze(-2)
+        self.Qs = _equilibrate(Q, self.D)
         self.eye = torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device)
 
     def solve(self, p: Tensor, s: Tensor, free: Tensor) -> tuple[Tensor, Tensor]:
@@ -218,13 +234,19 @@ def simplex_qp(
 def min_norm_weights(G: Tensor) -> Tensor:
     """MGDA (Désidéri 2012; Sener & Koltun 2018): ``w* = argmin_{w∈Δ} ‖Σ_i w_i g_i‖²``.
 
-    Two tasks use the closed form ``γ* = clip(((g₂ − g₁)·g₂)/‖g₁ − g₂‖², 0, 1)``.
+    Two tasks use the closed form ``γ* = clip(((g₂ − g₁)·g₂)/‖g₁ − g₂‖², 0, 1)``, with each weight
+    from its own numerator (``1 − γ`` would lose a weight of 1e-12 and below to cancellation).
     """
     if G.shape[-1] == 2:
         g11, g22, g12 = G[..., 0, 0], G[..., 1, 1], G[..., 0, 1]
         den = g11 + g22 - 2 * g12
-        gamma = torch.where(den > 0, (g22 - g12) / torch.where(den > 0, den, 1.0), 0.5).clamp(0, 1)
-        return torch.stack([gamma, 1 - gamma], dim=-1)
+        safe = torch.where(den > 0, den, 1.0)
+        w1 = torch.where(den > 0, (g22 - g12) / safe, 0.5)
+        w2 = torch.where(den > 0, (g11 - g12) / safe, 0.5)
+        w = torch.stack([w1, w2], dim=-1)
+        # Outside [0, 1] the minimum is a vertex: the weight that went negative is 0.
+        return torch.where((w1 < 0).unsqueeze(-1), torch.stack([torch.zeros_like(w1), torch.ones_like(w1)], -1),
+                           torch.where((w2 < 0).unsqueeze(-1), torch.stack([torch.ones_like(w1), torch.zeros_like(w1)], -1), w))
     return simplex_qp(G)[0]
 
 
@@ -239,7 +261,19 @@ def _cagrad_two_tasks(G: Tensor, mean: Tensor, c: float | Tensor) -> Tensor:
 
     ‖g_w*‖ = 0 happens only for two opposite non-zero gradients (the path limit is d = 0) or a zero
     gradient (the limit is d = g₀); both are returned exactly.
+
+    The formula is solved with the smaller gradient second (g₂), and the weights swapped back: x
+    is then the weight of the larger one and small, so ``1 − x`` keeps the small task's weight
+    exactly; the other order loses it (left the ball at a norm ratio of 1e7, d = 0 at 1e8).
     """
+    swap = G[..., 0, 0] < G[..., 1, 1]
+    G = torch.where(swap.unsqueeze(-1).unsqueeze(-1), G.flip(-1, -2), G)
+    mean = torch.where(swap.unsqueeze(-1), mean.flip(-1), mean)
+    w = _cagrad_two_tasks_ordered(G, mean, c)
+    return torch.where(swap.unsqueeze(-1), w.flip(-1), w)
+
+
+def _cagrad_two_tasks_ordered(G: Tensor, mean: Tensor, c: float | Tensor) -> Tensor:
     tiny = torch.finfo(G.dtype).tiny
     g11, g22, g12 = G[..., 0, 0], G[..., 1, 1], G[..., 0, 1]
     m1, m2 = mean[..., 0], mean[..., 1]
@@ -443,7 +477,7 @@ def cagrad_mtrl_weights(G: Tensor, c: float, steps: int = 20, momentum: float = 
 __all__ += ["bargaining_weights", "config_weights", "dual_cone_qp"]
 
 # A Cholesky pivot² below this (on a unit-diagonal matrix) marks the face as numerically singular.
-_PIVOT_TOL = 1e-9
+_PIVOT_TOL = 1e-13
 # Júdice & Pires' backup count: non-improving full exchanges allowed before single pivots.
 _BPP_BACKUP = 3
 
@@ -576,7 +610,7 @@ def dual_cone_qp(
     lower = lower.to(dtype=G.dtype, device=G.device).expand(*batch, T).reshape(-1, T)
     N = G.shape[0]
     D = _diag_scale(G)
-    Gs = G * D.unsqueeze(-1) * D.unsqueeze(-2)
+    Gs = _equilibrate(G, D)
     q = D * (G @ lower.unsqueeze(-1)).squeeze(-1)  # the objective's gradient at z = 0
     # Size of the problem in the units of z (weight × ‖g‖): rounding is relative to it.
     scale = (lower.abs() * G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()).sum(-1, keepdim=True)
@@ -667,7 +701,9 @@ def bargaining_weights(
     d = torch.where(live, diag, 1.0).rsqrt()
     eye = torch.eye(T, dtype=G.dtype, device=G.device)
     pair = live.unsqueeze(-1) & live.unsqueeze(-2)
-    C = torch.where(pair, G * d.unsqueeze(-1) * d.unsqueeze(-2), eye) + ridge * eye
+    # Exactly symmetric with a unit diagonal (_equilibrate): otherwise β₁ ≠ β₂ by 1e-7 relative
+    # for nearly opposite gradients, and d ∝ ĝ₁ + ĝ₂ conflicts with one of them.
+    C = torch.where(pair, _equilibrate(G, d), eye) + ridge * eye
     if alpha == 1.0 and T <= 2:
         # Symmetric solution β₁ = β₂ = (1 + ρ + C₁₂)^{-1/2} (and β = (1 + ρ)^{-1/2} for T = 1).
         beta = (C.sum(-1) if T == 2 else C[..., 0]).clamp_min(ridge).rsqrt()
