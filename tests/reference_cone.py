@@ -246,7 +246,7 @@ def accelerator_mode(monkeypatch) -> None:
     def sync(*args, **kwargs):
         raise AssertionError("host synchronisation on the accelerator path")
 
-    monkeypatch.setattr(mtgrad.solvers, "_host_sync_is_free", lambda t: False)
+    monkeypatch.setattr(mtgrad.solvers._common, "_host_sync_is_free", lambda t: False)
     for name in ("__bool__", "item", "tolist", "nonzero", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, sync)
 

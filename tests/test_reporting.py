@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mtgrad.reporting import PlainProgress, progress_bar
+from mtgrad.bench.reporting import PlainProgress, progress_bar
 
 
 def test_plain_progress_lines_carry_count_rate_and_eta(capsys):

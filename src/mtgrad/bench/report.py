@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 import torch
 
-from ..reporting import progress_bar, tensorboard_available
+from .reporting import progress_bar, tensorboard_available
 from .benchmarks import get_benchmark
 from .trainer import RunResult, TrainConfig, delta_m, make_method, train
 

@@ -45,9 +45,10 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ..reporting import progress_bar
+from .reporting import progress_bar
 from ..solvers import cagrad_weights
 from ..methods.base import unit_scaled
+from ..methods.cagrad import output_factor
 
 __all__ = [
     "LOWER",
@@ -551,10 +552,7 @@ class _MergedCAGrad:
             G = gram[self.members].to(torch.float64)  # (k, S, 2, 2)
             c = G.new_tensor([m.c for m in self.methods]).view(-1, 1).expand(G.shape[:2])
             factor = G.new_tensor(
-                [
-                    (1.0, 1.0 / (1.0 + m.c**2), 1.0 / (1.0 + m.c))[m.rescale] * (2 if m.scale_by_tasks else 1)
-                    for m in self.methods
-                ]
+                [output_factor(m.c, m.rescale, m.scale_by_tasks, 2) for m in self.methods]
             ).view(-1, 1, 1)
             w = (cagrad_weights(unit_scaled(G), c) * factor).to(gram.dtype)
             for k, i in enumerate(self.members):

@@ -37,7 +37,7 @@ from torch import Tensor
 
 import mtgrad
 
-from ..reporting import progress_bar, tensorboard_writer
+from .reporting import progress_bar, tensorboard_writer
 from .benchmarks import Benchmark, get_benchmark
 
 __all__ = ["TrainConfig", "RunResult", "train", "delta_m", "make_method", "CHECKPOINT"]

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from .alignedmtl import AlignedMTL
 from .base import JacobianAggregator, LossWeighting, Method, Weighting
 from .cagrad import CAGrad
-from .config import ConFIG
+from .conflict_free import ConFIG
 from .dualproj import DualProj
 from .dwa import DWA
 from .fairgrad import FairGrad

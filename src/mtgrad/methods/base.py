@@ -88,7 +88,7 @@ class Weighting(Method):
         elif self.needs_losses:
             raise ValueError(f"{type(self).__name__} needs the loss values: call weights(gramian, losses)")
         G = gramian.detach().to(torch.float64)
-        if validate or (validate is None and solvers._host_sync_is_free(G)):
+        if validate or (validate is None and solvers._common._host_sync_is_free(G)):
             _check_psd(G, torch.finfo(gramian.dtype).eps)
         G = 0.5 * (G + G.transpose(-1, -2))
         scale = _power_of_two_scale(G)

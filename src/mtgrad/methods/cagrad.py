@@ -14,6 +14,13 @@ __all__ = ["CAGrad"]
 Solver = Literal["exact", "mtrl"]
 
 
+def output_factor(c: float, rescale: int, scale_by_tasks: bool, num_tasks: int) -> float:
+    """The factor the implementations put on ``d*``: 1 (Alg. 1), ``1/(1 + c²)`` (``rescale=1``) or
+    ``1/(1 + c)`` (``rescale=2``), times T with ``scale_by_tasks`` (see :class:`CAGrad`)."""
+    factor = (1.0, 1.0 / (1.0 + c**2), 1.0 / (1.0 + c))[rescale]
+    return factor * num_tasks if scale_by_tasks else factor
+
+
 class CAGrad(Weighting):
     r"""Conflict-Averse Gradient descent, Algorithm 1 of Liu et al. (2021).
 
@@ -80,9 +87,7 @@ class CAGrad(Weighting):
             w = gramian.new_full(gramian.shape[:-1], 1.0 / T)
         else:
             w = cagrad_weights(gramian, self.c)
-        factor = (1.0, 1.0 / (1.0 + self.c**2), 1.0 / (1.0 + self.c))[self.rescale]
-        if self.scale_by_tasks:
-            factor *= T
+        factor = output_factor(self.c, self.rescale, self.scale_by_tasks, T)
         return w * factor if factor != 1.0 else w
 
     def _config(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..solvers import cagrad_weights
 from .base import Method, Weighting, unit_scaled
+from .cagrad import output_factor
 
 __all__ = ["Reuse", "CAGradFast"]
 
@@ -155,8 +156,7 @@ class CAGradFast(Method):
             a = rows.new_full((K,), 0.0)
             a[:] = rows[-1] / (K - s)
             a[sampled] = rows[:-1]
-        factor = (1.0, 1.0 / (1.0 + self.c**2), 1.0 / (1.0 + self.c))[self.rescale]
-        return a * (factor * (K if self.scale_by_tasks else 1))
+        return a * output_factor(self.c, self.rescale, self.scale_by_tasks, K)
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.generator is None else {"generator": self.generator.get_state()}

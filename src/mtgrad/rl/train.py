@@ -36,7 +36,7 @@ import torch
 
 import mtgrad
 
-from ..reporting import progress_bar, tensorboard_writer
+from ..bench.reporting import progress_bar, tensorboard_writer
 from .buffer import TaskReplayBuffer
 from .config import SACConfig
 from .envs import make_envs, parse_benchmark, task_names

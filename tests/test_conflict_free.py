@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from jacobians import ADVERSARIAL, jacobians, to_torch, checked_weights
 from reference_cone import single_thread  # noqa: F401  (module fixture)
 
-from mtgrad.methods.config import ConFIG
+from mtgrad.methods.conflict_free import ConFIG
 
 FAMILIES = tuple(sorted(set(ADVERSARIAL) | {"benign"}))
 

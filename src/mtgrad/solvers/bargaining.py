@@ -1,0 +1,125 @@
+"""α-fair bargaining weights (Nash-MTL for α = 1, FairGrad): positive ``w`` with ``(Gw)_i = w_i^{−1/α}``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _common
+from ._common import _EPS, _equilibrate
+
+__all__ = ["bargaining_weights"]
+
+
+def bargaining_weights(
+    G: Tensor,
+    alpha: float = 1.0,
+    *,
+    ridge: float = 1e-10,
+    w0: Tensor | None = None,
+    max_iter: int = 100,
+) -> Tensor:
+    r"""Positive weights ``w`` with ``(Gw)_i = w_i^{-1/α}`` (α-fair bargaining; α = 1 is Nash-MTL).
+
+    The equations are the stationarity condition of the strictly convex function
+
+        f(w) = ½ wᵀ(G + ρ·diag G) w − Σ_i h(w_i),    h'(w) = w^{-1/α},
+
+    (``h = log`` for α = 1, ``h(w) = w^{1-1/α}/(1 − 1/α)`` otherwise; ``−h`` is convex and its
+    derivative diverges at 0, so the minimiser is interior), minimised by Newton's method with a
+    batched Armijo backtracking line search that keeps ``w > 0``. The iterates are quadratically
+    convergent; the loop stops (on the CPU) after a step that moved no weight by more than 1e-9
+    relative, i.e. at full float64 accuracy.
+
+    Scaling: the problem is solved in ``w = Dβ``, ``D = diag(G)^{-1/2}``, on the unit-diagonal
+    ``DGD``; for α = 1 the solution is then exactly invariant to rescaling any task's gradient.
+
+    Degenerate inputs: the equations have a solution iff no non-negative combination
+    ``Σ n_i g_i = 0`` exists (e.g. two opposite gradients). The relative ridge ``ρ·diag G``
+    (``ρ = 1e-10`` by default, far below the float32 rounding of a Gramian's entries) makes ``f``
+    coercive, so a unique solution always exists; elsewhere it moves the weights by ``O(ρ)``
+    relative (``O(ρ/(1 + cos))`` for two nearly opposite gradients).
+    Zero gradients (``G_ii ≤ ε²·max_j G_jj``) cannot satisfy the equation and get weight 0.
+
+    Args:
+        G: Gramians ``(..., T, T)``.
+        alpha: fairness ``α > 0``.
+        ridge: ``ρ > 0``.
+        w0: optional positive warm start ``(..., T)`` (e.g. the previous step's weights).
+        max_iter: Newton iteration cap (reached only by extremely degenerate inputs).
+    """
+    T = G.shape[-1]
+    G = 0.5 * (G + G.mT)  # exact symmetry: degenerate problems amplify any asymmetry
+    p = 1.0 / alpha
+    diag = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
+    top = diag.amax(-1, keepdim=True)
+    live = diag > top * _EPS**2
+    d = torch.where(live, diag, 1.0).rsqrt()
+    eye = torch.eye(T, dtype=G.dtype, device=G.device)
+    pair = live.unsqueeze(-1) & live.unsqueeze(-2)
+    # Exactly symmetric with a unit diagonal (_equilibrate): otherwise β₁ ≠ β₂ by 1e-7 relative
+    # for nearly opposite gradients, and d ∝ ĝ₁ + ĝ₂ conflicts with one of them.
+    C = torch.where(pair, _equilibrate(G, d), eye) + ridge * eye
+    if alpha == 1.0 and T <= 2:
+        # Symmetric solution β₁ = β₂ = (1 + ρ + C₁₂)^{-1/2} (and β = (1 + ρ)^{-1/2} for T = 1).
+        beta = (C.sum(-1) if T == 2 else C[..., 0]).clamp_min(ridge).rsqrt()
+        return torch.where(live, d * beta, torch.zeros_like(beta))
+    c = d ** (1.0 - p)  # h(Dβ) = c·h(β) + const
+
+    def h(b: Tensor) -> Tensor:
+        return torch.log(b) if p == 1.0 else torch.exp((1.0 - p) * torch.log(b)) / (1.0 - p)
+
+    # Start: the per-coordinate solution β_i^{1+p} = c_i (exact for orthogonal gradients), or the
+    # warm start, then the best multiple of it (closed form: t^{1+p} = Σ c_i b_i^{1-p} / bᵀCb).
+    base = c ** (1.0 / (1.0 + p))
+    if w0 is not None:
+        b0 = w0.to(G) / d
+        ok = ((torch.isfinite(b0) & (b0 > 0)) | ~live).all(-1, keepdim=True)
+        base = torch.where(ok & live, b0, base)
+    quad = (base * (C @ base.unsqueeze(-1)).squeeze(-1)).sum(-1, keepdim=True)
+    beta = base * ((c * base ** (1.0 - p)).sum(-1, keepdim=True) / quad) ** (1.0 / (1.0 + p))
+
+    absC = C.abs()
+    steps = 0.5 ** torch.arange(12, dtype=G.dtype, device=G.device)  # backtracking candidates
+    done = torch.zeros(G.shape[:-2] + (1,), dtype=torch.bool, device=G.device)
+    cpu = _common._host_sync_is_free(G)
+    for _ in range(max_iter):
+        Cb = (C @ beta.unsqueeze(-1)).squeeze(-1)
+        inv = beta.reciprocal()
+        bp = inv if p == 1.0 else torch.exp(-p * torch.log(beta))  # β^{-p}
+        grad = Cb - c * bp
+        L, _ = torch.linalg.cholesky_ex(C + torch.diag_embed(p * c * bp * inv))
+        # The gradient's rounding error is ~ε·s_i, s_i = (|C|β)_i + c_i β_i^{-p} (its terms'
+        # sizes); H⁻¹s maps it to the attainable accuracy of each weight.
+        absCb = (absC @ beta.unsqueeze(-1)).squeeze(-1)
+        sol = torch.cholesky_solve(torch.stack([grad, absCb + c * bp], dim=-1), L)
+        delta, reach = -sol[..., 0], sol[..., 1].abs()
+        dec = -(grad * delta).sum(-1, keepdim=True)  # Newton decrement², ≥ 0
+        # Longest step keeping β > 0 (99% of the way to the boundary), then Armijo backtracking
+        # over a batch of candidate steps. The decrease f(β + tδ) − f(β) is evaluated as
+        # t·(Cβ)ᵀδ + ½t²δᵀCδ − Σ c_i [h(β_i + tδ_i) − h(β_i)], with log1p/expm1 for the h terms,
+        # so it stays accurate when f itself is a cancellation of huge terms.
+        Cd = (C @ delta.unsqueeze(-1)).squeeze(-1)
+        rel = delta * inv
+        t = (0.99 / (-rel).amax(-1, keepdim=True).clamp_min(0.99)) * steps  # (..., K)
+        log_ratio = torch.log1p(t.unsqueeze(-1) * rel.unsqueeze(-2))  # log((β + tδ)/β)
+        if p == 1.0:
+            dh = log_ratio
+        else:
+            dh = torch.exp((1.0 - p) * torch.log(beta)).unsqueeze(-2) * torch.expm1((1.0 - p) * log_ratio) / (1.0 - p)
+        df = t * ((Cb * delta).sum(-1, keepdim=True) + 0.5 * t * (delta * Cd).sum(-1, keepdim=True))
+        df = df - (c.unsqueeze(-2) * dh).sum(-1)
+        ok = df <= -0.1 * t * dec
+        # The rounding of df is ~t·ε·Σ|δ_i|(|C|β)_i (the error of Cβ): once the decrement is within
+        # 1e3 of it the line search cannot judge a step any more, and the full step is taken.
+        noisy = dec <= 1e3 * _EPS * (delta.abs() * absCb).sum(-1, keepdim=True)
+        pick = torch.where(ok.any(-1, keepdim=True), ok.to(torch.int8).argmax(-1, keepdim=True), steps.shape[0] - 1)
+        step = torch.where(noisy & ~ok.any(-1, keepdim=True), t[..., :1], t.gather(-1, pick))
+        beta = beta + torch.where(done, 0.0, step) * delta
+        # Converged once the Newton step moves no weight by more than 1e-9 relative (the step just
+        # taken then leaves errors of order 1e-18) or than its rounding floor 1e3·ε·(H⁻¹s)_i
+        # (reached only by degenerate problems).
+        done = done | (delta.abs() <= 1e-9 * beta + 1e3 * _EPS * reach).all(-1, keepdim=True)
+        if cpu and bool(done.all()):
+            break
+    return torch.where(live, d * beta, torch.zeros_like(beta))
