@@ -168,3 +168,13 @@ def test_integer_tensors_among_shared_params_are_refused():
     losses, _ = model.losses(x, y)
     with pytest.raises(TypeError, match="floating-point"):
         mtgrad.backward(losses, [*model.trunk.parameters(), torch.zeros(3, dtype=torch.long)], mtgrad.Mean())
+
+
+def test_from_spec_builds_reuse_with_the_inner_methods_options():
+    method = mtgrad.from_spec("reuse:method=cagrad,every=4,warmup=2,c=0.5")
+    assert isinstance(method, mtgrad.Reuse) and (method.every, method.warmup) == (4, 2)
+    assert isinstance(method.method, mtgrad.CAGrad) and method.method.c == 0.5
+    with pytest.raises(ValueError, match="method="):
+        mtgrad.from_spec("reuse:every=4")
+    with pytest.raises(ValueError, match="does not take"):
+        mtgrad.from_spec("reuse:method=pcgrad,c=0.5")

@@ -103,19 +103,32 @@ def _parse_value(text: str) -> Any:
 def from_spec(spec: str, **extra: Any) -> Method:
     """Build a method from a spec such as ``"cagrad:c=0.5,rescale=2"`` or ``"pcgrad"``.
 
+    ``"reuse:method=cagrad,every=4,warmup=10,c=0.5"`` is :class:`Reuse` of the named method:
+    ``every`` and ``warmup`` are Reuse's, every other option the inner method's.
+
     ``extra`` keyword arguments (e.g. ``generator=``, ``num_tasks=``, ``last_shared=``) are passed
     to the constructor of methods that accept them and ignored by the others.
     """
     name, _, args = spec.strip().partition(":")
-    key = name.strip().lower()
-    if key not in REGISTRY:
-        raise ValueError(f"unknown method {name!r} in spec {spec!r}; known: {', '.join(sorted(REGISTRY))}")
     kwargs: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in args.split(","))):
         k, eq, v = item.partition("=")
         if not eq or not k.strip():
             raise ValueError(f"method option {item!r} in spec {spec!r} is not of the form key=value")
         kwargs[k.strip()] = _parse_value(v.strip())
+    if name.strip().lower() == "reuse":
+        inner = kwargs.pop("method", None)
+        if not isinstance(inner, str):
+            raise ValueError(f"spec {spec!r}: reuse needs method=<name>, e.g. 'reuse:method=pcgrad,every=4'")
+        schedule = {k: kwargs.pop(k) for k in ("every", "warmup") if k in kwargs}
+        return Reuse(_build(inner, kwargs, extra, spec), **schedule)
+    return _build(name, kwargs, extra, spec)
+
+
+def _build(name: str, kwargs: dict[str, Any], extra: dict[str, Any], spec: str) -> Method:
+    key = name.strip().lower()
+    if key not in REGISTRY:
+        raise ValueError(f"unknown method {name!r} in spec {spec!r}; known: {', '.join(sorted([*REGISTRY, 'reuse']))}")
     factory = REGISTRY[key]
     accepted = inspect.signature(factory).parameters
     kwargs.update({k: v for k, v in extra.items() if k in accepted})
