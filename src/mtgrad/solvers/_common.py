@@ -6,6 +6,10 @@ import torch
 from torch import Tensor
 
 _EPS = torch.finfo(torch.float64).eps
+# A task whose squared norm is below this fraction of the largest is a zero gradient. The Gramian
+# is formed from exact products (mtgrad.gramian), so a zero gradient has G_ii = 0 exactly and any
+# other, however small next to the rest (norm ratios of 1e24 and beyond), is a task to serve.
+_ZERO_ROW = 1e-280
 # Eigenvalues of the equilibrated KKT matrix below this fraction of the largest are treated as 0.
 _PINV_RTOL = 1e-12
 # Relative tolerance of the optimality test on the multipliers.
@@ -23,7 +27,7 @@ def _diag_scale(Q: Tensor) -> Tensor:
     diag = Q.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
     top = diag.amax(dim=-1, keepdim=True)
     top = torch.where(top > 0, top, torch.ones_like(top))
-    return torch.where(diag > top * _EPS**2, diag, top).rsqrt()
+    return torch.where(diag > top * _ZERO_ROW, diag, top).rsqrt()
 
 
 def _equilibrate(Q: Tensor, D: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from . import _common
-from ._common import _EPS, _equilibrate
+from ._common import _EPS, _ZERO_ROW, _equilibrate
 
 __all__ = ["bargaining_weights"]
 
@@ -53,7 +53,7 @@ def bargaining_weights(
     p = 1.0 / alpha
     diag = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
     top = diag.amax(-1, keepdim=True)
-    live = diag > top * _EPS**2
+    live = diag > top * _ZERO_ROW
     d = torch.where(live, diag, 1.0).rsqrt()
     eye = torch.eye(T, dtype=G.dtype, device=G.device)
     pair = live.unsqueeze(-1) & live.unsqueeze(-2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import _EPS, _masked_psd_solve
+from ._common import _ZERO_ROW, _masked_psd_solve
 
 __all__ = ["config_weights"]
 
@@ -22,7 +22,7 @@ def config_weights(G: Tensor, pref: Tensor | None = None) -> Tensor:
     G = 0.5 * (G + G.mT)
     diag = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
     top = diag.amax(-1, keepdim=True)
-    live = diag > top * _EPS**2
+    live = diag > top * _ZERO_ROW
     d = torch.where(live, torch.where(live, diag, 1.0).rsqrt(), 0.0)
     C = G * d.unsqueeze(-1) * d.unsqueeze(-2)
     w = G.new_ones(G.shape[:-1]) if pref is None else pref.to(G).expand(G.shape[:-1])
