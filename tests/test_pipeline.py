@@ -178,3 +178,17 @@ def test_from_spec_builds_reuse_with_the_inner_methods_options():
         mtgrad.from_spec("reuse:every=4")
     with pytest.raises(ValueError, match="does not take"):
         mtgrad.from_spec("reuse:method=pcgrad,c=0.5")
+
+
+def test_heads_passed_as_shared_are_reported_once():
+    model = Model()
+    x, y = _data()
+    params = [*model.trunk.parameters(), *model.heads[1].parameters()]
+    with pytest.warns(UserWarning, match=r"shared_params\[2\] \(shape \(1, 6\)\) only by task 1"):
+        mtgrad.backward(model.losses(x, y)[0], params, mtgrad.Mean())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mtgrad.backward(model.losses(x, y)[0], params, mtgrad.Mean())  # once per parameter list
+        mtgrad.backward(model.losses(x, y)[0], list(model.trunk.parameters()), mtgrad.Mean())

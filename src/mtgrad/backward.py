@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,9 +143,40 @@ def _backward(
                 f"losses[{i}] has no gradient path to the shared parameters: it does not depend on "
                 "any of them (check shared_params, or a detach()/no_grad in that task's branch)"
             )
+    _warn_once_about_task_specific(task_losses, params)
 
     with _all_or_nothing(graph_leaves(task_losses)):
         return _dispatch(task_losses, params, method, retain_graph, check_finite, engine, representation, values)
+
+
+_CHECKED_LAYOUTS: set[tuple[int, ...]] = set()
+
+
+def _warn_once_about_task_specific(losses: list[Tensor], params: list[Tensor]) -> None:
+    """Warn (once per list of shared parameters) about a "shared" parameter that one task alone
+    reaches: surgery would scale that head's own gradient by its task's weight ``w_i``.
+
+    One full walk of each task's graph, done on the first call only.
+    """
+    key = tuple(id(p) for p in params)
+    if len(losses) < 2 or key in _CHECKED_LAYOUTS:
+        return
+    _CHECKED_LAYOUTS.add(key)
+    position = {id(p): k for k, p in enumerate(params)}
+    reached_by: dict[int, set[int]] = {}
+    for i, loss in enumerate(losses):
+        for leaf in graph_leaves([loss]):
+            if id(leaf) in position:
+                reached_by.setdefault(id(leaf), set()).add(i)
+    lonely = [(position[pid], tasks.pop()) for pid, tasks in reached_by.items() if len(tasks) == 1]
+    if lonely:
+        listed = ", ".join(f"shared_params[{k}] (shape {tuple(params[k].shape)}) only by task {t}" for k, t in sorted(lonely))
+        warnings.warn(
+            f"{listed}: a parameter one task alone reaches is task-specific, and as a shared parameter "
+            "its gradient is scaled by that task's weight. Pass only the parameters all tasks share "
+            "(e.g. model.trunk.parameters()); the heads get their own gradients anyway.",
+            stacklevel=4,
+        )
 
 
 @contextmanager
