@@ -26,7 +26,8 @@ from .engine import (
 from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .methods.schedules import CAGradFast, Reuse
-from .stored import checked_gramian, stored_weights
+from .gramian import gramian
+from .stored import GramianPolicy, checked_gramian, stored_weights
 
 __all__ = ["backward", "BackwardResult"]
 
@@ -67,6 +68,7 @@ def backward(
     check_finite: bool = True,
     engine: Engine | GramianEngine = "loop",
     representation: Tensor | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> BackwardResult:
     """Backpropagate T task losses with gradient surgery on the shared parameters.
 
@@ -112,7 +114,7 @@ def backward(
     try:
         _check_method(method)
         _check_engine(engine, method, representation)
-        return _backward(losses, shared_params, method, retain_graph, check_finite, engine, representation)
+        return _backward(losses, shared_params, method, retain_graph, check_finite, engine, representation, scaler)
     finally:
         if isinstance(engine, GramianEngine) and not retain_graph:
             engine.reset()  # the recorded calls belong to this graph, done with now (or abandoned)
@@ -126,11 +128,13 @@ def _backward(
     check_finite: bool,
     engine: Engine | GramianEngine,
     representation: Tensor | None,
+    scaler: torch.amp.GradScaler | None,
 ) -> BackwardResult:
     task_losses = _as_losses(losses)
     params = _as_params(shared_params)
     _check_devices(task_losses, params)
     values = torch.stack([loss.detach() for loss in task_losses])
+    policy = GramianPolicy(check=check_finite, loss_scale=_loss_scale(scaler, values))
     if check_finite:
         bad = ~torch.isfinite(values)
         if bool(bad.any()):
@@ -144,9 +148,22 @@ def _backward(
                 "any of them (check shared_params, or a detach()/no_grad in that task's branch)"
             )
     _warn_once_about_task_specific(task_losses, params)
+    if policy.loss_scale is not None and not isinstance(method, LossWeighting):
+        task_losses = [loss * policy.loss_scale.to(loss.dtype) for loss in task_losses]
 
     with _all_or_nothing(graph_leaves(task_losses)):
-        return _dispatch(task_losses, params, method, retain_graph, check_finite, engine, representation, values)
+        return _dispatch(task_losses, params, method, retain_graph, policy, engine, representation, values)
+
+
+def _loss_scale(scaler: object, like: Tensor) -> Tensor | None:
+    """The scaler's current scale as a tensor on the losses' device (no host read), or None."""
+    if scaler is None:
+        return None
+    if not isinstance(scaler, torch.amp.GradScaler):
+        raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+    if not scaler.is_enabled():
+        return None
+    return scaler.scale(torch.ones((), dtype=torch.float32, device=like.device))
 
 
 _CHECKED_LAYOUTS: set[tuple[int, ...]] = set()
@@ -206,16 +223,19 @@ def _dispatch(
     params: list[Tensor],
     method: Method,
     retain_graph: bool,
-    check_finite: bool,
+    policy: GramianPolicy,
     engine: Engine | GramianEngine,
     representation: Tensor | None,
     values: Tensor,
 ) -> BackwardResult:
     if representation is not None:
-        return _representation_backward(task_losses, params, method, representation, values, retain_graph, check_finite)
+        return _representation_backward(task_losses, params, method, representation, values, retain_graph, policy)
 
     if isinstance(method, LossWeighting):
+        # Its objective learns from the true losses; only what is backpropagated is scaled.
         objective, loss_weights = method.combine(torch.stack(task_losses))
+        if policy.loss_scale is not None:
+            objective = objective * policy.loss_scale.to(objective.dtype)
         objective.backward(retain_graph=retain_graph)
         return BackwardResult(weights=loss_weights.detach().to(torch.float64), gramian=None)
 
@@ -225,12 +245,12 @@ def _dispatch(
             weighted_backward(task_losses, params, planned, retain_graph)
             method.advance()
             return BackwardResult(weights=planned, gramian=None)
-        record = _dispatch(task_losses, params, method.method, retain_graph, check_finite, engine, None, values)
+        record = _dispatch(task_losses, params, method.method, retain_graph, policy, engine, None, values)
         method.advance(record.weights)
         return record
 
     if isinstance(engine, GramianEngine):
-        return _gramian_backward(task_losses, params, method, engine, values, retain_graph, check_finite)
+        return _gramian_backward(task_losses, params, method, engine, values, retain_graph, policy)
 
     if isinstance(method, CAGradFast):
         sampled = method.sample(len(task_losses))
@@ -238,8 +258,8 @@ def _dispatch(
             blocks = task_gradients(task_losses, params, engine, retain_graph)
         else:
             blocks = sampled_gradients(task_losses, params, sampled, retain_graph)
-        G = checked_gramian(blocks, check_finite)
-        w = method.task_weights(G, sampled, len(task_losses))
+        G = policy.unscaled(gramian(blocks))
+        w = policy.solve(G, lambda G: method.task_weights(G, sampled, len(task_losses)))
         if len(sampled) == len(task_losses):
             _combine_into_grad(params, w, blocks)
             return BackwardResult(weights=w, gramian=G)
@@ -248,11 +268,11 @@ def _dispatch(
 
     blocks = task_gradients(task_losses, params, engine, retain_graph)
     if isinstance(method, JacobianAggregator):
-        G = checked_gramian(blocks, check_finite)
+        G = checked_gramian(blocks, policy.check and policy.loss_scale is None)
         _apply(params, method.aggregate_blocks(blocks, values))
         return BackwardResult(weights=None, gramian=G)
     assert isinstance(method, Weighting)  # the kinds were checked on entry
-    weights, G = stored_weights(method, blocks, values, check_finite)
+    weights, G = stored_weights(method, blocks, values, policy)
     _combine_into_grad(params, weights, blocks)
     return BackwardResult(weights=weights, gramian=G)
 
@@ -264,7 +284,7 @@ def _gramian_backward(
     engine: GramianEngine,
     values: Tensor,
     retain_graph: bool,
-    check_finite: bool,
+    policy: GramianPolicy,
 ) -> BackwardResult:
     """``G`` without ``J`` (:mod:`mtgrad.autogram`), the weights, then one weighted backward.
 
@@ -274,13 +294,11 @@ def _gramian_backward(
     T = len(losses)
     sampled = method.sample(T) if isinstance(method, CAGradFast) else list(range(T))
     C = None if len(sampled) == T else _sampled_cotangents(sampled, T, values)
-    G = engine.gramian(losses, params, C, retain_graph=True)
-    if check_finite and not bool(torch.isfinite(G).all()):
-        raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
+    G = policy.unscaled(engine.gramian(losses, params, C, retain_graph=True))
     if isinstance(method, CAGradFast):
-        weights = method.task_weights(G, sampled, T)
+        weights = policy.solve(G, lambda G: method.task_weights(G, sampled, T))
     else:
-        weights = method.weights(G, values if method.needs_losses else None, validate=False)
+        weights = policy.solve(G, lambda G: method.weights(G, values if method.needs_losses else None, validate=False))
     weighted_backward(losses, params, weights, retain_graph)
     return BackwardResult(weights=weights, gramian=G if C is None else None)
 
@@ -311,7 +329,7 @@ def _representation_backward(
     rep: Tensor,
     values: Tensor,
     retain_graph: bool,
-    check_finite: bool,
+    policy: GramianPolicy,
 ) -> BackwardResult:
     if not isinstance(rep, Tensor) or not rep.requires_grad:
         raise ValueError("representation must be a tensor that requires grad (the trunk's output)")
@@ -320,10 +338,10 @@ def _representation_backward(
     blocks = representation_gradients(losses, rep)
     weights: Tensor | None = None
     if isinstance(method, JacobianAggregator):
-        G: Tensor | None = checked_gramian(blocks, check_finite)
+        G: Tensor | None = checked_gramian(blocks, policy.check and policy.loss_scale is None)
         update = method.aggregate_blocks(blocks, values)[0]
     else:
-        weights, G = stored_weights(method, blocks, values, check_finite)
+        weights, G = stored_weights(method, blocks, values, policy)
         update = combine(weights, blocks[0])
     backward_through_representation(losses, rep, params, update, retain_graph)
     return BackwardResult(weights=weights, gramian=G)

@@ -24,7 +24,7 @@ from .backward import BackwardResult
 from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .methods.schedules import CAGradFast, Reuse
-from .stored import checked_gramian, stored_weights
+from .stored import GramianPolicy, checked_gramian, stored_weights
 
 __all__ = ["grouped_task_gradients", "grouped_backward"]
 
@@ -124,7 +124,7 @@ def grouped_backward(
         w, G = None, checked_gramian(blocks, check_finite)
         updates.update(zip(shared_names, method.aggregate_blocks(blocks, losses.detach())))
     else:
-        w, G = stored_weights(method, blocks, losses.detach(), check_finite)
+        w, G = stored_weights(method, blocks, losses.detach(), GramianPolicy(check=check_finite))
         updates.update((name, combine(w, grads[name])) for name in shared_names)
     params = dict(model.named_parameters())
     for name, update in updates.items():

@@ -28,7 +28,13 @@ class MTLOptimizer:
     so a run restored with ``load_state_dict`` continues identically.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, shared_params: Iterable[Tensor], method: Method) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        shared_params: Iterable[Tensor],
+        method: Method,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if not isinstance(method, Method):
@@ -42,6 +48,9 @@ class MTLOptimizer:
         if missing:
             raise ValueError(f"shared_params {missing} are not managed by the optimizer, so they would never be updated")
         self.method = method
+        #: With a ``torch.amp.GradScaler``, :meth:`backward` scales the losses and gives the method
+        #: the unscaled task gradients, and :meth:`step` is ``scaler.step`` + ``scaler.update``.
+        self.scaler = scaler
         if isinstance(method, LossWeighting):
             own = [p for p in method.parameters() if id(p) not in in_optimizer]
             if own:  # learned jointly with the model, as in Kendall et al. (2018)
@@ -56,6 +65,8 @@ class MTLOptimizer:
 
     def backward(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> BackwardResult:
         """Only the gradient part of :meth:`step` (e.g. to clip gradients before stepping)."""
+        if self.scaler is not None:
+            kwargs.setdefault("scaler", self.scaler)
         return backward(losses, self.shared_params, self.method, **kwargs)
 
     def step(
@@ -75,7 +86,11 @@ class MTLOptimizer:
                 "pass closure=... that recomputes them on the same batch"
             )
         record = self.backward(losses, **kwargs)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # skips the step on an overflow and adjusts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         if closure is not None and isinstance(self.method, LossWeighting):
             with torch.no_grad():
                 new = closure()

@@ -10,7 +10,8 @@ either, so that every entry point accepts the same methods.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -19,11 +20,42 @@ from .gramian import gramian
 from .methods.base import Weighting
 from .methods.schedules import CAGradFast, Reuse
 
-__all__ = ["stored_weights", "checked_gramian", "sampled_rows"]
+__all__ = ["GramianPolicy", "stored_weights", "checked_gramian", "sampled_rows"]
+
+
+@dataclass(frozen=True)
+class GramianPolicy:
+    """How a freshly formed Gramian is checked and brought to the gradients' true units.
+
+    ``check``: read G on the host and refuse NaN/inf (an overflow) with a ``ValueError``.
+    ``loss_scale``: the loss scale ``s`` of a ``torch.amp.GradScaler`` the losses were multiplied
+    by. G is then divided by ``s²`` — exact, ``s`` is a power of two — so the method sees the
+    unscaled Gramian and its weights do not depend on ``s``, while the update written into
+    ``.grad`` stays scaled, as the scaler expects (``scaler.step`` unscales it). An overflow is
+    then no error: the weights fall back to the mean, the non-finite update reaches ``.grad`` and
+    the scaler skips the step and backs off, as it does for a plain ``loss.backward()``.
+    """
+
+    check: bool = True
+    loss_scale: Tensor | None = None
+
+    def unscaled(self, G: Tensor) -> Tensor:
+        return G if self.loss_scale is None else G / self.loss_scale.to(G).square()
+
+    def solve(self, G: Tensor, solve: Callable[[Tensor], Tensor]) -> Tensor:
+        """``solve(G)``, or equal weights when G overflowed and a scaler will skip the step."""
+        if self.check and not bool(torch.isfinite(G).all()):
+            if self.loss_scale is None:
+                raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
+            return G.new_full(G.shape[:-1], 1.0 / G.shape[-1])
+        return solve(G)
 
 
 def stored_weights(
-    method: Weighting | CAGradFast | Reuse, blocks: list[Tensor], losses: Tensor | None, check_finite: bool = True
+    method: Weighting | CAGradFast | Reuse,
+    blocks: list[Tensor],
+    losses: Tensor | None,
+    policy: GramianPolicy = GramianPolicy(),
 ) -> tuple[Tensor, Tensor | None]:
     """``(w, G)``: task weights (T,) and the T×T Gramian of the task gradients, ``None`` when the
     step did not form it (a reused step, or CAGrad-Fast's Gramian of its sampled rows).
@@ -36,15 +68,15 @@ def stored_weights(
         if planned is not None:
             method.advance()
             return planned, None
-        w, G = stored_weights(method.method, blocks, losses, check_finite)
+        w, G = stored_weights(method.method, blocks, losses, policy)
         method.advance(w)
         return w, G
     if isinstance(method, CAGradFast):
         sampled = method.sample(T)
-        G = checked_gramian((sampled_rows(block, sampled) for block in blocks), check_finite)
-        return method.task_weights(G, sampled, T), G if len(sampled) == T else None
-    G = checked_gramian(blocks, check_finite)
-    return method.weights(G, losses if method.needs_losses else None, validate=False), G
+        G = policy.unscaled(gramian(sampled_rows(block, sampled) for block in blocks))
+        return policy.solve(G, lambda G: method.task_weights(G, sampled, T)), G if len(sampled) == T else None
+    G = policy.unscaled(gramian(blocks))
+    return policy.solve(G, lambda G: method.weights(G, losses if method.needs_losses else None, validate=False)), G
 
 
 def checked_gramian(blocks: Iterable[Tensor], check_finite: bool) -> Tensor:

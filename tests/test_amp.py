@@ -1,0 +1,106 @@
+"""Mixed precision: ``backward(..., scaler=GradScaler)`` gives every method the unscaled task
+gradients, leaves ``.grad`` scaled for ``scaler.step``, and lets an overflow skip the step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtgrad
+
+T = 3
+
+
+def _model_and_losses(seed: int = 0, blow_up: float = 1.0):
+    torch.manual_seed(seed)
+    trunk = torch.nn.Linear(5, 8)
+    heads = torch.nn.ModuleList(torch.nn.Linear(8, 1) for _ in range(T))
+    x, y = torch.randn(16, 5), torch.randn(16, T)
+    z = torch.tanh(trunk(x))
+    losses = [((h(z).squeeze(-1) - y[:, i]) ** 2).mean() * (i + 1) for i, h in enumerate(heads)]
+    losses[0] = losses[0] * blow_up
+    return trunk, heads, losses
+
+
+def _grads(module_list):
+    return [p.grad.clone() for m in module_list for p in m.parameters()]
+
+
+METHODS = {
+    "nashmtl": mtgrad.NashMTL,
+    "fairgrad": lambda: mtgrad.FairGrad(alpha=2.0),
+    "imtlg": mtgrad.IMTLG,
+    "mgda_l2": lambda: mtgrad.MGDA(normalization="l2", apply_to="normalized"),
+    "pcgrad": lambda: mtgrad.PCGrad(order="fixed"),
+    "cagrad_fast": lambda: mtgrad.CAGradFast(c=0.4, num_gradients=2, generator=torch.Generator().manual_seed(0)),
+    "uw": lambda: mtgrad.UW(num_tasks=T),
+}
+
+
+@pytest.mark.parametrize("engine", ["loop", "batched", "gramian"])
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_the_update_does_not_depend_on_the_loss_scale(name, engine):
+    """After ``scaler.unscale_`` (what ``scaler.step`` does first) every ``.grad`` equals the
+    unscaled run's: scale-sensitive methods (Nash-MTL, FairGrad, normalised MGDA) included."""
+    if engine == "gramian" and name == "uw":
+        pytest.skip("a loss weighting takes no engine")
+    results = []
+    for scale in (None, 2.0**16):
+        torch.manual_seed(0)
+        trunk = torch.nn.Linear(5, 8)
+        heads = torch.nn.ModuleList(torch.nn.Linear(8, 1) for _ in range(T))
+        chosen = mtgrad.GramianEngine(trunk) if engine == "gramian" else engine
+        gen = torch.Generator().manual_seed(1)
+        x, y = torch.randn(16, 5, generator=gen), torch.randn(16, T, generator=gen)
+        z = torch.tanh(trunk(x))
+        losses = [((h(z).squeeze(-1) - y[:, i]) ** 2).mean() * (i + 1) for i, h in enumerate(heads)]
+        opt = torch.optim.SGD([*trunk.parameters(), *heads.parameters()], lr=0.1)
+        scaler = None if scale is None else torch.amp.GradScaler("cpu", init_scale=scale)
+        mtgrad.backward(losses, trunk.parameters(), METHODS[name](), scaler=scaler, engine=chosen)
+        if scaler is not None:
+            scaler.unscale_(opt)
+        results.append(_grads([trunk, heads]))
+        if engine == "gramian":
+            chosen.close()
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_an_overflow_skips_the_step_and_backs_off_the_scale():
+    trunk, heads, losses = _model_and_losses(blow_up=1e34)  # finite; ×2¹⁶ overflows fp32 gradients
+    params = [*trunk.parameters(), *heads.parameters()]
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    mtgrad.backward(losses, trunk.parameters(), mtgrad.NashMTL(), scaler=scaler)  # no exception
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == 2.0**15
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b) and bool(torch.isfinite(p).all())
+
+
+def test_without_a_scaler_the_same_overflow_is_an_error():
+    trunk, heads, losses = _model_and_losses(blow_up=1e34)
+    losses = [loss * 2.0**16 for loss in losses]
+    with pytest.raises(ValueError, match="NaN or inf"):
+        mtgrad.backward(losses, trunk.parameters(), mtgrad.NashMTL())
+
+
+def test_mtl_optimizer_steps_through_the_scaler():
+    trunk, heads, losses = _model_and_losses()
+    opt = torch.optim.SGD([*trunk.parameters(), *heads.parameters()], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    mtl = mtgrad.MTLOptimizer(opt, trunk.parameters(), mtgrad.PCGrad(), scaler=scaler)
+    before = trunk.weight.detach().clone()
+    mtl.step(losses)
+    assert not torch.equal(trunk.weight.detach(), before)
+    assert scaler.get_scale() == 2.0**10  # no overflow: unchanged (growth only after 2000 steps)
+
+
+def test_a_disabled_scaler_and_a_wrong_type():
+    trunk, heads, losses = _model_and_losses()
+    mtgrad.backward(losses, trunk.parameters(), mtgrad.Mean(), scaler=torch.amp.GradScaler("cpu", enabled=False))
+    trunk, heads, losses = _model_and_losses()
+    with pytest.raises(TypeError, match="GradScaler"):
+        mtgrad.backward(losses, trunk.parameters(), mtgrad.Mean(), scaler=2.0**16)
