@@ -7,6 +7,7 @@ tensor([0.1835, 1.2041, 1.2041])
 """
 
 from . import diagnostics, methods, solvers
+from .accumulate import TaskGradients, accumulate_task_gradients, apply_task_gradients
 from .aggregate import aggregate
 from .autogram import GramianEngine
 from .backward import BackwardResult, backward
@@ -17,6 +18,9 @@ from .optim import MTLOptimizer
 
 __all__ = [
     "aggregate",
+    "accumulate_task_gradients",
+    "apply_task_gradients",
+    "TaskGradients",
     "backward",
     "BackwardResult",
     "GramianEngine",

@@ -136,18 +136,8 @@ def _backward(
     values = torch.stack([loss.detach() for loss in task_losses])
     policy = GramianPolicy(check=check_finite, loss_scale=_loss_scale(scaler, values))
     if check_finite:
-        bad = ~torch.isfinite(values)
-        if bool(bad.any()):
-            idx = bad.nonzero().flatten().tolist()
-            raise ValueError(f"losses {idx} are NaN or inf ({values[bad].tolist()}); nothing was backpropagated")
-    targets = {id(p) for p in params}
-    for i, loss in enumerate(task_losses):
-        if not reaches(loss, targets):
-            raise ValueError(
-                f"losses[{i}] has no gradient path to the shared parameters: it does not depend on "
-                "any of them (check shared_params, or a detach()/no_grad in that task's branch)"
-            )
-    _warn_once_about_task_specific(task_losses, params)
+        _check_finite_losses(values)
+    _check_paths(task_losses, params)
     if policy.loss_scale is not None and not isinstance(method, LossWeighting):
         task_losses = [loss * policy.loss_scale.to(loss.dtype) for loss in task_losses]
 
@@ -164,6 +154,25 @@ def _loss_scale(scaler: object, like: Tensor) -> Tensor | None:
     if not scaler.is_enabled():
         return None
     return scaler.scale(torch.ones((), dtype=torch.float32, device=like.device))
+
+
+def _check_finite_losses(values: Tensor) -> None:
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        idx = bad.nonzero().flatten().tolist()
+        raise ValueError(f"losses {idx} are NaN or inf ({values[bad].tolist()}); nothing was backpropagated")
+
+
+def _check_paths(losses: list[Tensor], params: list[Tensor]) -> None:
+    """Every loss reaches a shared parameter; warn (once) about a "shared" one only one task reaches."""
+    targets = {id(p) for p in params}
+    for i, loss in enumerate(losses):
+        if not reaches(loss, targets):
+            raise ValueError(
+                f"losses[{i}] has no gradient path to the shared parameters: it does not depend on "
+                "any of them (check shared_params, or a detach()/no_grad in that task's branch)"
+            )
+    _warn_once_about_task_specific(losses, params)
 
 
 _CHECKED_LAYOUTS: set[tuple[int, ...]] = set()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .accumulate import TaskGradients, accumulate_task_gradients, apply_task_gradients
 from .backward import BackwardResult, backward
 from .methods.base import LossWeighting, Method
 
@@ -51,6 +52,8 @@ class MTLOptimizer:
         #: With a ``torch.amp.GradScaler``, :meth:`backward` scales the losses and gives the method
         #: the unscaled task gradients, and :meth:`step` is ``scaler.step`` + ``scaler.update``.
         self.scaler = scaler
+        self._pending: TaskGradients | None = None  # micro-batches' task gradients since the last step
+        self._last: BackwardResult | None = None  # a loss weighting's record of its latest backward
         if isinstance(method, LossWeighting):
             own = [p for p in method.parameters() if id(p) not in in_optimizer]
             if own:  # learned jointly with the model, as in Kendall et al. (2018)
@@ -61,31 +64,70 @@ class MTLOptimizer:
         return self.optimizer.param_groups
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the inner optimizer's gradients and drop task gradients accumulated by :meth:`backward`."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
+        self._pending = None
 
-    def backward(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> BackwardResult:
-        """Only the gradient part of :meth:`step` (e.g. to clip gradients before stepping)."""
+    def backward(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> None:
+        """Accumulate one micro-batch: its per-task gradients of the shared parameters are added to
+        those of the earlier calls since the last step (heads: ``∇ Σ_i L_i`` into ``.grad`` now).
+        :meth:`apply` or :meth:`step` then applies the method once to the sums — the large-batch
+        step (:mod:`mtgrad.accumulate`). ``kwargs``: ``engine`` ("loop" or "batched"),
+        ``retain_graph``, ``check_finite``.
+
+        A loss weighting needs no task gradients: its objective is backpropagated now (which
+        accumulates exactly). The Gramian-only engine and ``representation=`` cannot hold task
+        gradients; use :meth:`step` with the losses of one batch for them.
+        """
         if self.scaler is not None:
             kwargs.setdefault("scaler", self.scaler)
-        return backward(losses, self.shared_params, self.method, **kwargs)
+        if isinstance(self.method, LossWeighting):
+            self._last = backward(losses, self.shared_params, self.method, **kwargs)
+            return
+        self._pending = accumulate_task_gradients(losses, self.shared_params, into=self._pending, **kwargs)
+
+    def apply(self, check_finite: bool = True) -> BackwardResult:
+        """Write the method's update of the accumulated task gradients into ``.grad`` (e.g. to clip
+        gradients before ``optimizer.step()``); :meth:`step` calls it."""
+        if isinstance(self.method, LossWeighting):
+            if self._last is None:
+                raise ValueError("nothing to apply: call backward(losses) first")
+            record, self._last = self._last, None
+            return record
+        if self._pending is None:
+            raise ValueError("nothing to apply: call backward(losses) for each micro-batch first, or step(losses)")
+        pending, self._pending = self._pending, None
+        return apply_task_gradients(pending, self.method, check_finite=check_finite)
 
     def step(
         self,
-        losses: Sequence[Tensor] | Tensor,
+        losses: Sequence[Tensor] | Tensor | None = None,
         closure: Callable[[], Sequence[Tensor] | Tensor] | None = None,
         **kwargs: Any,
     ) -> BackwardResult:
-        """:func:`mtgrad.backward` on ``losses``, then one step of the inner optimizer.
+        """The method's update, then one step of the inner optimizer.
 
-        ``closure``, if given, recomputes the task losses after the step (same batch); a loss
-        weighting that learns from them (FAMO) receives them through ``after_step``.
+        With ``losses`` and nothing accumulated: :func:`mtgrad.backward` on them (any engine).
+        After :meth:`backward` calls: ``losses`` (if given) are one more micro-batch, and the
+        method is applied once to the accumulated task gradients. ``closure``, if given,
+        recomputes the task losses after the step (same batch); a loss weighting that learns
+        from them (FAMO) receives them through ``after_step``.
         """
         if closure is None and getattr(self.method, "needs_closure", False):
             raise ValueError(
                 f"{type(self.method).__name__} learns from the losses after the step: "
                 "pass closure=... that recomputes them on the same batch"
             )
-        record = self.backward(losses, **kwargs)
+        if self._pending is None and self._last is None:
+            if losses is None:
+                raise ValueError("step() needs the losses, or backward(losses) calls before it")
+            if self.scaler is not None:
+                kwargs.setdefault("scaler", self.scaler)
+            record = backward(losses, self.shared_params, self.method, **kwargs)
+        else:
+            if losses is not None:
+                self.backward(losses, **kwargs)
+            record = self.apply(check_finite=kwargs.get("check_finite", True))
         if self.scaler is None:
             self.optimizer.step()
         else:  # skips the step on an overflow and adjusts the scale

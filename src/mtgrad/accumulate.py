@@ -1,0 +1,144 @@
+"""Gradient accumulation: per-task gradients summed over micro-batches, one surgery per step.
+
+``backward`` applies the method to the task gradients of the losses it is given. Called once per
+micro-batch, that is a surgery per micro-batch — ``Σ_k A(J_k)``, which is not ``A(Σ_k J_k)``,
+the large-batch step. Here the two halves are separate::
+
+    grads = None
+    for xb, yb in micro_batches:
+        grads = mtgrad.accumulate_task_gradients(losses(xb, yb), trunk.parameters(), into=grads)
+    record = mtgrad.apply_task_gradients(grads, mtgrad.PCGrad())   # writes .grad once
+    opt.step()
+
+The heads' ``.grad`` accumulates ``∇ Σ_i L_i`` over the micro-batches as ``loss.backward()``
+does; the shared parameters get ``Σ_i w_i Σ_k g_i^(k)`` with ``w`` from the Gramian of the summed
+task gradients — the step one process would take on the whole batch (losses summed, as
+``loss.backward()`` sums gradients: divide each micro-batch's loss by their number for a mean).
+:class:`mtgrad.MTLOptimizer` does this with ``backward(losses)`` per micro-batch and ``step()``.
+
+The Gramian-only engine and ``representation=`` never hold the task gradients, so they cannot
+accumulate; they raise here and work with ``backward`` on one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .backward import (
+    BackwardResult,
+    _all_or_nothing,
+    _as_losses,
+    _as_params,
+    _check_devices,
+    _check_finite_losses,
+    _check_method,
+    _check_paths,
+    _combine_into_grad,
+    _loss_scale,
+)
+from .engine import ENGINES, Engine, graph_leaves, task_gradients
+from .methods.base import JacobianAggregator, LossWeighting, Method
+from .stored import GramianPolicy, checked_gramian, stored_weights
+
+__all__ = ["TaskGradients", "accumulate_task_gradients", "apply_task_gradients"]
+
+
+@dataclass
+class TaskGradients:
+    """The shared parameters' task gradients summed over micro-batches.
+
+    Attributes:
+        params: the shared parameters, in order.
+        blocks: per parameter, ``(T, *p.shape)``: row i is ``Σ_k ∇_p L_i^(k)``.
+        losses: ``(T,)`` float64, ``Σ_k L_i^(k)`` (the losses whose gradients the blocks are).
+        micro_batches: how many were added.
+        loss_scale: the GradScaler's scale the losses were multiplied by (the same for every
+            micro-batch: the scaler changes it only in ``update()``, after the step), or None.
+    """
+
+    params: list[Tensor]
+    blocks: list[Tensor]
+    losses: Tensor
+    micro_batches: int
+    loss_scale: Tensor | None
+
+
+def accumulate_task_gradients(
+    losses: Sequence[Tensor] | Tensor,
+    shared_params: Iterable[Tensor],
+    *,
+    into: TaskGradients | None = None,
+    engine: Engine = "loop",
+    retain_graph: bool = False,
+    check_finite: bool = True,
+    scaler: torch.amp.GradScaler | None = None,
+) -> TaskGradients:
+    """Add this micro-batch's per-task gradients of the shared parameters to ``into`` (or start).
+
+    Every other leaf (the heads) gets ``∇ Σ_i L_i`` added to its ``.grad`` now, as in
+    :func:`mtgrad.backward`; the shared parameters' ``.grad`` is left alone until
+    :func:`apply_task_gradients`. On an error nothing is written or added.
+    """
+    if engine not in ENGINES:
+        raise ValueError(
+            f"engine must be one of {ENGINES} to accumulate task gradients, got {engine!r} (the Gramian-only "
+            "engine never holds them: use mtgrad.backward on one batch with it)"
+        )
+    task_losses = _as_losses(losses)
+    params = _as_params(shared_params)
+    _check_devices(task_losses, params)
+    values = torch.stack([loss.detach() for loss in task_losses]).to(torch.float64)
+    if check_finite:
+        _check_finite_losses(values)
+    _check_paths(task_losses, params)
+    if into is not None:
+        _check_compatible(into, params, len(task_losses))
+    scale = _loss_scale(scaler, values)
+    if scale is not None:
+        task_losses = [loss * scale.to(loss.dtype) for loss in task_losses]
+    with _all_or_nothing(graph_leaves(task_losses)):
+        blocks = task_gradients(task_losses, params, engine, retain_graph)
+    if into is None:
+        return TaskGradients(params, blocks, values, 1, scale)
+    for total, block in zip(into.blocks, blocks):
+        total.add_(block)
+    into.losses = into.losses + values
+    into.micro_batches += 1
+    return into
+
+
+def apply_task_gradients(grads: TaskGradients, method: Method, *, check_finite: bool = True) -> BackwardResult:
+    """Apply ``method`` once to the accumulated task gradients: ``.grad += Σ_i w_i J_i``.
+
+    Takes every method that works on task gradients (Gramian weightings, CAGradFast, Reuse,
+    Jacobian aggregators); loss weightings need none — call :func:`mtgrad.backward` per
+    micro-batch with them, which accumulates their single backward exactly.
+    """
+    if isinstance(method, LossWeighting):
+        raise TypeError(
+            f"{type(method).__name__} is a loss weighting: it computes no task gradients; call mtgrad.backward "
+            "per micro-batch (its one backward of Σ w_i L_i accumulates exactly)"
+        )
+    _check_method(method)
+    if not isinstance(grads, TaskGradients):
+        raise TypeError(f"grads must be the TaskGradients of accumulate_task_gradients, got {type(grads).__name__}")
+    if isinstance(method, JacobianAggregator):
+        G = checked_gramian(grads.blocks, check_finite and grads.loss_scale is None)
+        for p, update in zip(grads.params, method.aggregate_blocks(grads.blocks, grads.losses)):
+            p.grad = update if p.grad is None else p.grad.add_(update)
+        return BackwardResult(weights=None, gramian=G)
+    policy = GramianPolicy(check=check_finite, loss_scale=grads.loss_scale)
+    weights, G = stored_weights(method, grads.blocks, grads.losses, policy)  # type: ignore[arg-type]
+    _combine_into_grad(grads.params, weights, grads.blocks)
+    return BackwardResult(weights=weights, gramian=G)
+
+
+def _check_compatible(into: TaskGradients, params: list[Tensor], num_tasks: int) -> None:
+    if [id(p) for p in into.params] != [id(p) for p in params]:
+        raise ValueError("into holds the task gradients of other shared parameters than these")
+    if into.blocks[0].shape[0] != num_tasks:
+        raise ValueError(f"into holds {into.blocks[0].shape[0]} tasks' gradients, this micro-batch has {num_tasks} losses")
