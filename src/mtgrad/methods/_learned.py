@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ._loss_checks import check_finite_float, check_losses, check_num_tasks, load_into, make_parameter
+from ._loss_checks import check_finite_float, check_losses, check_num_tasks, make_parameter
+from ._state import load_into
 from .base import LossWeighting
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,32 +35,6 @@ def make_parameter(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"{method}: dtype must be a floating-point torch.dtype, got {dtype!r}")
     return torch.full((num_tasks,), init, device=device, dtype=dtype, requires_grad=True)
-
-
-def check_state_keys(state: dict[str, Any], keys: set[str], method: str) -> None:
-    if set(state) != keys:
-        raise ValueError(f"{method} state must have exactly the keys {sorted(keys)}, got {sorted(state)}")
-
-
-def state_tensor(state: dict[str, Any], key: str, like: Tensor, method: str, cast: bool = True) -> Tensor | None:
-    """``state[key]`` as a fresh tensor on ``like``'s device (and dtype, with ``cast``), of its shape."""
-    value = state[key]
-    if value is None:
-        return None
-    value = torch.as_tensor(value)
-    if value.shape != like.shape:
-        raise ValueError(f"{method} state {key!r} has shape {tuple(value.shape)}, expected {tuple(like.shape)}")
-    return value.detach().to(device=like.device, dtype=like.dtype if cast else value.dtype).clone()
-
-
-def load_into(target: Tensor, state: dict[str, Any], key: str, method: str) -> None:
-    """Copy ``state[key]`` into ``target`` in place (the tensor object an optimizer holds stays)."""
-    check_state_keys(state, {key}, method)
-    value = state_tensor(state, key, target, method)
-    if value is None:
-        raise ValueError(f"{method} state {key!r} is None")
-    with torch.no_grad():
-        target.copy_(value)
 
 
 def check_losses(

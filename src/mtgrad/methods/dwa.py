@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from .base import LossWeighting
-from ._loss_checks import check_finite_float, check_losses, check_state_keys
+from ._loss_checks import check_finite_float, check_losses
+from ._state import check_state_keys
 
 __all__ = ["DWA"]
 

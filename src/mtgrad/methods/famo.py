@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from .base import LossWeighting
-from ._loss_checks import check_finite_float, check_losses, check_num_tasks, check_state_keys, state_tensor
+from ._loss_checks import check_finite_float, check_losses, check_num_tasks
+from ._state import check_state_keys, state_tensor
 
 __all__ = ["FAMO"]
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._state import check_state_keys, generator_state, load_generator_state
 from .base import JacobianAggregator
 
 __all__ = ["GradDrop"]
@@ -99,15 +100,11 @@ class GradDrop(JacobianAggregator):
         return (factor * g).sum(0).to(block.dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.generator is None else {"generator": self.generator.get_state()}
+        return generator_state(self.generator)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "generator" in state:
-            if self.generator is None:
-                raise ValueError("state holds a generator state but this GradDrop has no generator")
-            self.generator.set_state(state["generator"])
-        elif state:
-            raise ValueError(f"unexpected GradDrop state keys {sorted(state)}")
+        check_state_keys(state, set(generator_state(self.generator)), "GradDrop")
+        load_generator_state(self.generator, state, "GradDrop")
 
     def _config(self) -> dict[str, Any]:
         return {"leak": self.leak}

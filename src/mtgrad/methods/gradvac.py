@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._state import check_state_keys, generator_state, load_generator_state
 from .base import Weighting
 from .pcgrad import PCGrad
 
@@ -151,24 +152,16 @@ class GradVac(Weighting):
         return coef.sum(-2)
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"targets": None if self.targets is None else self.targets.clone()}
-        if self.generator is not None:
-            state["generator"] = self.generator.get_state()
-        return state
+        return {"targets": None if self.targets is None else self.targets.clone(), **generator_state(self.generator)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        unknown = set(state) - {"targets", "generator"}
-        if unknown or "targets" not in state:
-            raise ValueError(f"GradVac state must have the key 'targets' (and 'generator'), got {sorted(state)}")
+        check_state_keys(state, {"targets", *generator_state(self.generator)}, "GradVac")
         targets = state["targets"]
         if targets is not None:
             if not isinstance(targets, Tensor) or targets.dim() != 2 or targets.shape[0] != targets.shape[1]:
                 raise ValueError(f"GradVac state 'targets' must be a (T, T) tensor or None, got {targets!r}")
             targets = targets.detach().clone()
-        if "generator" in state:
-            if self.generator is None:
-                raise ValueError("state holds a generator state but this GradVac has no generator")
-            self.generator.set_state(state["generator"])
+        load_generator_state(self.generator, state, "GradVac")
         self.targets = targets
 
     def _config(self) -> dict[str, Any]:

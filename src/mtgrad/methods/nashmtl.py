@@ -84,7 +84,7 @@ class NashMTL(Weighting):
                 f"(update_weights_every={self.update_weights_every}), got a Gramian for shape {tuple(shape)}"
             )
         self._step += 1
-        return self._alpha.clone().to(gramian.dtype)
+        return self._alpha.to(device=gramian.device, dtype=gramian.dtype, copy=True)
 
     __call__ = weights
 

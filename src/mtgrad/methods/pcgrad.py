@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._state import check_state_keys, generator_state, load_generator_state
 from .base import Weighting
 
 __all__ = ["PCGrad"]
@@ -99,15 +100,11 @@ class PCGrad(Weighting):
         return order if self.include_self else order[..., : T - 1]
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.generator is None else {"generator": self.generator.get_state()}
+        return generator_state(self.generator)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "generator" in state:
-            if self.generator is None:
-                raise ValueError("state holds a generator state but this PCGrad has no generator")
-            self.generator.set_state(state["generator"])
-        elif state:
-            raise ValueError(f"unexpected PCGrad state keys {sorted(state)}")
+        check_state_keys(state, set(generator_state(self.generator)), "PCGrad")
+        load_generator_state(self.generator, state, "PCGrad")
 
     def _config(self) -> dict[str, Any]:
         return {"reduction": self.reduction, "order": self.order, "include_self": self.include_self}

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._state import check_state_keys, generator_state, load_generator_state
 from .base import Weighting
 
 __all__ = ["RLW"]
@@ -46,12 +47,8 @@ class RLW(Weighting):
         return torch.softmax(eps, dim=-1).to(gramian.device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.generator is None else {"generator": self.generator.get_state()}
+        return generator_state(self.generator)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "generator" in state:
-            if self.generator is None:
-                raise ValueError("state holds a generator state but this RLW has no generator")
-            self.generator.set_state(state["generator"])
-        elif state:
-            raise ValueError(f"unexpected RLW state keys {sorted(state)}")
+        check_state_keys(state, set(generator_state(self.generator)), "RLW")
+        load_generator_state(self.generator, state, "RLW")

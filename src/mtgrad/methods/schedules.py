@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..solvers import cagrad_weights
+from ._state import check_state_keys, generator_state, load_generator_state
 from .base import Method, Weighting, unit_scaled
 from .cagrad import output_factor
 
@@ -63,7 +64,7 @@ class Reuse(Method):
             return None
         if self.state.weights.shape != (num_tasks,):
             raise ValueError(f"Reuse holds weights for {self.state.weights.shape[0]} tasks, got {num_tasks} losses")
-        return self.state.weights
+        return self.state.weights.to(like.device)
 
     def advance(self, computed: Tensor | None = None) -> None:
         """Count the step; remember freshly ``computed`` weights."""
@@ -159,15 +160,11 @@ class CAGradFast(Method):
         return a * output_factor(self.c, self.rescale, self.scale_by_tasks, K)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.generator is None else {"generator": self.generator.get_state()}
+        return generator_state(self.generator)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "generator" in state:
-            if self.generator is None:
-                raise ValueError("state holds a generator state but this CAGradFast has no generator")
-            self.generator.set_state(state["generator"])
-        elif state:
-            raise ValueError(f"unexpected CAGradFast state keys {sorted(state)}")
+        check_state_keys(state, set(generator_state(self.generator)), "CAGradFast")
+        load_generator_state(self.generator, state, "CAGradFast")
 
     def _config(self) -> dict[str, Any]:
         return {"c": self.c, "num_gradients": self.num_gradients, "rescale": self.rescale, "scale_by_tasks": self.scale_by_tasks}
