@@ -192,3 +192,11 @@ def test_heads_passed_as_shared_are_reported_once():
         warnings.simplefilter("error")
         mtgrad.backward(model.losses(x, y)[0], params, mtgrad.Mean())  # once per parameter list
         mtgrad.backward(model.losses(x, y)[0], list(model.trunk.parameters()), mtgrad.Mean())
+
+
+def test_one_spec_grammar_for_lists_and_single_specs():
+    assert mtgrad.split_specs("gd,mgda,cagrad:c=0.5,rescale=2,pcgrad") == ["gd", "mgda", "cagrad:c=0.5,rescale=2", "pcgrad"]
+    assert mtgrad.split_specs("cagrad:c=0.2;cagrad:c=0.8") == ["cagrad:c=0.2", "cagrad:c=0.8"]
+    assert mtgrad.split_specs("reuse:method=cagrad,every=4,c=0.5;mean") == ["reuse:method=cagrad,every=4,c=0.5", "mean"]
+    with pytest.raises(ValueError, match="separates specs"):
+        mtgrad.from_spec("cagrad:c=0.5;rescale=2")

@@ -177,7 +177,9 @@ def _run_toy(args: argparse.Namespace) -> int:
     methods = None
     if args.methods is not None:
         try:
-            methods = toy.parse_method_list(args.methods)
+            from mtgrad.methods.spec import split_specs
+
+            methods = split_specs(args.methods)
             toy.check_methods(methods, problems)
         except ValueError as exc:
             args.parser.error(f"argument --methods: {exc}")
@@ -357,10 +359,11 @@ def _add_compare(sub) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from mtgrad.bench import report, toy
+    from mtgrad.bench import report
+    from mtgrad.methods.spec import split_specs
 
     try:
-        methods = toy.parse_method_list(args.methods)
+        methods = split_specs(args.methods)
     except ValueError as exc:
         args.parser.error(f"argument --methods: {exc}")
     try:
@@ -433,7 +436,6 @@ def _add_rl(sub) -> None:
 def _run_rl(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mtgrad.bench import toy
     from mtgrad.rl import config, report
 
     bench = args.benchmark.lower() if args.benchmark else None
@@ -453,8 +455,10 @@ def _run_rl(args: argparse.Namespace) -> int:
                        ("eval_every", args.eval_every), ("eval_episodes", args.eval_episodes)):
         if value is not None:
             changes[key] = value
+    from mtgrad.methods.spec import split_specs
+
     try:
-        methods = toy.parse_method_list(args.methods)
+        methods = split_specs(args.methods)
         cfg = config.preset(name, **changes)
         summaries = report.run_methods(
             cfg, methods, args.seeds, args.out, jobs=args.jobs, threads=args.threads, device=args.device,

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from ..methods.base import unit_scaled
 from ..methods.cagrad import output_factor
+from ..methods.spec import split_specs
 from ..solvers import cagrad_weights
 from .batched_adam import BatchedAdam
 from .reporting import progress_bar
@@ -102,35 +103,8 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 def parse_method_list(text: str) -> list[str]:
-    """Split a comma- or semicolon-separated list of method specs.
-
-    Specs may contain commas themselves (``cagrad:c=0.5,rescale=2``), so a comma-separated token
-    that contains ``=`` but no ``:`` continues the previous spec as one more option; any other
-    token starts a new spec. ``;`` always separates specs. Examples::
-
-        "gd,mgda,cagrad:c=0.5,rescale=2,pcgrad"
-            -> ["gd", "mgda", "cagrad:c=0.5,rescale=2", "pcgrad"]
-        "cagrad:c=0.2;cagrad:c=0.8"
-            -> ["cagrad:c=0.2", "cagrad:c=0.8"]
-    """
-    specs: list[str] = []
-    for part in text.split(";"):
-        current: list[str] = []
-        for token in part.split(","):
-            token = token.strip()
-            if not token:
-                continue
-            if current and "=" in token and ":" not in token:
-                current.append(token)
-            else:
-                if current:
-                    specs.append(",".join(current))
-                current = [token]
-        if current:
-            specs.append(",".join(current))
-    if not specs:
-        raise ValueError(f"no method spec found in {text!r}")
-    return specs
+    """The method list of ``--methods``: :func:`mtgrad.methods.split_specs`."""
+    return split_specs(text)
 
 
 def resolve_method(spec: str, problem: ToyProblem, generator: torch.Generator | None = None):

@@ -1,0 +1,146 @@
+"""The method spec grammar, the one the API and every command use.
+
+A spec is ``name`` or ``name:key=value,key=value`` (values: ints, floats, ``true``/``false``,
+else strings), e.g. ``"cagrad:c=0.5,rescale=2"``; ``"reuse:method=pcgrad,every=4"`` wraps a
+method in :class:`Reuse`. A *list* of specs separates them with ``;``, or with ``,`` where the
+next token is a method name (a token with ``=`` and no ``:`` continues the previous spec), so
+``"gd,mgda,cagrad:c=0.5,rescale=2"`` is three specs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from .alignedmtl import AlignedMTL
+from .base import Method
+from .cagrad import CAGrad
+from .conflict_free import ConFIG
+from .dualproj import DualProj
+from .dwa import DWA
+from .fairgrad import FairGrad
+from .famo import FAMO
+from .gls import GLS
+from .graddrop import GradDrop
+from .gradnorm import GradNorm
+from .gradvac import GradVac
+from .imtlg import IMTLG
+from .imtll import IMTLL
+from .linear import Mean, Sum
+from .mgda import MGDA
+from .nashmtl import NashMTL
+from .pcgrad import PCGrad
+from .rlw import RLW
+from .schedules import CAGradFast, Reuse
+from .upgrad import UPGrad
+from .uw import UW
+
+__all__ = ["REGISTRY", "from_spec", "split_specs"]
+
+#: Spec name → constructor. ``gd`` is the papers' name for plain descent on the average loss.
+REGISTRY: dict[str, Callable[..., Method]] = {
+    "gd": Mean,
+    "mean": Mean,
+    "sum": Sum,
+    "mgda": MGDA,
+    "pcgrad": PCGrad,
+    "cagrad": CAGrad,
+    "cagrad_fast": CAGradFast,
+    "imtlg": IMTLG,
+    "gradvac": GradVac,
+    "alignedmtl": AlignedMTL,
+    "rlw": RLW,
+    "graddrop": GradDrop,
+    "upgrad": UPGrad,
+    "dualproj": DualProj,
+    "nashmtl": NashMTL,
+    "fairgrad": FairGrad,
+    "config": ConFIG,
+    "uw": UW,
+    "dwa": DWA,
+    "gradnorm": GradNorm,
+    "famo": FAMO,
+    "gls": GLS,
+    "imtll": IMTLL,
+}
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def from_spec(spec: str, **extra: Any) -> Method:
+    """Build a method from a spec such as ``"cagrad:c=0.5,rescale=2"`` or ``"pcgrad"``.
+
+    ``"reuse:method=cagrad,every=4,warmup=10,c=0.5"`` is :class:`Reuse` of the named method:
+    ``every`` and ``warmup`` are Reuse's, every other option the inner method's.
+
+    ``extra`` keyword arguments (e.g. ``generator=``, ``num_tasks=``, ``last_shared=``) are passed
+    to the constructor of methods that accept them and ignored by the others.
+    """
+    if ";" in spec:
+        raise ValueError(
+            f"spec {spec!r} holds ';', which separates specs in a list: options of one method are "
+            "separated by ',' (e.g. 'cagrad:c=0.5,rescale=2'); split a list with mtgrad.split_specs"
+        )
+    name, _, args = spec.strip().partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in args.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise ValueError(f"method option {item!r} in spec {spec!r} is not of the form key=value")
+        kwargs[k.strip()] = _parse_value(v.strip())
+    if name.strip().lower() == "reuse":
+        inner = kwargs.pop("method", None)
+        if not isinstance(inner, str):
+            raise ValueError(f"spec {spec!r}: reuse needs method=<name>, e.g. 'reuse:method=pcgrad,every=4'")
+        schedule = {k: kwargs.pop(k) for k in ("every", "warmup") if k in kwargs}
+        return Reuse(_build(inner, kwargs, extra, spec), **schedule)
+    return _build(name, kwargs, extra, spec)
+
+
+def _build(name: str, kwargs: dict[str, Any], extra: dict[str, Any], spec: str) -> Method:
+    key = name.strip().lower()
+    if key not in REGISTRY:
+        raise ValueError(f"unknown method {name!r} in spec {spec!r}; known: {', '.join(sorted([*REGISTRY, 'reuse']))}")
+    factory = REGISTRY[key]
+    accepted = inspect.signature(factory).parameters
+    kwargs.update({k: v for k, v in extra.items() if k in accepted})
+    unknown = set(kwargs) - set(accepted)
+    if unknown:
+        raise ValueError(f"{name} does not take option(s) {sorted(unknown)}; it takes {sorted(accepted)}")
+    return factory(**kwargs)
+
+
+def split_specs(text: str) -> list[str]:
+    """Split a list of method specs (module docstring); raises on an empty list.
+
+    ``"gd,mgda,cagrad:c=0.5,rescale=2,pcgrad"`` → ``["gd", "mgda", "cagrad:c=0.5,rescale=2", "pcgrad"]``;
+    ``"cagrad:c=0.2;cagrad:c=0.8"`` → ``["cagrad:c=0.2", "cagrad:c=0.8"]``.
+    """
+    specs: list[str] = []
+    for part in text.split(";"):
+        current: list[str] = []
+        for token in part.split(","):
+            token = token.strip()
+            if not token:
+                continue
+            if current and "=" in token and ":" not in token:
+                current.append(token)
+            else:
+                if current:
+                    specs.append(",".join(current))
+                current = [token]
+        if current:
+            specs.append(",".join(current))
+    if not specs:
+        raise ValueError(f"no method spec found in {text!r}")
+    return specs
