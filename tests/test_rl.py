@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from mtgrad.bench.checkpoints import load_checkpoint
 import mtgrad
 from mtgrad.rl import PRESETS, MultiTaskSAC, SACConfig, TaskReplayBuffer, parse_benchmark, preset
 from mtgrad.rl.sac import sample_action
@@ -163,8 +164,8 @@ def test_a_resumed_run_continues_identically(tmp_path):
     train(TINY, "pcgrad", str(split), progress=False, tensorboard=False)
     for name in ("train.csv", "eval.csv"):
         assert _rows(straight / name) == _rows(split / name)
-    a = torch.load(straight / "checkpoint.pt", weights_only=False)["agent"]["actor"]
-    b = torch.load(split / "checkpoint.pt", weights_only=False)["agent"]["actor"]
+    a = load_checkpoint(str(straight / "checkpoint.pt"), "--fresh")["agent"]["actor"]
+    b = load_checkpoint(str(split / "checkpoint.pt"), "--fresh")["agent"]["actor"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="different run.*method"):
         train(TINY, "cagrad", str(split), progress=False, tensorboard=False)

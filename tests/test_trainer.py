@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from mtgrad.bench.checkpoints import load_checkpoint
 from mtgrad.bench import benchmarks
 from mtgrad.bench.trainer import CHECKPOINT, TrainConfig, delta_m, train
 
@@ -81,7 +82,7 @@ def test_tiny_multimnist_run_writes_logs_and_checkpoint(tmp_path):
     assert len(rows) == 2 and "test/left/acc" in rows[0] and "train/right/loss" in rows[0]
     with open(tmp_path / "steps.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
-    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    ckpt = load_checkpoint(str(tmp_path / CHECKPOINT), "--fresh")
     assert ckpt["epoch"] == 2 and ckpt["step"] == 4
 
 
@@ -124,7 +125,7 @@ def _same_rows(a: list[dict], b: list[dict]) -> bool:
 
 
 def _params(out: str, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    return torch.load(os.path.join(out, CHECKPOINT), weights_only=False)["model"]
+    return load_checkpoint(os.path.join(out, CHECKPOINT), "--fresh")["model"]
 
 
 @pytest.mark.parametrize(

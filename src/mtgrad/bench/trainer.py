@@ -9,7 +9,8 @@ weightings, Jacobian aggregators, loss weightings), and writes into ``config.out
 * ``steps.csv``: one row per optimisation step, the task losses, the task weights of the step's
   record and the conflict diagnostics of its Gramian (mean pairwise cosine, conflict rate, mean
   gradient-magnitude similarity Φ, median curvature bound ξ, and every pairwise cosine);
-* ``checkpoint.pt``: written atomically at the end of every epoch: model, ``MTLOptimizer`` state
+* ``checkpoint.pt`` (and ``checkpoint.pt.prev``, the one before it): written atomically, with
+  fsync and a checksum (:mod:`mtgrad.bench.checkpoints`), at the end of every epoch: model, ``MTLOptimizer`` state
   (Adam and the method's own state, e.g. PCGrad's generator), torch's global RNG state, the
   data-order generator's state, the epoch and the logs so far;
 * TensorBoard events under ``tb/`` when ``torch.utils.tensorboard`` can be imported.
@@ -37,6 +38,7 @@ from torch import Tensor
 
 import mtgrad
 
+from .checkpoints import load_checkpoint, save_checkpoint
 from .reporting import progress_bar, tensorboard_writer
 from .benchmarks import Benchmark, get_benchmark
 
@@ -298,6 +300,10 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
     device = torch.device(cfg.device)
     os.makedirs(cfg.out, exist_ok=True)
     ckpt_path = os.path.join(cfg.out, CHECKPOINT)
+    if not cfg.resume:  # a fresh run: the old checkpoints (newest and previous) must not be resumed later
+        for stale in (ckpt_path, ckpt_path + ".prev"):
+            if os.path.exists(stale):
+                os.remove(stale)
     started = time.perf_counter()
 
     previous_threads = torch.get_num_threads()
@@ -315,14 +321,12 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
         start_epoch, step = 0, 0
         history: list[dict[str, float]] = []
         steps: list[dict[str, float]] = []
-        if cfg.resume and os.path.exists(ckpt_path):
-            # Our own file (weights_only=False: it holds plain logs too). On the CPU first: the RNG
-            # states must stay CPU tensors; the model and optimizer copy onto their device.
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, "--fresh") if cfg.resume else None
+        if ckpt is not None:
             if ckpt["config"] != cfg.identity():
                 raise ValueError(
                     f"{ckpt_path} belongs to a different run ({ckpt['config']}); this one is "
-                    f"{cfg.identity()}. Use another --out, or resume=False to overwrite it"
+                    f"{cfg.identity()}. Use another --out, or --fresh (resume=False) to overwrite it"
                 )
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -416,6 +420,4 @@ def _save(path: str, cfg: TrainConfig, model, opt, order, epoch: int, step: int,
         "history": history,
         "steps": steps,
     }
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill while saving leaves the previous checkpoint intact
+    save_checkpoint(path, state)

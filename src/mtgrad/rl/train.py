@@ -11,9 +11,10 @@ buffer and (after ``random_steps`` steps of random actions) runs ``updates_per_s
   per task and averaged, mean return, with Meta-World's evaluation protocol
   (``metaworld.evaluation.evaluation``: deterministic actions, episodes end on success);
 * ``summary.json`` — the final evaluation, environment steps/s and updates/s;
-* ``checkpoint.pt`` — everything needed to continue: networks, optimizers, temperatures, the
-  method's state (e.g. PCGrad's generator), the replay buffer, torch's RNG and the environments'
-  random states; ``tb/`` — TensorBoard events when ``tensorboard`` is installed.
+* ``checkpoint.pt`` (and ``checkpoint.pt.prev``, the one before it; atomic, fsynced and
+  checksummed, :mod:`mtgrad.bench.checkpoints`) — everything needed to continue: networks,
+  optimizers, temperatures, the method's state (e.g. PCGrad's generator), the replay buffer,
+  torch's RNG and the environments' random states; ``tb/`` — TensorBoard events when ``tensorboard`` is installed.
 
 Resume: a checkpoint is written at the end of every ``checkpoint_every``-th episode (all tasks end
 their episodes together), before the environments reset; a resumed run reloads it, resets the
@@ -36,6 +37,7 @@ import torch
 
 import mtgrad
 
+from ..bench.checkpoints import load_checkpoint, save_checkpoint
 from ..bench.reporting import progress_bar, tensorboard_writer
 from .buffer import TaskReplayBuffer
 from .config import SACConfig
@@ -137,9 +139,8 @@ def train(
     )
     buffer = TaskReplayBuffer(T, cfg.buffer_per_task, obs_dim, action_dim, device)
     step, episode, elapsed = 0, 0, {"env": 0.0, "update": 0.0, "eval": 0.0}
-    if os.path.exists(path):
-        # Loaded on the CPU: RNG states must stay CPU ByteTensors; load_state_dict moves the rest.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path, "--no-resume")
+    if state is not None:
         _check_same_run(state, cfg, method, seed)
         sac.load_state_dict(state["agent"])
         buffer.load_state_dict(state["buffer"])
@@ -225,7 +226,7 @@ def train(
 
 def _clear_run(out: str) -> None:
     """Remove a previous run's files from ``out`` (``resume=False``)."""
-    for name in (CHECKPOINT, "train.csv", "eval.csv", "summary.json"):
+    for name in (CHECKPOINT, CHECKPOINT + ".prev", "train.csv", "eval.csv", "summary.json"):
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
     if os.path.isdir(os.path.join(out, "tb")):
@@ -248,9 +249,7 @@ def _check_same_run(state: dict[str, Any], cfg: SACConfig, method: str, seed: in
 
 
 def _save(path: str, state: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint intact
+    save_checkpoint(path, state)
 
 
 def _summary(cfg: SACConfig, method: str, seed: int, step: int, elapsed: dict[str, float], evals: list[dict[str, str]]) -> dict[str, Any]:
