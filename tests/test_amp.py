@@ -104,3 +104,14 @@ def test_a_disabled_scaler_and_a_wrong_type():
     trunk, heads, losses = _model_and_losses()
     with pytest.raises(TypeError, match="GradScaler"):
         mtgrad.backward(losses, trunk.parameters(), mtgrad.Mean(), scaler=2.0**16)
+
+
+@pytest.mark.parametrize("method", [mtgrad.PCGrad(order="fixed"), mtgrad.GradDrop(generator=torch.Generator().manual_seed(0))])
+def test_the_recorded_gramian_is_in_the_gradients_true_units(method):
+    trunk, heads, losses = _model_and_losses()
+    plain = mtgrad.backward(losses, trunk.parameters(), method).gramian
+    trunk, heads, losses = _model_and_losses()
+    if isinstance(method, mtgrad.GradDrop):
+        method.generator.manual_seed(0)
+    scaled = mtgrad.backward(losses, trunk.parameters(), method, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16)).gramian
+    torch.testing.assert_close(scaled, plain, rtol=1e-12, atol=0)

@@ -42,7 +42,7 @@ from .backward import (
 )
 from .engine import ENGINES, Engine, graph_leaves, task_gradients
 from .methods.base import JacobianAggregator, LossWeighting, Method
-from .stored import GramianPolicy, checked_gramian, stored_weights
+from .stored import GramianPolicy, stored_weights
 
 __all__ = ["TaskGradients", "accumulate_task_gradients", "apply_task_gradients"]
 
@@ -126,12 +126,12 @@ def apply_task_gradients(grads: TaskGradients, method: Method, *, check_finite: 
     _check_method(method)
     if not isinstance(grads, TaskGradients):
         raise TypeError(f"grads must be the TaskGradients of accumulate_task_gradients, got {type(grads).__name__}")
+    policy = GramianPolicy(check=check_finite, loss_scale=grads.loss_scale)
     if isinstance(method, JacobianAggregator):
-        G = checked_gramian(grads.blocks, check_finite and grads.loss_scale is None)
+        G = policy.gramian(grads.blocks)
         for p, update in zip(grads.params, method.aggregate_blocks(grads.blocks, grads.losses)):
             p.grad = update if p.grad is None else p.grad.add_(update)
         return BackwardResult(weights=None, gramian=G)
-    policy = GramianPolicy(check=check_finite, loss_scale=grads.loss_scale)
     weights, G = stored_weights(method, grads.blocks, grads.losses, policy)  # type: ignore[arg-type]
     _combine_into_grad(grads.params, weights, grads.blocks)
     return BackwardResult(weights=weights, gramian=G)

@@ -7,7 +7,7 @@ from torch import Tensor
 from .gramian import combine
 from .methods.base import JacobianAggregator, Method, Weighting
 from .methods.schedules import CAGradFast, Reuse
-from .stored import checked_gramian, stored_weights
+from .stored import GramianPolicy, stored_weights
 
 __all__ = ["aggregate"]
 
@@ -36,7 +36,7 @@ def aggregate(jacobian: Tensor, method: Method, losses: Tensor | None = None) ->
         raise TypeError(f"jacobian must be floating point, got dtype {jacobian.dtype}")
     # NaN/inf entries reach the float64 Gramian (checked there), a far cheaper read than J itself.
     if isinstance(method, JacobianAggregator):
-        checked_gramian([jacobian.detach()], check_finite=True)
+        GramianPolicy().gramian([jacobian.detach()])
         return method.aggregate_blocks([jacobian], losses)[0]
     w, _ = stored_weights(method, [jacobian.detach()], losses)
     return combine(w, jacobian)

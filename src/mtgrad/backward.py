@@ -26,8 +26,7 @@ from .engine import (
 from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .methods.schedules import CAGradFast, Reuse
-from .gramian import gramian
-from .stored import GramianPolicy, checked_gramian, stored_weights
+from .stored import GramianPolicy, stored_weights
 
 __all__ = ["backward", "BackwardResult"]
 
@@ -267,7 +266,7 @@ def _dispatch(
             blocks = task_gradients(task_losses, params, engine, retain_graph)
         else:
             blocks = sampled_gradients(task_losses, params, sampled, retain_graph)
-        G = policy.unscaled(gramian(blocks))
+        G = policy.gramian(blocks)
         w = policy.solve(G, lambda G: method.task_weights(G, sampled, len(task_losses)))
         if len(sampled) == len(task_losses):
             _combine_into_grad(params, w, blocks)
@@ -277,7 +276,7 @@ def _dispatch(
 
     blocks = task_gradients(task_losses, params, engine, retain_graph)
     if isinstance(method, JacobianAggregator):
-        G = checked_gramian(blocks, policy.check and policy.loss_scale is None)
+        G = policy.gramian(blocks)
         _apply(params, method.aggregate_blocks(blocks, values))
         return BackwardResult(weights=None, gramian=G)
     assert isinstance(method, Weighting)  # the kinds were checked on entry
@@ -303,7 +302,7 @@ def _gramian_backward(
     T = len(losses)
     sampled = method.sample(T) if isinstance(method, CAGradFast) else list(range(T))
     C = None if len(sampled) == T else _sampled_cotangents(sampled, T, values)
-    G = policy.unscaled(engine.gramian(losses, params, C, retain_graph=True))
+    G = policy.prepared(engine.gramian(losses, params, C, retain_graph=True))
     if isinstance(method, CAGradFast):
         weights = policy.solve(G, lambda G: method.task_weights(G, sampled, T))
     else:
@@ -347,7 +346,7 @@ def _representation_backward(
     blocks = representation_gradients(losses, rep)
     weights: Tensor | None = None
     if isinstance(method, JacobianAggregator):
-        G: Tensor | None = checked_gramian(blocks, policy.check and policy.loss_scale is None)
+        G: Tensor | None = policy.gramian(blocks)
         update = method.aggregate_blocks(blocks, values)[0]
     else:
         weights, G = stored_weights(method, blocks, values, policy)

@@ -24,7 +24,7 @@ from .backward import BackwardResult
 from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .methods.schedules import CAGradFast, Reuse
-from .stored import GramianPolicy, checked_gramian, stored_weights
+from .stored import GramianPolicy, stored_weights
 
 __all__ = ["grouped_task_gradients", "grouped_backward"]
 
@@ -121,7 +121,7 @@ def grouped_backward(
     blocks = [grads[n] for n in shared_names]
     w: Tensor | None
     if isinstance(method, JacobianAggregator):
-        w, G = None, checked_gramian(blocks, check_finite)
+        w, G = None, GramianPolicy(check=check_finite).gramian(blocks)
         updates.update(zip(shared_names, method.aggregate_blocks(blocks, losses.detach())))
     else:
         w, G = stored_weights(method, blocks, losses.detach(), GramianPolicy(check=check_finite))

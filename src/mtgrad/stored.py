@@ -20,7 +20,7 @@ from .gramian import gramian
 from .methods.base import Weighting
 from .methods.schedules import CAGradFast, Reuse
 
-__all__ = ["GramianPolicy", "stored_weights", "checked_gramian", "sampled_rows"]
+__all__ = ["GramianPolicy", "stored_weights", "sampled_rows"]
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,22 @@ class GramianPolicy:
     check: bool = True
     loss_scale: Tensor | None = None
 
-    def unscaled(self, G: Tensor) -> Tensor:
-        return G if self.loss_scale is None else G / self.loss_scale.to(G).square()
+    def gramian(self, blocks: Iterable[Tensor]) -> Tensor:
+        """:func:`mtgrad.gramian.gramian` of ``blocks``, through :meth:`prepared`."""
+        return self.prepared(gramian(blocks))
+
+    def prepared(self, G: Tensor) -> Tensor:
+        """``G`` in the true units (÷ s²); without a scaler, a NaN/inf one is refused (``check``)."""
+        if self.loss_scale is not None:
+            return G / self.loss_scale.to(G).square()
+        if self.check and not bool(torch.isfinite(G).all()):
+            raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
+        return G
 
     def solve(self, G: Tensor, solve: Callable[[Tensor], Tensor]) -> Tensor:
-        """``solve(G)``, or equal weights when G overflowed and a scaler will skip the step."""
-        if self.check and not bool(torch.isfinite(G).all()):
-            if self.loss_scale is None:
-                raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
+        """``solve(G)`` on a :meth:`prepared` G, or equal weights when it overflowed under a scaler
+        (which will skip the step)."""
+        if self.loss_scale is not None and self.check and not bool(torch.isfinite(G).all()):
             return G.new_full(G.shape[:-1], 1.0 / G.shape[-1])
         return solve(G)
 
@@ -73,18 +81,10 @@ def stored_weights(
         return w, G
     if isinstance(method, CAGradFast):
         sampled = method.sample(T)
-        G = policy.unscaled(gramian(sampled_rows(block, sampled) for block in blocks))
+        G = policy.gramian(sampled_rows(block, sampled) for block in blocks)
         return policy.solve(G, lambda G: method.task_weights(G, sampled, T)), G if len(sampled) == T else None
-    G = policy.unscaled(gramian(blocks))
+    G = policy.gramian(blocks)
     return policy.solve(G, lambda G: method.weights(G, losses if method.needs_losses else None, validate=False)), G
-
-
-def checked_gramian(blocks: Iterable[Tensor], check_finite: bool) -> Tensor:
-    """:func:`mtgrad.gramian.gramian`, refusing a NaN or inf result when ``check_finite``."""
-    G = gramian(blocks)
-    if check_finite and not bool(torch.isfinite(G).all()):
-        raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
-    return G
 
 
 def sampled_rows(block: Tensor, sampled: list[int]) -> Tensor:
