@@ -122,3 +122,14 @@ def test_accumulation_under_a_grad_scaler_matches_the_unscaled_large_batch():
     scaler.unscale_(opt)
     for a, b in zip(big, _grads(trunk, heads)):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_grad_drops_what_backward_accumulated():
+    x, y = _data()
+    for method in (mtgrad.PCGrad(), mtgrad.UW(num_tasks=T)):
+        trunk, heads = _model()
+        opt = mtgrad.MTLOptimizer(torch.optim.SGD([*trunk.parameters(), *heads.parameters()], lr=0.1), trunk.parameters(), method)
+        opt.backward(_losses(trunk, heads, x, y, 1.0 / B))
+        opt.zero_grad()
+        with pytest.raises(ValueError, match="needs the losses"):
+            opt.step()

@@ -64,9 +64,10 @@ class MTLOptimizer:
         return self.optimizer.param_groups
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero the inner optimizer's gradients and drop task gradients accumulated by :meth:`backward`."""
+        """Zero the inner optimizer's gradients and drop what :meth:`backward` accumulated."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
         self._pending = None
+        self._last = None
 
     def backward(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> None:
         """Accumulate one micro-batch: its per-task gradients of the shared parameters are added to
