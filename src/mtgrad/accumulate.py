@@ -28,18 +28,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+import torch.distributed as dist
+
 from .backward import (
     BackwardResult,
-    _all_or_nothing,
     _as_losses,
     _as_params,
     _check_devices,
     _check_finite_losses,
     _check_method,
     _check_paths,
-    _combine_into_grad,
+    _combined,
     _loss_scale,
 )
+from .distributed import Replicas, replicas
 from .engine import ENGINES, Engine, graph_leaves, task_gradients
 from .methods.base import JacobianAggregator, LossWeighting, Method
 from .stored import GramianPolicy, stored_weights
@@ -58,6 +60,8 @@ class TaskGradients:
         micro_batches: how many were added.
         loss_scale: the GradScaler's scale the losses were multiplied by (the same for every
             micro-batch: the scaler changes it only in ``update()``, after the step), or None.
+        replicas: the ranks the step is shared with (:mod:`mtgrad.distributed`): the blocks
+            and losses are this rank's until :func:`apply_task_gradients` averages them.
     """
 
     params: list[Tensor]
@@ -65,6 +69,7 @@ class TaskGradients:
     losses: Tensor
     micro_batches: int
     loss_scale: Tensor | None
+    replicas: Replicas
 
 
 def accumulate_task_gradients(
@@ -76,12 +81,18 @@ def accumulate_task_gradients(
     retain_graph: bool = False,
     check_finite: bool = True,
     scaler: torch.amp.GradScaler | None = None,
+    data_parallel: bool | dist.ProcessGroup | None = None,
 ) -> TaskGradients:
     """Add this micro-batch's per-task gradients of the shared parameters to ``into`` (or start).
 
     Every other leaf (the heads) gets ``∇ Σ_i L_i`` added to its ``.grad`` now, as in
     :func:`mtgrad.backward`; the shared parameters' ``.grad`` is left alone until
     :func:`apply_task_gradients`. On an error nothing is written or added.
+
+    Under ``torch.distributed`` (``data_parallel`` as in :func:`mtgrad.backward`) nothing is
+    communicated here; :func:`apply_task_gradients` averages the sums over the ranks once. A
+    DDP reducer that prepared for this backward (a forward outside ``no_sync()``) still gets every
+    parameter's gradient now, as it expects: the heads' own and zeros for the shared parameters.
     """
     if engine not in ENGINES:
         raise ValueError(
@@ -100,10 +111,16 @@ def accumulate_task_gradients(
     scale = _loss_scale(scaler, values)
     if scale is not None:
         task_losses = [loss * scale.to(loss.dtype) for loss in task_losses]
-    with _all_or_nothing(graph_leaves(task_losses)):
-        blocks = task_gradients(task_losses, params, engine, retain_graph)
+    ranks = replicas(data_parallel) if into is None else into.replicas
+    shared = {id(p) for p in params}
+    others = [leaf for leaf in graph_leaves(task_losses) if id(leaf) not in shared]
+    blocks, heads = task_gradients(task_losses, params, others, engine, retain_graph)
+    if ranks.through_autograd:
+        ranks.deliver([*params, *others], [*(p.new_zeros(()).expand_as(p) for p in params), *heads])
+    else:
+        ranks.deliver(others, heads)
     if into is None:
-        return TaskGradients(params, blocks, values, 1, scale)
+        return TaskGradients(params, blocks, values, 1, scale, ranks)
     for total, block in zip(into.blocks, blocks):
         total.add_(block)
     into.losses = into.losses + values
@@ -126,14 +143,16 @@ def apply_task_gradients(grads: TaskGradients, method: Method, *, check_finite: 
     _check_method(method)
     if not isinstance(grads, TaskGradients):
         raise TypeError(f"grads must be the TaskGradients of accumulate_task_gradients, got {type(grads).__name__}")
-    policy = GramianPolicy(check=check_finite, loss_scale=grads.loss_scale)
+    ranks = grads.replicas
+    policy = GramianPolicy(check=check_finite, loss_scale=grads.loss_scale, replicas=ranks)
+    ranks.mean_([*grads.blocks, grads.losses])
     if isinstance(method, JacobianAggregator):
         G = policy.gramian(grads.blocks)
-        for p, update in zip(grads.params, method.aggregate_blocks(grads.blocks, grads.losses)):
-            p.grad = update if p.grad is None else p.grad.add_(update)
+        updates = [ranks.agree(u) for u in method.aggregate_blocks(grads.blocks, grads.losses)]
+        ranks.deliver(grads.params, updates)
         return BackwardResult(weights=None, gramian=G)
     weights, G = stored_weights(method, grads.blocks, grads.losses, policy)  # type: ignore[arg-type]
-    _combine_into_grad(grads.params, weights, grads.blocks)
+    ranks.deliver(grads.params, _combined(weights, grads.blocks))
     return BackwardResult(weights=weights, gramian=G)
 
 

@@ -48,6 +48,7 @@ from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
+from .distributed import LOCAL, Replicas
 from .gramian import cross_gramian, gramian
 
 __all__ = ["GramianEngine"]
@@ -67,6 +68,8 @@ class _Call:
     version: int  # x._version at the call: an in-place change afterwards invalidates x
     out: GradientEdge  # where the output's gradient D enters the graph (robust to in-place ops after)
     source: Node | None  # x's own node (None when x needs no grad): the graph walk goes on there
+    out_shape: tuple[int, ...]  # the output's shape and dtype: a zero D stands in where none reaches
+    out_dtype: torch.dtype
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,8 @@ class GramianEngine:
         base = output._base if output._is_view() and output._base.numel() == output.numel() else output
         source = get_gradient_edge(x).node if x.requires_grad else None
         kept = x.detach() if weight is not None else None  # a bias needs only D
-        self._calls.append(_Call(weight, bias, kept, x._version, get_gradient_edge(base), source))
+        edge = get_gradient_edge(base)
+        self._calls.append(_Call(weight, bias, kept, x._version, edge, source, tuple(base.shape), base.dtype))
 
     def gramian(
         self,
@@ -209,6 +213,7 @@ class GramianEngine:
         cotangents: Tensor | None = None,
         *,
         retain_graph: bool = False,
+        replicas: Replicas = LOCAL,
     ) -> Tensor:
         """``C G Cᵀ`` (R, R), float64, for the Gramian ``G`` of the losses' shared-parameter gradients.
 
@@ -218,6 +223,11 @@ class GramianEngine:
         the graph is kept for the update's backward. Recorded calls are consumed (see the class).
         This does not touch any ``.grad``.
 
+        With ``replicas`` of several ranks (:mod:`mtgrad.distributed`), ``G`` is that of the
+        global batch, whose loss is the mean of the ranks' losses: every call's ``X`` and ``D/W``
+        are all-gathered along the batch (the cross terms between ranks need them), the bias
+        sums and fallback blocks all-reduced. Every rank must hold the same batch size.
+
         Raises:
             ValueError: hooks removed, no recorded call on the losses' graph although hooked
                 shared layers feed them, or a recorded input modified in place since its call.
@@ -226,12 +236,14 @@ class GramianEngine:
         if any(not p.is_leaf for p in params):
             raise ValueError("shared_params must be leaf tensors (parameters)")
         try:
-            return self._gramian(list(losses), params, cotangents)
+            return self._gramian(list(losses), params, cotangents, replicas)
         finally:
             if not retain_graph:
                 self.reset()
 
-    def _gramian(self, losses: list[Tensor], params: list[Tensor], cotangents: Tensor | None) -> Tensor:
+    def _gramian(
+        self, losses: list[Tensor], params: list[Tensor], cotangents: Tensor | None, replicas: Replicas
+    ) -> Tensor:
         if not self._handles:
             raise ValueError("this GramianEngine is closed (its hooks were removed); create a new one")
         stacked = torch.stack(losses)
@@ -247,22 +259,24 @@ class GramianEngine:
         inputs: list[GradientEdge | Tensor] = [call.out for call in plan.calls] + plan.fallback
         R = C.shape[0]
         G = C.new_zeros((R, R), dtype=torch.float64)
-        if not inputs:
+        if not inputs and not replicas.parallel:
             return G  # no shared parameter is on the graph (backward rejects that case earlier)
         grads = list(
             torch.autograd.grad(
                 stacked, inputs, grad_outputs=C.to(stacked.dtype), is_grads_batched=True,
                 retain_graph=True, allow_unused=True,
             )
-        )  # fmt: skip
-        blocks = grads[len(plan.calls) :]
+        ) if inputs else []  # fmt: skip
+        blocks = [
+            torch.zeros((R, *p.shape), dtype=p.dtype, device=p.device) if g is None else g
+            for p, g in zip(plan.fallback, grads[len(plan.calls) :])
+        ]
         del grads[len(plan.calls) :]
         self.last_fallback_numel = sum(p.numel() for p in plan.fallback)
-        _add_linear_gramians(G, plan.calls, grads, plan.activation)
+        _add_linear_gramians(G, plan.calls, grads, plan.activation, replicas)
+        replicas.mean_(blocks)
         while blocks:
-            block = blocks.pop(0)
-            if block is not None:
-                G += gramian([block])
+            G += gramian([blocks.pop(0)])
         # The kernel route gives ⟨D_i, K D_j⟩, symmetric only up to rounding; the methods expect G = Gᵀ.
         return (G + G.T) / 2
 
@@ -333,11 +347,15 @@ def _leaf(t: object) -> Tensor | None:
     return t if isinstance(t, Tensor) and t.is_leaf and t.requires_grad else None
 
 
-def _add_linear_gramians(G: Tensor, calls: list[_Call], deltas: list[Tensor | None], activation: set[int]) -> None:
+def _add_linear_gramians(
+    G: Tensor, calls: list[_Call], deltas: list[Tensor | None], activation: set[int], replicas: Replicas = LOCAL
+) -> None:
     """``G +=`` the Gramians of the activation parameters, from the calls' ``(X, D)`` pairs.
 
     The calls of one parameter (a layer applied twice, tied weights) are concatenated along B.
     ``deltas`` is emptied as it is read, so that each D is freed once its parameters are done.
+    Under data parallelism each call's rows are gathered from every rank first (rank order is
+    the same for every call, so the concatenation is the global batch's) and D divided by W.
     """
     R = G.shape[0]
     pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
@@ -345,14 +363,20 @@ def _add_linear_gramians(G: Tensor, calls: list[_Call], deltas: list[Tensor | No
     for call in calls:
         delta = deltas.pop(0)
         if delta is None:
-            continue  # no gradient reached this call's output: it contributes nothing
+            # No gradient reached this call's output here; another rank's rows may still have one.
+            if not replicas.parallel:
+                continue
+            delta = torch.zeros((R, *call.out_shape), dtype=call.out_dtype, device=G.device)
         D = delta.reshape(R, -1, delta.shape[-1])
+        if replicas.parallel:
+            D = replicas.gather_rows(D, dim=1).div_(replicas.size)
         if call.bias is not None and id(call.bias) in activation:
             part = D.sum(dim=1).to(torch.float64)  # sum(dtype=float64) would first copy D to float64
             key = id(call.bias)
             sums[key] = part if key not in sums else sums[key] + part
         if call.weight is not None and id(call.weight) in activation:
-            pairs.setdefault(id(call.weight), []).append((call.x.reshape(-1, call.x.shape[-1]), D))
+            x = call.x.reshape(-1, call.x.shape[-1])
+            pairs.setdefault(id(call.weight), []).append((replicas.gather_rows(x, dim=0), D))
     for S in sums.values():
         G += S @ S.T
     for key in list(pairs):

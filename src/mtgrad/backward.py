@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+import torch.distributed as dist
+
 from .autogram import GramianEngine
 from .diagnostics import Diagnostics, diagnose
+from .distributed import Replicas, replicas
 from .engine import (
     ENGINES,
     Engine,
-    backward_through_representation,
+    OtherGrads,
     graph_leaves,
     reaches,
     representation_gradients,
     sampled_gradients,
     task_gradients,
-    weighted_backward,
+    through_representation,
+    weighted_gradients,
 )
 from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
@@ -68,6 +71,7 @@ def backward(
     engine: Engine | GramianEngine = "loop",
     representation: Tensor | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    data_parallel: bool | dist.ProcessGroup | None = None,
 ) -> BackwardResult:
     """Backpropagate T task losses with gradient surgery on the shared parameters.
 
@@ -75,8 +79,8 @@ def backward(
     :class:`~mtgrad.methods.base.JacobianAggregator`), each task's gradient
     ``g_i = ∇_θ L_i`` of the shared parameters θ is computed (one backward
     pass per task), the method turns their Gramian into weights ``w`` and ``Σ_i w_i g_i`` is
-    **added** to ``p.grad`` of every shared parameter (so gradient accumulation over micro-batches
-    behaves as with ``loss.backward()``). Every other leaf that requires grad — task heads, for
+    **added** to ``p.grad`` of every shared parameter. (Called once per micro-batch that is a
+    surgery per micro-batch; for the large-batch step use :mod:`mtgrad.accumulate`.) Every other leaf that requires grad — task heads, for
     instance — receives the ordinary gradient of ``Σ_i L_i``, i.e. each head its own task's
     gradient (PCGrad Sec. 3: surgery on shared parameters only). Any ``torch.optim`` optimizer
     can then step. A :class:`~mtgrad.methods.base.LossWeighting` instead backpropagates its
@@ -102,6 +106,16 @@ def backward(
             style, Sener & Koltun 2018, Sec. 3.3): T cheap passes through the heads, one through
             the trunk, and the trunk receives ``(∂Z/∂θ)ᵀ Σ_i w_i ∂L_i/∂Z``. The returned Gramian is
             then that of the representation gradients.
+        scaler: a ``torch.amp.GradScaler`` (see ``docs/amp.md``): give the losses unscaled; the
+            method sees unscaled task gradients, ``.grad`` holds the scaled update the scaler
+            expects, and an overflow reaches ``.grad`` as inf for ``scaler.step`` to skip.
+        data_parallel: under ``torch.distributed`` (see :mod:`mtgrad.distributed` and
+            ``docs/ddp.md``), the method sees the task gradients of the *global* batch, averaged
+            over the ranks, and every rank takes the same step. ``None``: all ranks of the default
+            group when it is initialised with several; ``False``: a rank-local surgery (under DDP,
+            then averaged: an approximation); a process group: its ranks. Wrap the model in
+            ``DistributedDataParallel`` and forward through the wrapper: its reducer averages
+            what this call delivers, as after ``loss.backward()``.
 
     Raises:
         ValueError: empty or non-scalar losses, NaN/inf losses or gradients, a loss with no
@@ -113,7 +127,10 @@ def backward(
     try:
         _check_method(method)
         _check_engine(engine, method, representation)
-        return _backward(losses, shared_params, method, retain_graph, check_finite, engine, representation, scaler)
+        return _backward(
+            losses, shared_params, method, retain_graph, check_finite, engine, representation, scaler,
+            replicas(data_parallel),
+        )  # fmt: skip
     finally:
         if isinstance(engine, GramianEngine) and not retain_graph:
             engine.reset()  # the recorded calls belong to this graph, done with now (or abandoned)
@@ -128,20 +145,39 @@ def _backward(
     engine: Engine | GramianEngine,
     representation: Tensor | None,
     scaler: torch.amp.GradScaler | None,
+    ranks: Replicas,
 ) -> BackwardResult:
     task_losses = _as_losses(losses)
     params = _as_params(shared_params)
     _check_devices(task_losses, params)
     values = torch.stack([loss.detach() for loss in task_losses])
-    policy = GramianPolicy(check=check_finite, loss_scale=_loss_scale(scaler, values))
+    policy = GramianPolicy(check=check_finite, loss_scale=_loss_scale(scaler, values), replicas=ranks)
     if check_finite:
         _check_finite_losses(values)
     _check_paths(task_losses, params)
+    _check_parallel_method(method, ranks)
     if policy.loss_scale is not None and not isinstance(method, LossWeighting):
         task_losses = [loss * policy.loss_scale.to(loss.dtype) for loss in task_losses]
+    ranks.mean_([values])  # the global batch's losses, for the methods that read them
+    shared = {id(p) for p in params}
+    others = [leaf for leaf in graph_leaves(task_losses) if id(leaf) not in shared]
+    step = _dispatch(task_losses, params, others, method, retain_graph, policy, engine, representation, values)
+    # Nothing was written before this point: an error above leaves every .grad as it was.
+    ranks.deliver([*params, *others, *step.extra_leaves], [*step.shared, *step.others, *step.extra_grads])
+    return step.record
 
-    with _all_or_nothing(graph_leaves(task_losses)):
-        return _dispatch(task_losses, params, method, retain_graph, policy, engine, representation, values)
+
+@dataclass(frozen=True)
+class _Step:
+    """What one call computed: its record and the gradients to deliver: the shared parameters',
+    the other leaves' (in the order given), and those of leaves only the method's objective
+    reaches (a learned loss weighting's own parameters)."""
+
+    record: BackwardResult
+    shared: list[Tensor | None]
+    others: OtherGrads
+    extra_leaves: list[Tensor] = field(default_factory=list)
+    extra_grads: OtherGrads = field(default_factory=list)
 
 
 def _loss_scale(scaler: object, like: Tensor) -> Tensor | None:
@@ -204,111 +240,100 @@ def _warn_once_about_task_specific(losses: list[Tensor], params: list[Tensor]) -
         )
 
 
-@contextmanager
-def _all_or_nothing(leaves: list[Tensor]) -> Iterator[None]:
-    """Every ``.grad`` of ``leaves`` gets this call's gradient added, or — on an exception — is left
-    exactly as it was (no head holding a NaN from an aborted step).
-
-    The leaves start the call with ``.grad = None`` and their previous gradients are added back at
-    the end: no copy, and with ``zero_grad()`` before the step (``.grad = None``) no extra work.
-    """
-    saved = [leaf.grad for leaf in leaves]
-    for leaf in leaves:
-        leaf.grad = None
-    try:
-        yield
-    except BaseException:
-        for leaf, grad in zip(leaves, saved):
-            leaf.grad = grad
-        raise
-    for leaf, grad in zip(leaves, saved):
-        if grad is not None:
-            leaf.grad = grad if leaf.grad is None else grad.add_(leaf.grad)
-
-
 def _dispatch(
     task_losses: list[Tensor],
     params: list[Tensor],
+    others: list[Tensor],
     method: Method,
     retain_graph: bool,
     policy: GramianPolicy,
     engine: Engine | GramianEngine,
     representation: Tensor | None,
     values: Tensor,
-) -> BackwardResult:
+) -> _Step:
     if representation is not None:
-        return _representation_backward(task_losses, params, method, representation, values, retain_graph, policy)
+        return _representation_step(task_losses, params, others, method, representation, values, retain_graph, policy)
 
     if isinstance(method, LossWeighting):
         # Its objective learns from the true losses; only what is backpropagated is scaled.
         objective, loss_weights = method.combine(torch.stack(task_losses))
         if policy.loss_scale is not None:
             objective = objective * policy.loss_scale.to(objective.dtype)
-        objective.backward(retain_graph=retain_graph)
-        return BackwardResult(weights=loss_weights.detach().to(torch.float64), gramian=None)
+        known = {id(t) for t in (*params, *others)}
+        own = [leaf for leaf in graph_leaves([objective]) if id(leaf) not in known]
+        grads = torch.autograd.grad(objective, [*params, *others, *own], retain_graph=retain_graph, allow_unused=True)
+        record = BackwardResult(weights=loss_weights.detach().to(torch.float64), gramian=None)
+        n, m = len(params), len(params) + len(others)
+        return _Step(record, list(grads[:n]), list(grads[n:m]), own, list(grads[m:]))
 
     if isinstance(method, Reuse):
         planned = method.planned_weights(len(task_losses), values)
         if planned is not None:
-            weighted_backward(task_losses, params, planned, retain_graph)
+            shared, heads = weighted_gradients(task_losses, params, others, planned, retain_graph)
             method.advance()
-            return BackwardResult(weights=planned, gramian=None)
-        record = _dispatch(task_losses, params, method.method, retain_graph, policy, engine, None, values)
-        method.advance(record.weights)
-        return record
+            return _Step(BackwardResult(weights=planned, gramian=None), shared, heads)
+        step = _dispatch(task_losses, params, others, method.method, retain_graph, policy, engine, None, values)
+        method.advance(step.record.weights)
+        return step
 
     if isinstance(engine, GramianEngine):
-        return _gramian_backward(task_losses, params, method, engine, values, retain_graph, policy)
+        return _gramian_step(task_losses, params, others, method, engine, values, retain_graph, policy)
 
+    ranks = policy.replicas
     if isinstance(method, CAGradFast):
-        sampled = method.sample(len(task_losses))
-        if len(sampled) == len(task_losses):
-            blocks = task_gradients(task_losses, params, engine, retain_graph)
+        T = len(task_losses)
+        sampled = ranks.agree_indices(method.sample(T), T)
+        if len(sampled) == T:
+            blocks, heads = task_gradients(task_losses, params, others, engine, retain_graph)
         else:
-            blocks = sampled_gradients(task_losses, params, sampled, retain_graph)
+            blocks, heads = sampled_gradients(task_losses, params, others, sampled, retain_graph)
+        ranks.mean_(blocks)
         G = policy.gramian(blocks)
-        w = policy.solve(G, lambda G: method.task_weights(G, sampled, len(task_losses)))
-        if len(sampled) == len(task_losses):
-            _combine_into_grad(params, w, blocks)
-            return BackwardResult(weights=w, gramian=G)
-        _combine_into_grad(params, _row_weights(w, sampled), blocks)
-        return BackwardResult(weights=w, gramian=None)  # only the sampled rows' Gramian was formed
+        w = policy.solve(G, lambda G: method.task_weights(G, sampled, T))
+        if len(sampled) == T:
+            return _Step(BackwardResult(weights=w, gramian=G), _combined(w, blocks), heads)
+        # Only the sampled rows' Gramian was formed: no gramian in the record.
+        return _Step(BackwardResult(weights=w, gramian=None), _combined(_row_weights(w, sampled), blocks), heads)
 
-    blocks = task_gradients(task_losses, params, engine, retain_graph)
+    blocks, heads = task_gradients(task_losses, params, others, engine, retain_graph)
+    ranks.mean_(blocks)
     if isinstance(method, JacobianAggregator):
         G = policy.gramian(blocks)
-        _apply(params, method.aggregate_blocks(blocks, values))
-        return BackwardResult(weights=None, gramian=G)
+        updates = [ranks.agree(u) for u in method.aggregate_blocks(blocks, values)]
+        return _Step(BackwardResult(weights=None, gramian=G), list(updates), heads)
     assert isinstance(method, Weighting)  # the kinds were checked on entry
     weights, G = stored_weights(method, blocks, values, policy)
-    _combine_into_grad(params, weights, blocks)
-    return BackwardResult(weights=weights, gramian=G)
+    return _Step(BackwardResult(weights=weights, gramian=G), _combined(weights, blocks), heads)
 
 
-def _gramian_backward(
+def _gramian_step(
     losses: list[Tensor],
     params: list[Tensor],
+    others: list[Tensor],
     method: Weighting | CAGradFast,
     engine: GramianEngine,
     values: Tensor,
     retain_graph: bool,
     policy: GramianPolicy,
-) -> BackwardResult:
+) -> _Step:
     """``G`` without ``J`` (:mod:`mtgrad.autogram`), the weights, then one weighted backward.
 
     CAGrad-Fast's rows ``[g_i, i ∈ S] + [g̃]`` are gradients of ``C L`` for the cotangents ``C``
     of :func:`_sampled_cotangents`, so their Gramian costs |S| + 1 batched cotangents, not K.
+    Under data parallelism the engine gathers every rank's rows for ``G`` of the global batch;
+    each rank's ``∇ Σ_i w_i L_i^r`` is then what DDP averages into the global update.
     """
     T = len(losses)
-    sampled = method.sample(T) if isinstance(method, CAGradFast) else list(range(T))
+    ranks = policy.replicas
+    sampled = ranks.agree_indices(method.sample(T), T) if isinstance(method, CAGradFast) else list(range(T))
     C = None if len(sampled) == T else _sampled_cotangents(sampled, T, values)
-    G = policy.prepared(engine.gramian(losses, params, C, retain_graph=True))
+    G = policy.prepared(engine.gramian(losses, params, C, retain_graph=True, replicas=ranks))
     if isinstance(method, CAGradFast):
         weights = policy.solve(G, lambda G: method.task_weights(G, sampled, T))
     else:
         weights = policy.solve(G, lambda G: method.weights(G, values if method.needs_losses else None, validate=False))
-    weighted_backward(losses, params, weights, retain_graph)
-    return BackwardResult(weights=weights, gramian=G if C is None else None)
+    shared, heads = weighted_gradients(losses, params, others, weights, retain_graph)
+    return _Step(BackwardResult(weights=weights, gramian=G if C is None else None), shared, heads)
 
 
 def _sampled_cotangents(sampled: list[int], num_tasks: int, like: Tensor) -> Tensor:
@@ -321,43 +346,48 @@ def _sampled_cotangents(sampled: list[int], num_tasks: int, like: Tensor) -> Ten
     return C
 
 
-def _combine_into_grad(params: list[Tensor], w: Tensor, blocks: list[Tensor]) -> None:
-    """``p.grad += Σ_i w_i J_i`` without a temporary when ``.grad`` exists (gradient accumulation)."""
-    for p, block in zip(params, blocks):
-        if p.grad is None or not p.grad.is_contiguous() or block.element_size() < 4:  # half: see combine
-            _apply([p], [combine(w, block)])
-        else:
-            p.grad.view(-1).addmv_(block.view(block.shape[0], -1).T, w.to(block.dtype))
+def _combined(w: Tensor, blocks: list[Tensor]) -> list[Tensor | None]:
+    """``Σ_i w_i J_i`` per block."""
+    return [combine(w, block) for block in blocks]
 
 
-def _representation_backward(
+def _representation_step(
     losses: list[Tensor],
     params: list[Tensor],
+    others: list[Tensor],
     method: Method,
     rep: Tensor,
     values: Tensor,
     retain_graph: bool,
     policy: GramianPolicy,
-) -> BackwardResult:
+) -> _Step:
+    """The method on ``∂L_i/∂Z``; the trunk then gets ``(∂Z/∂θ)ᵀ`` of the combination.
+
+    Under data parallelism the representation gradients of the global batch are every rank's
+    rows side by side, each ``1/W`` of the rank's own (its loss is ``1/W`` of the global one):
+    they are all-gathered (T × B × k numbers per rank, small next to the parameters), the method
+    sees them whole, and each rank backpropagates ``W ×`` its rows of the update, which DDP's
+    average brings back to the global step.
+    """
     if not isinstance(rep, Tensor) or not rep.requires_grad:
         raise ValueError("representation must be a tensor that requires grad (the trunk's output)")
     if isinstance(method, LossWeighting):
         raise TypeError(f"representation= works with gradient methods, not the loss weighting {type(method).__name__}")
-    blocks = representation_gradients(losses, rep)
+    ranks = policy.replicas
+    (local,) = representation_gradients(losses, rep)
+    block = ranks.gather_rows(local, dim=1).div_(ranks.size) if ranks.parallel else local
     weights: Tensor | None = None
     if isinstance(method, JacobianAggregator):
-        G: Tensor | None = policy.gramian(blocks)
-        update = method.aggregate_blocks(blocks, values)[0]
+        G: Tensor | None = policy.gramian([block])
+        update = ranks.agree(method.aggregate_blocks([block], values)[0])
     else:
-        weights, G = stored_weights(method, blocks, values, policy)
-        update = combine(weights, blocks[0])
-    backward_through_representation(losses, rep, params, update, retain_graph)
-    return BackwardResult(weights=weights, gramian=G)
-
-
-def _apply(params: list[Tensor], updates: list[Tensor]) -> None:
-    for p, update in zip(params, updates):
-        p.grad = update if p.grad is None else p.grad.add_(update)
+        weights, G = stored_weights(method, [block], values, policy)
+        update = combine(weights, block)
+    if ranks.parallel:
+        rank = dist.get_rank(ranks.group)
+        update = update.narrow(0, rank * rep.shape[0], rep.shape[0]) * ranks.size
+    shared, heads = through_representation(losses, rep, params, others, update, retain_graph)
+    return _Step(BackwardResult(weights=weights, gramian=G), shared, heads)
 
 
 def _row_weights(task_weights: Tensor, sampled: list[int]) -> Tensor:
@@ -388,6 +418,16 @@ def _check_engine(engine: object, method: Method, representation: Tensor | None)
         )
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES} or a mtgrad.GramianEngine, got {engine!r}")
+
+
+def _check_parallel_method(method: Method, ranks: Replicas) -> None:
+    if ranks.parallel and isinstance(method, LossWeighting):
+        raise NotImplementedError(
+            f"{type(method).__name__} is a loss weighting: across {ranks.size} ranks its weights would come "
+            "from each rank's own losses (and a learned weighting's parameters are outside DDP), which is not "
+            "the global-batch step; mtgrad does not support loss weightings under data parallelism yet. "
+            "Use a gradient method, or pass data_parallel=False for the rank-local weighting"
+        )
 
 
 def _check_method(method: object) -> None:

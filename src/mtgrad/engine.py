@@ -1,11 +1,13 @@
 """Per-task gradients of the shared parameters: the engines behind :func:`mtgrad.backward`.
 
 Each engine returns the task-gradient matrix as per-parameter blocks ``(T, *p.shape)`` (the
-Jacobian is never concatenated) and leaves every non-shared leaf (task heads) holding the
-ordinary gradient of ``Σ_i L_i``, added to whatever it held before.
+Jacobian is never concatenated) and the ordinary gradient of ``Σ_i L_i`` of every non-shared
+leaf (task heads). Nothing here writes ``.grad``: :meth:`mtgrad.distributed.Replicas.deliver`
+does that once the step is known, so that an error leaves every ``.grad`` as it was and a DDP
+reducer sees each parameter's gradient exactly once.
 
-* ``"loop"`` — one ``backward`` per task; the reference, lowest peak memory, and on CPUs the
-  fastest for ordinary models. The heads' gradients accumulate during the same passes.
+* ``"loop"`` — one ``autograd.grad`` per task; the reference, lowest peak memory, and on CPUs the
+  fastest for ordinary models. The heads' gradients come from the same passes.
 * ``"batched"`` — one vmapped backward over the T one-hot cotangents
   (``autograd.grad(..., is_grads_batched=True)``) for the shared parameters, then one backward of
   ``Σ L_i`` restricted to the other leaves (autograd prunes the trunk from it). Trades memory
@@ -13,7 +15,7 @@ ordinary gradient of ``Σ_i L_i``, added to whatever it held before.
 
 The Gramian-only engine, :class:`mtgrad.GramianEngine` (:mod:`mtgrad.autogram`), returns no
 blocks: it computes ``G`` from the linear layers' inputs and output gradients and
-:func:`mtgrad.backward` applies the weights with :func:`weighted_backward`.
+:func:`mtgrad.backward` applies the weights with :func:`weighted_gradients`.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from torch import Tensor
 __all__ = [
     "Engine",
     "task_gradients",
-    "weighted_backward",
+    "sum_gradients",
+    "weighted_gradients",
     "sampled_gradients",
     "representation_gradients",
-    "backward_through_representation",
+    "through_representation",
     "graph_leaves",
     "reaches",
 ]
@@ -38,42 +41,47 @@ __all__ = [
 Engine = Literal["loop", "batched"]
 ENGINES: tuple[str, ...] = ("loop", "batched")
 
+#: Gradients of the non-shared leaves (the heads), in the order of the ``others`` given; ``None``
+#: where no loss reaches that leaf.
+OtherGrads = list[Tensor | None]
 
-def task_gradients(losses: list[Tensor], params: list[Tensor], engine: Engine, retain_graph: bool) -> list[Tensor]:
-    """Blocks ``(T, *p.shape)`` of ``∇_p L_i`` for every shared parameter ``p``."""
+
+def task_gradients(
+    losses: list[Tensor], params: list[Tensor], others: list[Tensor], engine: Engine, retain_graph: bool
+) -> tuple[list[Tensor], OtherGrads]:
+    """Blocks ``(T, *p.shape)`` of ``∇_p L_i`` for every shared parameter ``p``, and
+    ``∇ Σ_i L_i`` for every leaf in ``others``."""
     if engine == "loop":
-        return _loop(losses, params, retain_graph)
+        return _loop(losses, params, others, retain_graph)
     if engine == "batched":
-        return _batched(losses, params, retain_graph)
+        return _batched(losses, params, others, retain_graph)
     raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
 
 
-def _loop(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> list[Tensor]:
-    # Going through .grad rather than autograd.grad lets the same passes accumulate ∇ Σ_i L_i
-    # into every non-shared leaf, so the heads cost no extra backward. Each task's gradient is
-    # copied into a preallocated block at once, so only one set of per-task gradients is alive
-    # besides the blocks (stacking T kept copies would double the peak and page-fault each step).
+def _loop(
+    losses: list[Tensor], params: list[Tensor], others: list[Tensor], retain_graph: bool
+) -> tuple[list[Tensor], OtherGrads]:
+    # The same T passes give the heads' ∇ Σ_i L_i, so they cost no extra backward. Each task's
+    # gradient is copied into a preallocated block at once, so only one set of per-task gradients
+    # is alive besides the blocks (stacking T kept copies would double the peak).
     T = len(losses)
     blocks = [p.new_empty((T, *p.shape)) for p in params]
-    saved = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    try:
-        for i, loss in enumerate(losses):
-            loss.backward(retain_graph=retain_graph or i < T - 1)
-            for p, block in zip(params, blocks):
-                if p.grad is None:
-                    block[i].zero_()
-                else:
-                    block[i].copy_(p.grad)
-                    p.grad = None
-    finally:
-        for p, g in zip(params, saved):
-            p.grad = g
-    return blocks
+    heads: OtherGrads = [None] * len(others)
+    inputs = [*params, *others]
+    for i, loss in enumerate(losses):
+        grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or i < T - 1, allow_unused=True)
+        for block, g in zip(blocks, grads[: len(params)]):
+            if g is None:
+                block[i].zero_()
+            else:
+                block[i].copy_(g)
+        heads = _summed(heads, grads[len(params) :])
+    return blocks, heads
 
 
-def _batched(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> list[Tensor]:
+def _batched(
+    losses: list[Tensor], params: list[Tensor], others: list[Tensor], retain_graph: bool
+) -> tuple[list[Tensor], OtherGrads]:
     stacked = torch.stack(losses)
     T = stacked.shape[0]
     eye = torch.eye(T, dtype=stacked.dtype, device=stacked.device)
@@ -81,11 +89,14 @@ def _batched(losses: list[Tensor], params: list[Tensor], retain_graph: bool) -> 
         stacked, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True
     )
     blocks = [p.new_zeros((T, *p.shape)) if g is None else g for g, p in zip(grads, params)]
-    shared = {id(p) for p in params}
-    others = [leaf for leaf in graph_leaves(losses) if id(leaf) not in shared]
-    if others:
-        torch.autograd.backward(stacked.sum(), inputs=others, retain_graph=retain_graph)
-    return blocks
+    return blocks, sum_gradients(losses, others, retain_graph)
+
+
+def sum_gradients(losses: list[Tensor], leaves: list[Tensor], retain_graph: bool) -> OtherGrads:
+    """``∇ Σ_i L_i`` for ``leaves``; autograd prunes the graph to what reaches them (the heads)."""
+    if not leaves:
+        return []
+    return list(torch.autograd.grad(torch.stack(losses).sum(), leaves, retain_graph=retain_graph, allow_unused=True))
 
 
 def representation_gradients(losses: list[Tensor], rep: Tensor) -> list[Tensor]:
@@ -97,20 +108,18 @@ def representation_gradients(losses: list[Tensor], rep: Tensor) -> list[Tensor]:
     return [torch.stack([torch.zeros_like(rep) if g is None else g for g in rows])]
 
 
-def backward_through_representation(
-    losses: list[Tensor], rep: Tensor, params: list[Tensor], rep_update: Tensor, retain_graph: bool
-) -> None:
-    """Shared parameters get ``(∂Z/∂θ)ᵀ rep_update``; the other leaves ``∇ Σ_i L_i``."""
+def through_representation(
+    losses: list[Tensor], rep: Tensor, params: list[Tensor], others: list[Tensor], rep_update: Tensor, retain_graph: bool
+) -> tuple[list[Tensor | None], OtherGrads]:
+    """``(∂Z/∂θ)ᵀ rep_update`` for the shared parameters; ``∇ Σ_i L_i`` for ``others``."""
     grads = torch.autograd.grad(rep, params, grad_outputs=rep_update, retain_graph=True, allow_unused=True)
-    _add_to_grad(params, grads)
-    shared = {id(p) for p in params}
-    others = [leaf for leaf in graph_leaves(losses) if id(leaf) not in shared]
-    if others:
-        torch.autograd.backward(torch.stack(losses).sum(), inputs=others, retain_graph=retain_graph)
+    return list(grads), sum_gradients(losses, others, retain_graph)
 
 
-def weighted_backward(losses: list[Tensor], params: list[Tensor], weights: Tensor, retain_graph: bool) -> None:
-    """Add ``∇_θ Σ_i w_i L_i`` to the shared ``.grad`` and ``∇ Σ_i L_i`` to every other leaf.
+def weighted_gradients(
+    losses: list[Tensor], params: list[Tensor], others: list[Tensor], weights: Tensor, retain_graph: bool
+) -> tuple[list[Tensor | None], OtherGrads]:
+    """``∇_θ Σ_i w_i L_i`` for the shared parameters and ``∇ Σ_i L_i`` for ``others``.
 
     Two passes: the weighted objective restricted to the shared parameters, then the plain sum
     restricted to the other leaves, which autograd prunes to the heads' part of the graph.
@@ -119,16 +128,14 @@ def weighted_backward(losses: list[Tensor], params: list[Tensor], weights: Tenso
     grads = torch.autograd.grad(
         (weights.to(stacked.dtype) * stacked).sum(), params, retain_graph=True, allow_unused=True
     )
-    _add_to_grad(params, grads)
-    shared = {id(p) for p in params}
-    others = [leaf for leaf in graph_leaves(losses) if id(leaf) not in shared]
-    if others:
-        torch.autograd.backward(stacked.sum(), inputs=others, retain_graph=retain_graph)
+    return list(grads), sum_gradients(losses, others, retain_graph)
 
 
-def sampled_gradients(losses: list[Tensor], params: list[Tensor], sampled: list[int], retain_graph: bool) -> list[Tensor]:
+def sampled_gradients(
+    losses: list[Tensor], params: list[Tensor], others: list[Tensor], sampled: list[int], retain_graph: bool
+) -> tuple[list[Tensor], OtherGrads]:
     """Blocks ``(|S| + 1, *p.shape)``: ``g_i`` for the sampled tasks, then the pseudo-task
-    ``(Σ_j g_j − Σ_{i∈S} g_i)/(K − |S|)`` (CAGrad-Fast, eq. 4).
+    ``(Σ_j g_j − Σ_{i∈S} g_i)/(K − |S|)`` (CAGrad-Fast, eq. 4); and ``∇ Σ_j L_j`` for ``others``.
 
     ``Σ_j g_j`` comes from one full backward of ``Σ_j L_j``, which also gives the heads their
     gradients; the sampled tasks cost one shared-parameter backward each.
@@ -137,27 +144,21 @@ def sampled_gradients(losses: list[Tensor], params: list[Tensor], sampled: list[
     rows = [
         torch.autograd.grad(losses[i], params, retain_graph=True, allow_unused=True) for i in sampled
     ]
-    saved = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    try:
-        torch.stack(losses).sum().backward(retain_graph=retain_graph)
-        total = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    finally:
-        for p, g in zip(params, saved):
-            p.grad = g
+    everything = torch.autograd.grad(
+        torch.stack(losses).sum(), [*params, *others], retain_graph=retain_graph, allow_unused=True
+    )
+    total = [torch.zeros_like(p) if g is None else g for p, g in zip(params, everything)]
     blocks = []
     for k, p in enumerate(params):
         own = [torch.zeros_like(p) if row[k] is None else row[k] for row in rows]
         pseudo = (total[k] - sum(own, torch.zeros_like(p))) / (K - len(sampled))
         blocks.append(torch.stack([*own, pseudo]))
-    return blocks
+    return blocks, list(everything[len(params) :])
 
 
-def _add_to_grad(params: list[Tensor], grads: tuple[Tensor | None, ...]) -> None:
-    for p, g in zip(params, grads):
-        if g is not None:
-            p.grad = g if p.grad is None else p.grad + g
+def _summed(totals: OtherGrads, grads: tuple[Tensor | None, ...]) -> OtherGrads:
+    # Out of place: a gradient autograd returns may be an expanded view, which add_ refuses.
+    return [t if g is None else g if t is None else t + g for t, g in zip(totals, grads)]
 
 
 def _graph_leaves(roots: list[Tensor]) -> Iterator[Tensor]:

@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
-from .backward import BackwardResult
+from .backward import BackwardResult, _check_parallel_method
+from .distributed import replicas
 from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .methods.schedules import CAGradFast, Reuse
@@ -78,6 +80,7 @@ def grouped_backward(
     shared: Iterable[str] | None = None,
     randomness: Randomness = "error",
     check_finite: bool = True,
+    data_parallel: bool | dist.ProcessGroup | None = None,
 ) -> BackwardResult:
     """Gradient surgery with per-task gradients from each task's own rows.
 
@@ -95,7 +98,13 @@ def grouped_backward(
     * a loss weighting (UW, DWA, …): one backward of its combined objective into every trainable
       parameter, shared or not, as :func:`mtgrad.backward` does for loss weightings (the per-task
       losses are still each computed from their own rows); ``gramian`` is then ``None``.
+
+    Under data parallelism (``data_parallel`` as in :func:`mtgrad.backward`; the model is called
+    functionally, so no DDP wrapper is involved) every parameter's per-task gradients and the
+    losses are averaged over the ranks first: every rank writes the same, global-batch ``.grad``.
     """
+    ranks = replicas(data_parallel)
+    _check_parallel_method(method, ranks)
     if isinstance(method, LossWeighting):
         if shared is not None:
             known = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -116,21 +125,22 @@ def grouped_backward(
         raise ValueError(f"shared names {unknown} are not trainable parameters of the model")
     if check_finite and not bool(torch.isfinite(losses).all()):
         raise ValueError(f"task losses are NaN or inf: {losses.tolist()}")
+    losses = losses.detach().clone()
+    ranks.mean_([*grads.values(), losses])
     shared_set = set(shared_names)
     updates: dict[str, Tensor] = {name: grads[name].sum(0) for name in names if name not in shared_set}
     blocks = [grads[n] for n in shared_names]
     w: Tensor | None
+    policy = GramianPolicy(check=check_finite, replicas=ranks)
     if isinstance(method, JacobianAggregator):
-        w, G = None, GramianPolicy(check=check_finite).gramian(blocks)
-        updates.update(zip(shared_names, method.aggregate_blocks(blocks, losses.detach())))
+        w, G = None, policy.gramian(blocks)
+        updates.update(zip(shared_names, (ranks.agree(u) for u in method.aggregate_blocks(blocks, losses))))
     else:
-        w, G = stored_weights(method, blocks, losses.detach(), GramianPolicy(check=check_finite))
+        w, G = stored_weights(method, blocks, losses, policy)
         updates.update((name, combine(w, grads[name])) for name in shared_names)
     params = dict(model.named_parameters())
-    for name, update in updates.items():
-        p = params[name]
-        p.grad = update if p.grad is None else p.grad + update
-    return BackwardResult(weights=w, gramian=G, losses=losses.detach())
+    ranks.deliver([params[name] for name in updates], list(updates.values()))
+    return BackwardResult(weights=w, gramian=G, losses=losses)
 
 
 def _loss_weighting_backward(

@@ -11,11 +11,12 @@ either, so that every entry point accepts the same methods.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from .distributed import LOCAL, Replicas
 from .gramian import gramian
 from .methods.base import Weighting
 from .methods.schedules import CAGradFast, Reuse
@@ -34,10 +35,13 @@ class GramianPolicy:
     ``.grad`` stays scaled, as the scaler expects (``scaler.step`` unscales it). An overflow is
     then no error: the weights fall back to the mean, the non-finite update reaches ``.grad`` and
     the scaler skips the step and backs off, as it does for a plain ``loss.backward()``.
+    ``replicas``: the ranks sharing the step (:mod:`mtgrad.distributed`); the weights are rank 0's
+    on every rank, so that a method drawing random numbers takes one step everywhere.
     """
 
     check: bool = True
     loss_scale: Tensor | None = None
+    replicas: Replicas = field(default=LOCAL)
 
     def gramian(self, blocks: Iterable[Tensor]) -> Tensor:
         """:func:`mtgrad.gramian.gramian` of ``blocks``, through :meth:`prepared`."""
@@ -56,7 +60,7 @@ class GramianPolicy:
         (which will skip the step)."""
         if self.loss_scale is not None and self.check and not bool(torch.isfinite(G).all()):
             return G.new_full(G.shape[:-1], 1.0 / G.shape[-1])
-        return solve(G)
+        return self.replicas.agree(solve(G))
 
 
 def stored_weights(
@@ -80,7 +84,7 @@ def stored_weights(
         method.advance(w)
         return w, G
     if isinstance(method, CAGradFast):
-        sampled = method.sample(T)
+        sampled = policy.replicas.agree_indices(method.sample(T), T)
         G = policy.gramian(sampled_rows(block, sampled) for block in blocks)
         return policy.solve(G, lambda G: method.task_weights(G, sampled, T)), G if len(sampled) == T else None
     G = policy.gramian(blocks)
