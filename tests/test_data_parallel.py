@@ -7,7 +7,6 @@ with the same parameters, equal to one process trained on the whole batch. The r
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -79,3 +78,14 @@ def test_single_process_ignores_data_parallel_default():
         model = nn.Linear(2, 2)
         out = model(torch.ones(1, 2)).squeeze(0)
         mtgrad.backward([out[0], out[1]], model.parameters(), mtgrad.PCGrad(), data_parallel=True)
+
+
+def test_the_documented_example_runs_and_its_ranks_agree():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "docs" / "examples" / "ddp.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ranks agree: True" in done.stdout

@@ -29,19 +29,19 @@ process group the caller names (the default group unless told otherwise).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Replicas", "replicas"]
+__all__ = ["Replicas", "replicas", "bytes_sent"]
 
 # Elements per all-reduce bucket (25 MiB of float32, DDP's default bucket size).
 BUCKET_ELEMENTS = (25 << 20) // 4
 
 
-@dataclass(eq=False)  # compared by identity: it counts the bytes it sends
+@dataclass(frozen=True)
 class Replicas:
     """The ranks one step is shared with (``size == 1``: this process alone).
 
@@ -51,13 +51,11 @@ class Replicas:
         through_autograd: deliver gradients with ``torch.autograd.backward`` on the leaves (so a
             DDP reducer's hooks fire) rather than by writing ``.grad``; on whenever
             ``torch.distributed`` is initialised, even for a rank-local step.
-        bytes_sent: numbers communicated by this object's collectives, in bytes (for benchmarks).
     """
 
     group: dist.ProcessGroup | None = None
     size: int = 1
     through_autograd: bool = False
-    bytes_sent: int = field(default=0)
 
     @property
     def parallel(self) -> bool:
@@ -89,7 +87,7 @@ class Replicas:
         if not self.parallel:
             return t
         out = t.detach().clone().contiguous()
-        self.bytes_sent += out.numel() * out.element_size()
+        _count(out.numel() * out.element_size())
         dist.broadcast(out, src=dist.get_global_rank(self.group, 0) if self.group is not None else 0, group=self.group)
         return out
 
@@ -115,7 +113,7 @@ class Replicas:
                 "e.g. DistributedSampler(drop_last=True) and DataLoader(drop_last=True))"
             )
         parts = [torch.empty_like(t) for _ in range(self.size)]
-        self.bytes_sent += t.numel() * t.element_size() * (self.size - 1)
+        _count(t.numel() * t.element_size() * (self.size - 1))
         dist.all_gather(parts, t, group=self.group)
         return torch.cat(parts, dim=dim)
 
@@ -138,11 +136,23 @@ class Replicas:
                 leaf.grad = leaf.grad.add_(g) if not _is_expanded(leaf.grad) else leaf.grad + g
 
     def _all_reduce(self, t: Tensor) -> None:
-        self.bytes_sent += t.numel() * t.element_size()
+        _count(t.numel() * t.element_size())
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
 
 
 LOCAL = Replicas()
+_BYTES_SENT = 0
+
+
+def bytes_sent() -> int:
+    """Bytes this process has contributed to mtgrad's collectives so far (for benchmarks): an
+    all-reduce or broadcast counts its tensor, an all-gather the W − 1 copies it receives."""
+    return _BYTES_SENT
+
+
+def _count(n: int) -> None:
+    global _BYTES_SENT
+    _BYTES_SENT += n
 
 
 def replicas(data_parallel: bool | dist.ProcessGroup | None) -> Replicas:

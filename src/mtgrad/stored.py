@@ -11,7 +11,7 @@ either, so that every entry point accepts the same methods.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -41,7 +41,7 @@ class GramianPolicy:
 
     check: bool = True
     loss_scale: Tensor | None = None
-    replicas: Replicas = field(default=LOCAL)
+    replicas: Replicas = LOCAL
 
     def gramian(self, blocks: Iterable[Tensor]) -> Tensor:
         """:func:`mtgrad.gramian.gramian` of ``blocks``, through :meth:`prepared`."""
