@@ -111,3 +111,52 @@ def test_end_epoch_reaches_dwa_and_is_harmless_elsewhere():
     # From the third epoch on DWA's weights depend on the loss ratios, so they are no longer all 1.
     assert not torch.allclose(record.weights, torch.ones(3, dtype=torch.float64))
     mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model["trunk"].parameters(), mtgrad.PCGrad()).end_epoch()
+
+
+def test_lr_schedulers_drive_it_and_resume_with_it():
+    """A scheduler accepts MTLOptimizer (it is an Optimizer), sets the inner optimizer's lr,
+    and scheduler + optimizer state dicts resume a run identically."""
+
+    def build():
+        model = make_model()
+        opt = mtgrad.MTLOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), model["trunk"].parameters(),
+            mtgrad.PCGrad(generator=torch.Generator().manual_seed(3)),
+        )  # fmt: skip
+        return model, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+
+    model, opt, sched = build()
+    assert isinstance(opt, torch.optim.Optimizer)
+    data = batches(6)
+    lrs = []
+    for k, (x, ys) in enumerate(data):
+        if k == 3:
+            saved = copy.deepcopy((model.state_dict(), opt.state_dict(), sched.state_dict()))
+        opt.zero_grad()
+        opt.step(task_losses(model, x, ys))
+        sched.step()
+        lrs.append(opt.optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.1, 0.05, 0.05, 0.025, 0.025, 0.0125])
+
+    resumed, opt2, sched2 = build()
+    resumed.load_state_dict(saved[0])
+    opt2.load_state_dict(saved[1])
+    sched2.load_state_dict(saved[2])
+    for x, ys in data[3:]:
+        opt2.zero_grad()
+        opt2.step(task_losses(resumed, x, ys))
+        sched2.step()
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_one_cycle_schedule_reads_defaults_and_groups():
+    model = make_model()
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                              model["trunk"].parameters(), mtgrad.MGDA())  # fmt: skip
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=4)
+    (x, ys), = batches(1)
+    opt.zero_grad()
+    opt.step(task_losses(model, x, ys))
+    sched.step()
+    assert opt.optimizer.param_groups[0]["lr"] == opt.param_groups[0]["lr"] > 0.04

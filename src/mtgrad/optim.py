@@ -15,8 +15,12 @@ from .methods.base import LossWeighting, Method
 __all__ = ["MTLOptimizer"]
 
 
-class MTLOptimizer:
+class MTLOptimizer(torch.optim.Optimizer):
     """Wraps any ``torch.optim.Optimizer``: ``step(losses)`` runs :func:`mtgrad.backward` then steps.
+
+    It is itself a ``torch.optim.Optimizer`` whose ``param_groups``, ``defaults`` and ``state``
+    are the inner optimizer's, so ``torch.optim.lr_scheduler`` schedulers drive it (and changing
+    a group's ``lr`` changes the inner one's).
 
     Example::
 
@@ -40,7 +44,10 @@ class MTLOptimizer:
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if not isinstance(method, Method):
             raise TypeError(f"method must be an mtgrad method (e.g. mtgrad.PCGrad()), got {type(method).__name__}")
+        # Optimizer.__init__ is not called: it would build param groups of its own, and these
+        # must be the inner optimizer's (a scheduler sets their lr).
         self.optimizer = optimizer
+        self.defaults = optimizer.defaults
         self.shared_params = list(shared_params)
         if not self.shared_params:
             raise ValueError("shared_params is empty: give the parameters all tasks share")
@@ -59,9 +66,16 @@ class MTLOptimizer:
             if own:  # learned jointly with the model, as in Kendall et al. (2018)
                 optimizer.add_param_group({"params": own})
 
-    @property
+    @property  # type: ignore[override]
     def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
+
+    @property  # type: ignore[override]
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.optimizer.add_param_group(param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the inner optimizer's gradients and drop what :meth:`backward` accumulated."""
