@@ -49,6 +49,7 @@ from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from .distributed import LOCAL, Replicas
+from .engine import batched_vjp
 from .gramian import cross_gramian, gramian
 
 __all__ = ["GramianEngine"]
@@ -180,6 +181,9 @@ class GramianEngine:
         state = "closed" if not self._handles else f"{len(self._calls)} recorded calls"
         return f"GramianEngine({len(self._layers)} linear layers, {state})"
 
+    # Under torch.compile the hook runs eagerly between graphs (a graph break per hooked layer):
+    # it must see the real input and the output's place in the autograd graph, not a trace.
+    @torch.compiler.disable
     def _record(self, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         if not torch.is_grad_enabled() or not isinstance(output, Tensor) or not output.requires_grad:
             return
@@ -261,12 +265,7 @@ class GramianEngine:
         G = C.new_zeros((R, R), dtype=torch.float64)
         if not inputs and not replicas.parallel:
             return G  # no shared parameter is on the graph (backward rejects that case earlier)
-        grads = list(
-            torch.autograd.grad(
-                stacked, inputs, grad_outputs=C.to(stacked.dtype), is_grads_batched=True,
-                retain_graph=True, allow_unused=True,
-            )
-        ) if inputs else []  # fmt: skip
+        grads = batched_vjp(stacked, inputs, C.to(stacked.dtype)) if inputs else []
         blocks = [
             torch.zeros((R, *p.shape), dtype=p.dtype, device=p.device) if g is None else g
             for p, g in zip(plan.fallback, grads[len(plan.calls) :])

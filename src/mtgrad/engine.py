@@ -20,11 +20,12 @@ blocks: it computes ``G`` from the linear layers' inputs and output gradients an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import GradientEdge
 
 __all__ = [
     "Engine",
@@ -33,6 +34,8 @@ __all__ = [
     "weighted_gradients",
     "sampled_gradients",
     "representation_gradients",
+    "batched_vjp",
+    "has_compiled_region",
     "through_representation",
     "graph_leaves",
     "reaches",
@@ -85,11 +88,48 @@ def _batched(
     stacked = torch.stack(losses)
     T = stacked.shape[0]
     eye = torch.eye(T, dtype=stacked.dtype, device=stacked.device)
-    grads = torch.autograd.grad(
-        stacked, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True, allow_unused=True
-    )
+    grads = batched_vjp(stacked, params, eye)
     blocks = [p.new_zeros((T, *p.shape)) if g is None else g for g, p in zip(grads, params)]
     return blocks, sum_gradients(losses, others, retain_graph)
+
+
+def batched_vjp(outputs: Tensor, inputs: Sequence[Tensor | GradientEdge], cotangents: Tensor) -> list[Tensor | None]:
+    """``[∂(C_r · outputs)/∂x]_r`` stacked over the rows ``C_r`` of ``cotangents``, per input ``x``
+    (``None`` where no row reaches it); the graph is kept.
+
+    One vmapped backward (``is_grads_batched``), except through a ``torch.compile``'d region:
+    its backward is one opaque compiled function without a batching rule, so there it is one
+    backward per row — the same numbers, at the loop engine's cost.
+    """
+    if not has_compiled_region([outputs]):
+        return list(
+            torch.autograd.grad(outputs, inputs, grad_outputs=cotangents, is_grads_batched=True, retain_graph=True, allow_unused=True)
+        )
+    rows = [torch.autograd.grad(outputs, inputs, grad_outputs=c, retain_graph=True, allow_unused=True) for c in cotangents]
+    stacked: list[Tensor | None] = []
+    for k in range(len(inputs)):
+        column = [row[k] for row in rows]
+        present = next((g for g in column if g is not None), None)
+        if present is None:
+            stacked.append(None)
+        else:
+            stacked.append(torch.stack([torch.zeros_like(present) if g is None else g for g in column]))
+    return stacked
+
+
+def has_compiled_region(roots: list[Tensor]) -> bool:
+    """Whether the autograd graph of ``roots`` holds a ``torch.compile``'d region's backward."""
+    seen: set[int] = set()
+    stack = [root.grad_fn for root in roots]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.name() == "CompiledFunctionBackward":
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
 
 
 def sum_gradients(losses: list[Tensor], leaves: list[Tensor], retain_graph: bool) -> OtherGrads:
@@ -105,7 +145,12 @@ def representation_gradients(losses: list[Tensor], rep: Tensor) -> list[Tensor]:
     Each pass runs only through task i's head, so all T cost about one head backward each.
     """
     rows = [torch.autograd.grad(loss, rep, retain_graph=True, allow_unused=True)[0] for loss in losses]
-    return [torch.stack([torch.zeros_like(rep) if g is None else g for g in rows])]
+    missing = [i for i, g in enumerate(rows) if g is None]
+    if missing:
+        # Silently zero rows would drop those tasks from the trunk's update.
+        compiled = " (the losses come out of a torch.compile'd region that computes them from Z inside it: compile the trunk alone, or use an engine)" if has_compiled_region(losses) else ""
+        raise ValueError(f"losses {missing} do not depend on the representation through autograd{compiled}")
+    return [torch.stack(rows)]
 
 
 def through_representation(

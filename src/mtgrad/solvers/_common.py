@@ -19,7 +19,10 @@ _NORM_NOISE = 4 * _EPS**0.5
 
 
 def _host_sync_is_free(t: Tensor) -> bool:
-    return t.device.type == "cpu"
+    """Whether a solver may read a flag on the host to skip work: on the CPU, and not while
+    ``torch.compile`` traces it (a data-dependent branch breaks the graph; the branch-free
+    route of the accelerators compiles whole)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _diag_scale(Q: Tensor) -> Tensor:
