@@ -1,0 +1,138 @@
+"""Lightning: gradient surgery in a LightningModule, and the conflict diagnostics in its logger.
+
+Needs the ``lightning`` extra (``pip install "mtgrad[lightning]"``). Surgery replaces the single
+backward Lightning's automatic optimisation runs, so the module optimises manually::
+
+    class MultiTask(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.trunk, self.heads = ..., ...
+            self.method = mtgrad.PCGrad()
+
+        def training_step(self, batch, batch_idx):
+            losses = ...                                   # T scalar losses
+            mtgrad.lightning.surgery_step(self, losses, self.trunk.parameters(), self.method)
+
+    trainer = lightning.Trainer(callbacks=[mtgrad.lightning.ConflictLogger()], strategy="ddp", ...)
+
+:func:`surgery_step` is ``manual_backward`` + ``optimizer.step()`` with :func:`mtgrad.backward` in
+place of ``loss.backward()``: the strategy prepares DDP's reducer as for ``manual_backward``, so
+under ``strategy="ddp"`` every rank takes the exact global-batch step (:mod:`mtgrad.distributed`);
+with ``precision="16-mixed"`` the precision plugin's ``GradScaler`` is passed on (the method sees
+unscaled gradients, an overflow skips the step); ``"bf16-mixed"`` needs nothing.
+:class:`ConflictLogger` logs the step's cosines, conflict rate, magnitude similarity Φ and
+weights through ``LightningModule.log``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .backward import BackwardResult, backward
+from .methods.base import Method
+
+try:
+    import lightning.pytorch as pl
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        'mtgrad.lightning needs Lightning: pip install "mtgrad[lightning]" (or pip install lightning)'
+    ) from error
+
+__all__ = ["surgery_step", "ConflictLogger"]
+
+RECORD_ATTRIBUTE = "mtgrad_record"
+
+
+def surgery_step(
+    module: pl.LightningModule,
+    losses: Sequence[Tensor] | Tensor,
+    shared_params: Iterable[Tensor],
+    method: Method,
+    *,
+    optimizer: Any = None,
+    **kwargs: Any,
+) -> BackwardResult:
+    """One optimisation step of a manually optimised module: zero_grad, surgery, step.
+
+    Args:
+        module: the LightningModule (``automatic_optimization = False``).
+        losses: the T task losses of this batch.
+        shared_params: the parameters every task shares.
+        method: e.g. ``mtgrad.PCGrad()``; keep it on the module, so its state persists.
+        optimizer: one of ``module.optimizers()``; default: the only one.
+        kwargs: for :func:`mtgrad.backward` (``engine``, ``representation``, ``check_finite``).
+
+    Returns:
+        The step's record, also kept as ``module.mtgrad_record`` for :class:`ConflictLogger`.
+    """
+    if module.automatic_optimization:
+        raise ValueError(
+            "surgery_step replaces Lightning's backward: set self.automatic_optimization = False in the module's __init__"
+        )
+    opt = optimizer if optimizer is not None else module.optimizers()
+    if isinstance(opt, list):
+        raise ValueError(f"the module has {len(opt)} optimizers: pass optimizer=... for this step")
+    trainer = module.trainer
+    stacked = torch.stack(list(losses)) if not isinstance(losses, Tensor) else losses
+    opt.zero_grad()
+    # What manual_backward does around loss.backward(): DDP's reducer is prepared here (in manual
+    # optimisation Lightning's forward leaves it unprepared), the precision plugin's scaler is ours.
+    trainer.strategy.pre_backward(stacked.sum())
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    record = backward(stacked, shared_params, method, scaler=scaler, **kwargs)
+    trainer.strategy.post_backward(stacked.sum())
+    opt.step()
+    setattr(module, RECORD_ATTRIBUTE, record)
+    return record
+
+
+class ConflictLogger(pl.Callback):
+    """Logs the conflict diagnostics of each :func:`surgery_step` to the Trainer's logger.
+
+    Per step (every ``every_n_steps``): ``mtgrad/conflict_rate``, ``mtgrad/min_cosine``,
+    ``mtgrad/min_magnitude_similarity``, and per task pair ``mtgrad/cos_i_j``, per task
+    ``mtgrad/weight_i`` (when the method has weights). Steps without a Gramian (a loss weighting,
+    a reused step) log only the weights.
+    """
+
+    def __init__(self, every_n_steps: int = 1, pairs: bool = True) -> None:
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
+        self.every_n_steps = every_n_steps
+        self.pairs = pairs
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        record = getattr(pl_module, RECORD_ATTRIBUTE, None)
+        if not isinstance(record, BackwardResult) or trainer.global_step % self.every_n_steps:
+            return
+        metrics = diagnostics_metrics(record, self.pairs)
+        if metrics:
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+
+def diagnostics_metrics(record: BackwardResult, pairs: bool = True) -> dict[str, float]:
+    """The scalars :class:`ConflictLogger` logs for one record (one host read)."""
+    values: dict[str, Tensor] = {}
+    if record.weights is not None:
+        values.update({f"mtgrad/weight_{i}": w for i, w in enumerate(record.weights)})
+    if record.gramian is not None:
+        d = record.diagnostics()
+        T = d.cosine.shape[-1]
+        upper = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+        values["mtgrad/conflict_rate"] = d.conflict_rate
+        if T > 1:
+            values["mtgrad/min_cosine"] = d.cosine.cpu()[upper].min()
+            values["mtgrad/min_magnitude_similarity"] = d.magnitude_similarity.cpu()[upper].min()
+        if pairs:
+            values.update({f"mtgrad/cos_{i}_{j}": d.cosine[i, j] for i in range(T) for j in range(i + 1, T)})
+    if not values:
+        return {}
+    flat = torch.stack([v.detach().to("cpu", torch.float64).reshape(()) for v in values.values()]).tolist()
+    return dict(zip(values, flat))

@@ -1,0 +1,73 @@
+"""The Lightning integration with a real ``lightning.Trainer`` on the CPU.
+
+The runs go through ``docs/examples/lightning_train.py`` in a subprocess (``strategy="ddp"``
+re-launches its script for the second rank): one process, DDP on 2 CPU processes, bf16-mixed;
+``--check`` compares the trained parameters with plain PyTorch + mtgrad.backward on the global
+batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+lightning = pytest.importorskip("lightning")
+
+import mtgrad  # noqa: E402
+import mtgrad.lightning  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "lightning_train.py"
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[str, list[dict[str, str]]]:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--check", "--logs", str(tmp_path), *args],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (metrics,) = tmp_path.glob("run/version_*/metrics.csv")
+    with open(metrics) as f:
+        return done.stdout, list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--devices", "2", "--strategy", "ddp"), ("--precision", "bf16-mixed")],
+    ids=["one-process", "ddp-2-cpu", "bf16-mixed"],
+)
+def test_trainer_runs_match_the_whole_batch_step_and_log_diagnostics(tmp_path, args):
+    out, rows = _run(tmp_path, *args)
+    assert "matches the whole-batch run: True" in out
+    logged = [r for r in rows if r.get("mtgrad/conflict_rate")]
+    devices = int(args[args.index("--devices") + 1]) if "--devices" in args else 1
+    assert len(logged) == 3 * 64 // (8 * devices)  # 3 epochs of 64 rows, 8 rows per rank: every step
+    for r in logged:
+        assert 0.0 <= float(r["mtgrad/conflict_rate"]) <= 1.0
+        assert -1.0 <= float(r["mtgrad/min_cosine"]) <= 1.0
+        assert all(float(r[f"mtgrad/weight_{i}"]) > 0 for i in range(3))  # PCGrad's weights
+
+
+def test_metrics_of_a_record():
+    J = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [0.0, 2.0]], dtype=torch.float64)
+    record = mtgrad.BackwardResult(weights=torch.tensor([1.0, 1.5, 0.5], dtype=torch.float64), gramian=J @ J.T)
+    m = mtgrad.lightning.diagnostics_metrics(record)
+    assert m["mtgrad/conflict_rate"] == pytest.approx(1 / 3)
+    assert m["mtgrad/cos_0_1"] == pytest.approx(-2**-0.5)
+    assert m["mtgrad/min_cosine"] == pytest.approx(-2**-0.5)
+    assert m["mtgrad/weight_1"] == 1.5
+    assert mtgrad.lightning.diagnostics_metrics(mtgrad.BackwardResult(weights=None, gramian=None)) == {}
+
+
+def test_surgery_step_needs_manual_optimisation():
+    class Auto(lightning.LightningModule):
+        pass
+
+    with pytest.raises(ValueError, match="automatic_optimization = False"):
+        mtgrad.lightning.surgery_step(Auto(), [torch.zeros(())], [], mtgrad.PCGrad())
+    with pytest.raises(ValueError, match="every_n_steps"):
+        mtgrad.lightning.ConflictLogger(every_n_steps=0)
