@@ -7,6 +7,7 @@ tensor([0.1835, 1.2041, 1.2041])
 """
 
 from . import diagnostics, methods, solvers
+from ._version import __version__
 from .accumulate import TaskGradients, accumulate_task_gradients, apply_task_gradients
 from .aggregate import aggregate
 from .autogram import GramianEngine
@@ -33,4 +34,3 @@ __all__ = [
     *_METHODS,
 ]
 
-__version__ = "0.1.0"
