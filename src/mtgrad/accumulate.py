@@ -146,9 +146,10 @@ def apply_task_gradients(grads: TaskGradients, method: Method, *, check_finite: 
     ranks = grads.replicas
     policy = GramianPolicy(check=check_finite, loss_scale=grads.loss_scale, replicas=ranks)
     ranks.mean_([*grads.blocks, grads.losses])
+    G: Tensor | None
     if isinstance(method, JacobianAggregator):
         G = policy.gramian(grads.blocks)
-        updates = [ranks.agree(u) for u in method.aggregate_blocks(grads.blocks, grads.losses)]
+        updates: list[Tensor | None] = [ranks.agree(u) for u in method.aggregate_blocks(grads.blocks, grads.losses)]
         ranks.deliver(grads.params, updates)
         return BackwardResult(weights=None, gramian=G)
     weights, G = stored_weights(method, grads.blocks, grads.losses, policy)  # type: ignore[arg-type]

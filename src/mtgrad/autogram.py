@@ -204,7 +204,9 @@ class GramianEngine:
             return  # frozen: nothing to record
         # For inputs of more than 2 dims F.linear returns a view of its 2-D result; an in-place
         # op on that view would take the view's node off the graph, not its base's.
-        base = output._base if output._is_view() and output._base.numel() == output.numel() else output
+        base: Tensor = output
+        if output._is_view() and output._base is not None and output._base.numel() == output.numel():
+            base = output._base
         source = get_gradient_edge(x).node if x.requires_grad else None
         kept = x.detach() if weight is not None else None  # a bias needs only D
         edge = get_gradient_edge(base)
@@ -374,6 +376,7 @@ def _add_linear_gramians(
             key = id(call.bias)
             sums[key] = part if key not in sums else sums[key] + part
         if call.weight is not None and id(call.weight) in activation:
+            assert call.x is not None  # kept whenever the call has a weight
             x = call.x.reshape(-1, call.x.shape[-1])
             pairs.setdefault(id(call.weight), []).append((replicas.gather_rows(x, dim=0), D))
     for S in sums.values():

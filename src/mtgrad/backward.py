@@ -277,6 +277,7 @@ def _dispatch(
         return step
 
     if isinstance(engine, GramianEngine):
+        assert isinstance(method, (Weighting, CAGradFast))  # _check_engine refused the others
         return _gramian_step(task_losses, params, others, method, engine, values, retain_graph, policy)
 
     ranks = policy.replicas
@@ -288,19 +289,19 @@ def _dispatch(
         else:
             blocks, heads = sampled_gradients(task_losses, params, others, sampled, retain_graph)
         ranks.mean_(blocks)
-        G = policy.gramian(blocks)
-        w = policy.solve(G, lambda G: method.task_weights(G, sampled, T))
+        rows_gramian = policy.gramian(blocks)
+        w = policy.solve(rows_gramian, lambda G: method.task_weights(G, sampled, T))
         if len(sampled) == T:
-            return _Step(BackwardResult(weights=w, gramian=G), _combined(w, blocks), heads)
+            return _Step(BackwardResult(weights=w, gramian=rows_gramian), _combined(w, blocks), heads)
         # Only the sampled rows' Gramian was formed: no gramian in the record.
         return _Step(BackwardResult(weights=w, gramian=None), _combined(_row_weights(w, sampled), blocks), heads)
 
     blocks, heads = task_gradients(task_losses, params, others, engine, retain_graph)
     ranks.mean_(blocks)
     if isinstance(method, JacobianAggregator):
-        G = policy.gramian(blocks)
-        updates = [ranks.agree(u) for u in method.aggregate_blocks(blocks, values)]
-        return _Step(BackwardResult(weights=None, gramian=G), list(updates), heads)
+        G: Tensor | None = policy.gramian(blocks)
+        updates: list[Tensor | None] = [ranks.agree(u) for u in method.aggregate_blocks(blocks, values)]
+        return _Step(BackwardResult(weights=None, gramian=G), updates, heads)
     assert isinstance(method, Weighting)  # the kinds were checked on entry
     weights, G = stored_weights(method, blocks, values, policy)
     return _Step(BackwardResult(weights=weights, gramian=G), _combined(weights, blocks), heads)
@@ -381,6 +382,7 @@ def _representation_step(
         G: Tensor | None = policy.gramian([block])
         update = ranks.agree(method.aggregate_blocks([block], values)[0])
     else:
+        assert isinstance(method, (Weighting, CAGradFast, Reuse))  # the kinds were checked on entry
         weights, G = stored_weights(method, [block], values, policy)
         update = combine(weights, block)
     if ranks.parallel:

@@ -21,7 +21,7 @@ blocks: it computes ``G`` from the linear layers' inputs and output gradients an
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -101,11 +101,12 @@ def batched_vjp(outputs: Tensor, inputs: Sequence[Tensor | GradientEdge], cotang
     its backward is one opaque compiled function without a batching rule, so there it is one
     backward per row — the same numbers, at the loop engine's cost.
     """
+    targets = cast(Sequence[Tensor], inputs)  # autograd takes tensors and gradient edges mixed
     if not has_compiled_region([outputs]):
         return list(
-            torch.autograd.grad(outputs, inputs, grad_outputs=cotangents, is_grads_batched=True, retain_graph=True, allow_unused=True)
+            torch.autograd.grad(outputs, targets, grad_outputs=cotangents, is_grads_batched=True, retain_graph=True, allow_unused=True)
         )
-    rows = [torch.autograd.grad(outputs, inputs, grad_outputs=c, retain_graph=True, allow_unused=True) for c in cotangents]
+    rows = [torch.autograd.grad(outputs, targets, grad_outputs=c, retain_graph=True, allow_unused=True) for c in cotangents]
     stacked: list[Tensor | None] = []
     for k in range(len(inputs)):
         column = [row[k] for row in rows]

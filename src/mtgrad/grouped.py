@@ -132,6 +132,7 @@ def grouped_backward(
     blocks = [grads[n] for n in shared_names]
     w: Tensor | None
     policy = GramianPolicy(check=check_finite, replicas=ranks)
+    G: Tensor | None
     if isinstance(method, JacobianAggregator):
         w, G = None, policy.gramian(blocks)
         updates.update(zip(shared_names, (ranks.agree(u) for u in method.aggregate_blocks(blocks, losses))))
@@ -151,7 +152,7 @@ def _loss_weighting_backward(
     randomness: Randomness,
     check_finite: bool,
 ) -> BackwardResult:
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params: dict[str, Tensor] = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no parameter that requires grad")
     losses = torch.func.vmap(task_loss, in_dims=(None, 0), randomness=randomness)(params, batch)

@@ -66,13 +66,21 @@ class MTLOptimizer(torch.optim.Optimizer):
             if own:  # learned jointly with the model, as in Kendall et al. (2018)
                 optimizer.add_param_group({"params": own})
 
-    @property  # type: ignore[override]
-    def param_groups(self) -> list[dict[str, Any]]:
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
         return self.optimizer.param_groups
 
-    @property  # type: ignore[override]
-    def state(self) -> Any:
+    @param_groups.setter
+    def param_groups(self, groups: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
         return self.optimizer.state
+
+    @state.setter
+    def state(self, state: Any) -> None:
+        self.optimizer.state = state
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self.optimizer.add_param_group(param_group)
@@ -114,7 +122,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         pending, self._pending = self._pending, None
         return apply_task_gradients(pending, self.method, check_finite=check_finite)
 
-    def step(
+    def step(  # type: ignore[override]  # takes the losses first: the surgery needs them
         self,
         losses: Sequence[Tensor] | Tensor | None = None,
         closure: Callable[[], Sequence[Tensor] | Tensor] | None = None,

@@ -13,7 +13,7 @@ import inspect
 from typing import Any, Callable
 
 from .alignedmtl import AlignedMTL
-from .base import Method
+from .base import Method, Weighting
 from .cagrad import CAGrad
 from .conflict_free import ConFIG
 from .dualproj import DualProj
@@ -103,7 +103,12 @@ def from_spec(spec: str, **extra: Any) -> Method:
         if not isinstance(inner, str):
             raise ValueError(f"spec {spec!r}: reuse needs method=<name>, e.g. 'reuse:method=pcgrad,every=4'")
         schedule = {k: kwargs.pop(k) for k in ("every", "warmup") if k in kwargs}
-        return Reuse(_build(inner, kwargs, extra, spec), **schedule)
+        reused = _build(inner, kwargs, extra, spec)
+        if not isinstance(reused, Weighting):
+            raise ValueError(
+                f"spec {spec!r}: reuse repeats a Gramian weighting's weights; {type(reused).__name__} is not one"
+            )
+        return Reuse(reused, **schedule)
     return _build(name, kwargs, extra, spec)
 
 
