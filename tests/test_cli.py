@@ -110,3 +110,21 @@ def test_python_dash_m_mtgrad():
     )
     assert proc.returncode == 0, proc.stderr
     assert "--pcgrad-steps" in proc.stdout and "500,000" in proc.stdout
+
+
+def test_a_misspelt_flag_gets_the_closest_one_in_its_command(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--methd", "pcgrad", "--out", str(tmp_path / "never")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "mtgrad train: error" in err and "--methd (did you mean --method?)" in err
+    assert not (tmp_path / "never").exists()  # refused before anything was written
+
+
+def test_a_misspelt_method_gets_a_suggestion():
+    import mtgrad
+
+    with pytest.raises(ValueError, match=r"did you mean 'pcgrad'"):
+        mtgrad.from_spec("pcgard")
+    with pytest.raises(ValueError, match=r"did you mean 'c'"):
+        mtgrad.from_spec("cagrad:cc=0.4")

@@ -499,8 +499,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtgrad`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args, unknown = parser.parse_known_args(list(argv) if argv is not None else None)
+    if unknown:
+        _refuse_unknown(parser, args.command, unknown)
     return int(args.func(args) or 0)
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    """Exit with the subcommand's usage and, for a misspelt flag, the closest one."""
+    import difflib
+
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subparsers.choices[command]
+    flags = [f for action in sub._actions for f in action.option_strings if f.startswith("--")]
+    hints = []
+    for word in unknown:
+        if word.startswith("-"):
+            close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{word} (did you mean {close[0]}?)")
+                continue
+        hints.append(word)
+    sub.error(f"unrecognized arguments: {' '.join(hints)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,9 @@ next token is a method name (a token with ``=`` and no ``:`` continues the previ
 
 from __future__ import annotations
 
+import difflib
 import inspect
+from collections.abc import Iterable
 from typing import Any, Callable
 
 from .alignedmtl import AlignedMTL
@@ -115,13 +117,15 @@ def from_spec(spec: str, **extra: Any) -> Method:
 def _build(name: str, kwargs: dict[str, Any], extra: dict[str, Any], spec: str) -> Method:
     key = name.strip().lower()
     if key not in REGISTRY:
-        raise ValueError(f"unknown method {name!r} in spec {spec!r}; known: {', '.join(sorted([*REGISTRY, 'reuse']))}")
+        known = sorted([*REGISTRY, "reuse"])
+        raise ValueError(f"unknown method {name!r} in spec {spec!r}{_did_you_mean(name, known)}; known: {', '.join(known)}")
     factory = REGISTRY[key]
     accepted = inspect.signature(factory).parameters
     kwargs.update({k: v for k, v in extra.items() if k in accepted})
     unknown = set(kwargs) - set(accepted)
     if unknown:
-        raise ValueError(f"{name} does not take option(s) {sorted(unknown)}; it takes {sorted(accepted)}")
+        hint = "".join(_did_you_mean(u, accepted) for u in sorted(unknown))
+        raise ValueError(f"{name} does not take option(s) {sorted(unknown)}{hint}; it takes {sorted(accepted)}")
     return factory(**kwargs)
 
 
@@ -149,3 +153,9 @@ def split_specs(text: str) -> list[str]:
     if not specs:
         raise ValueError(f"no method spec found in {text!r}")
     return specs
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
