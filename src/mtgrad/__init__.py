@@ -7,7 +7,7 @@ tensor([0.1835, 1.2041, 1.2041])
 """
 
 from . import diagnostics, methods, solvers
-from ._version import __version__
+from ._version import __version__ as __version__
 from .accumulate import TaskGradients, accumulate_task_gradients, apply_task_gradients
 from .aggregate import aggregate
 from .autogram import GramianEngine
