@@ -48,8 +48,8 @@ def test_no_readable_checkpoint_names_the_files_and_the_flag(tmp_path):
     save_checkpoint(path, _state(2))
     for p in (path, path + ".prev"):
         open(p, "wb").write(b"mtgrad-checkpoint sha256=00\nxx")
-    with pytest.raises(CheckpointError, match=r"c\.pt: checksum mismatch.*c\.pt\.prev.*--no-resume"):
-        load_checkpoint(path, "--no-resume")
+    with pytest.raises(CheckpointError, match=r"c\.pt: checksum mismatch.*c\.pt\.prev.*--fresh"):
+        load_checkpoint(path, "--fresh")
 
 
 def test_a_run_whose_newest_checkpoint_is_corrupt_resumes_from_the_previous_one(tmp_path):

@@ -354,6 +354,7 @@ def _add_compare(sub) -> None:
         "--jobs", type=_int_at_least(1), default=None, help="worker processes (default: one per CPU core)"
     )
     p.add_argument("--no-plots", action="store_true", help="no PNG figures")
+    p.add_argument("--fresh", action="store_true", help="retrain every run, ignoring finished runs and checkpoints")
     _add_training_options(p)
     p.set_defaults(func=_run_compare, parser=p)
 
@@ -379,6 +380,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             threads=args.threads,
             plots=not args.no_plots,
             progress=not args.no_progress,
+            fresh=args.fresh,
         )
     except ValueError as exc:
         print(f"mtgrad compare: error: {exc}", file=sys.stderr)
@@ -427,7 +429,8 @@ def _add_rl(sub) -> None:
     p.add_argument("--jobs", type=_int_at_least(1), default=1, help="runs in parallel processes (default 1)")
     p.add_argument("--threads", type=_int_at_least(1), default=1, help="torch threads per run (default 1)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    # One flag name for every command (--no-resume: its earlier spelling, kept as an alias).
+    p.add_argument("--fresh", "--no-resume", dest="fresh", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--no-plots", action="store_true", help="no success.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_rl, parser=p)
@@ -462,7 +465,7 @@ def _run_rl(args: argparse.Namespace) -> int:
         cfg = config.preset(name, **changes)
         summaries = report.run_methods(
             cfg, methods, args.seeds, args.out, jobs=args.jobs, threads=args.threads, device=args.device,
-            resume=not args.no_resume, progress=not args.no_progress, plots=not args.no_plots,
+            resume=not args.fresh, progress=not args.no_progress, plots=not args.no_plots,
         )
     except (ValueError, TypeError, ImportError) as exc:
         print(f"mtgrad rl: error: {exc}", file=sys.stderr)

@@ -122,11 +122,13 @@ def compare(
     plots: bool = True,
     progress: bool = True,
     stream: TextIO | None = None,
+    fresh: bool = False,
 ) -> CompareResult:
     """Train the baselines and ``methods`` × ``seeds``; write ``results.csv``, ``report.md`` and
     the figures into ``out``; print the table to ``stream`` (stdout). ``jobs=None`` uses one
     worker process per CPU core (runs are independent); ``jobs=1`` runs in this process.
-    Every method spec is checked before anything is trained. Returns the numbers."""
+    Every method spec is checked before anything is trained; finished runs under ``out/runs``
+    are reused (an interrupted compare resumes) unless ``fresh``. Returns the numbers."""
     stream = sys.stdout if stream is None else stream
     started = time.perf_counter()
     bench = get_benchmark(benchmark)
@@ -148,6 +150,7 @@ def compare(
         threads=threads,
         data_options=dict(data_options or {}),
         progress=False,
+        resume=not fresh,
     )
     # Validate every spec before spending minutes on the baselines.
     probe = bench.model(list(bench.tasks))

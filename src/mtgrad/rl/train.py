@@ -139,7 +139,7 @@ def train(
     )
     buffer = TaskReplayBuffer(T, cfg.buffer_per_task, obs_dim, action_dim, device)
     step, episode, elapsed = 0, 0, {"env": 0.0, "update": 0.0, "eval": 0.0}
-    state = load_checkpoint(path, "--no-resume")
+    state = load_checkpoint(path, "--fresh")
     if state is not None:
         _check_same_run(state, cfg, method, seed)
         sac.load_state_dict(state["agent"])
@@ -242,7 +242,7 @@ def _check_same_run(state: dict[str, Any], cfg: SACConfig, method: str, seed: in
         what = ", ".join(differ + (["method"] if state["method"] != method else []) + (["seed"] if state["seed"] != seed else []))
         raise ValueError(
             f"the checkpoint in this directory is from a different run ({what} differ; the method spec is "
-            "compared as written); use another --out, or --no-resume to start over"
+            "compared as written); use another --out, or --fresh to start over"
         )
     if state["step"] > cfg.total_steps:
         raise ValueError(f"the checkpoint is at step {state['step']}, past total_steps = {cfg.total_steps}")
