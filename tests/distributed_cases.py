@@ -28,6 +28,8 @@ METHODS: dict[str, Callable[[int], mtgrad.Method]] = {
     "pcgrad": lambda seed: mtgrad.PCGrad(generator=torch.Generator().manual_seed(seed)),
     "cagrad": lambda seed: mtgrad.CAGrad(c=0.4),
     "mgda": lambda seed: mtgrad.MGDA(),
+    # Its weights read the losses: they must be the global batch's (averaged over ranks).
+    "mgda-loss": lambda seed: mtgrad.MGDA(normalization="loss"),
     # Random draws of their own: one sampled task + the pseudo-task; GradDrop's sign masks.
     "cagradfast": lambda seed: mtgrad.CAGradFast(c=0.4, num_gradients=2, generator=torch.Generator().manual_seed(seed)),
     "graddrop": lambda seed: mtgrad.GradDrop(generator=torch.Generator().manual_seed(seed)),
@@ -76,14 +78,16 @@ def run_case(
     seed: int,
     wrap: Callable[[Model], nn.Module],
     data_parallel: bool | None = None,
-) -> list[Tensor]:
-    """The parameters after ``STEPS`` SGD steps on ``rows`` of each step's global batch."""
+) -> tuple[list[Tensor], list[Tensor | None]]:
+    """The parameters after ``STEPS`` SGD steps on ``rows`` of each step's global batch, and
+    each step's recorded Gramian (the weights alone would not show a wrong scale of G)."""
     model = make_model()
     net = wrap(model)
     method = METHODS[method_name](seed)
     sgd = torch.optim.SGD(model.parameters(), lr=0.3)
     engine = mtgrad.GramianEngine(model.trunk) if entry == "gramian" else None
     opt = mtgrad.MTLOptimizer(sgd, model.trunk.parameters(), method) if entry == "optimizer" else None
+    gramians: list[Tensor | None] = []
     for step in range(STEPS):
         x, y = batch(step)
         x, y = x[rows], y[rows]
@@ -92,7 +96,8 @@ def run_case(
             # Every task owns all the rows here, with a one-hot picking its loss.
             onehot = torch.eye(TASKS, dtype=torch.float64)
             grouped = (x.expand(TASKS, *x.shape), y.expand(TASKS, *y.shape), onehot)
-            mtgrad.grouped_backward(model, grouped_loss(model), grouped, method, shared=[n for n, _ in model.named_parameters() if n.startswith("trunk")])
+            trunk_names = [n for n, _ in model.named_parameters() if n.startswith("trunk")]
+            record = mtgrad.grouped_backward(model, grouped_loss(model), grouped, method, shared=trunk_names)
         elif entry == "accumulate":
             # Two micro-batches; under DDP the first forward runs in no_sync(), as DDP recommends.
             half = x.shape[0] // 2
@@ -102,13 +107,13 @@ def run_case(
                 with ctx:
                     losses, _ = net(x[part], y[part])
                     grads = mtgrad.accumulate_task_gradients(losses / 2, model.trunk.parameters(), into=grads)
-            mtgrad.apply_task_gradients(grads, method)
+            record = mtgrad.apply_task_gradients(grads, method)
         elif entry == "optimizer":
             half = x.shape[0] // 2
             losses, _ = net(x[:half], y[:half])  # outside no_sync: zeros reach DDP for the trunk
             opt.backward(losses / 2)
             losses, _ = net(x[half:], y[half:])
-            opt.step(losses / 2)
+            gramians.append(opt.step(losses / 2).gramian)
             continue
         else:
             losses, z = net(x, y)
@@ -119,9 +124,10 @@ def run_case(
                 kwargs["representation"] = z
             else:
                 kwargs["engine"] = entry
-            mtgrad.backward(losses, model.trunk.parameters(), method, **kwargs)
+            record = mtgrad.backward(losses, model.trunk.parameters(), method, **kwargs)
+        gramians.append(record.gramian)
         sgd.step()
-    return [p.detach().clone() for p in model.parameters()]
+    return [p.detach().clone() for p in model.parameters()], gramians
 
 
 class _nothing:
@@ -143,6 +149,9 @@ def worker(rank: int, world: int, store: str, out_dir: str, cases: list[tuple[st
         rows = slice(rank * per_rank, (rank + 1) * per_rank)
         results = {}
         for method_name, entry, mode in cases:
+            if mode == "refusals":
+                results[(method_name, entry, mode)] = refusals(rank)
+                continue
             def wrap(model: Model) -> nn.Module:
                 if entry == "grouped":
                     return model  # called functionally: no DDP wrapper involved
@@ -158,3 +167,30 @@ def worker(rank: int, world: int, store: str, out_dir: str, cases: list[tuple[st
         with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as f:
             f.write(traceback.format_exc())
         raise
+
+
+def refusals(rank: int) -> list[str]:
+    """What each rank raised where only rank 1 has a bad input: both ranks must refuse together
+    (a rank raising alone would leave the other in a collective until the timeout)."""
+    model = make_model()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x, y = batch(0)
+    seen = []
+    losses, _ = ddp(x[rank::2], y[rank::2])
+    if rank == 1:
+        losses = losses * torch.tensor([1.0, float("nan"), 1.0], dtype=torch.float64)
+    for call in (
+        lambda: mtgrad.backward(losses, model.trunk.parameters(), mtgrad.PCGrad(), retain_graph=True),
+        lambda: mtgrad.accumulate_task_gradients(losses, model.trunk.parameters(), retain_graph=True),
+    ):
+        try:
+            call()
+            seen.append("no error")
+        except ValueError as error:
+            seen.append("refused" if "NaN or inf" in str(error) else str(error))
+    try:
+        mtgrad.accumulate_task_gradients(losses, model.trunk.parameters(), data_parallel=False, check_finite=False)
+        seen.append("no error")
+    except ValueError as error:
+        seen.append("refused" if "data_parallel=False" in str(error) else str(error))
+    return seen

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 WORLD = 2
 EXACT = [(m, e) for m in METHODS for e in ENTRIES if (m, e) not in UNSUPPORTED]
 LOCAL = ["pcgrad", "cagrad", "mgda"]
-CASES = [(m, e, "exact") for m, e in EXACT] + [(m, "loop", "local") for m in LOCAL]
+CASES = [(m, e, "exact") for m, e in EXACT] + [(m, "loop", "local") for m in LOCAL] + [("-", "-", "refusals")]
 
 
 def _spawn(tmp_path, cases: list[tuple[str, str, str]], timeout_s: float = 240.0) -> list[dict]:
@@ -48,28 +48,41 @@ def ranks(tmp_path_factory):
     return _spawn(tmp_path_factory.mktemp("ddp"), CASES)
 
 
-def _whole_batch(method: str, entry: str) -> list[torch.Tensor]:
+def _whole_batch(method: str, entry: str) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     return run_case(method, entry, slice(None), seed=7, wrap=lambda model: model)
 
 
 @pytest.mark.parametrize("method,entry", EXACT)
 def test_every_rank_takes_the_whole_batch_step(ranks, method, entry):
-    rank0, rank1 = (r[(method, entry, "exact")] for r in ranks)
-    reference = _whole_batch(method, entry)
+    (rank0, grams0), (rank1, grams1) = (r[(method, entry, "exact")] for r in ranks)
+    reference, grams = _whole_batch(method, entry)
     for a, b, ref in zip(rank0, rank1, reference):
         assert torch.equal(a, b) or torch.allclose(a, b, rtol=0, atol=1e-14)
         torch.testing.assert_close(a, ref, rtol=1e-11, atol=1e-12)
+    # The Gramian itself is the global batch's (scale-invariant methods would hide a wrong 1/W).
+    for g0, g1, g in zip(grams0, grams1, grams):
+        if g is None:  # CAGrad-Fast records none when it sampled
+            assert g0 is None and g1 is None
+        else:
+            torch.testing.assert_close(g0, g, rtol=1e-10, atol=1e-14)
+            torch.testing.assert_close(g1, g, rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("method", LOCAL)
 def test_rank_local_surgery_keeps_ranks_equal_but_is_another_step(ranks, method):
-    rank0, rank1 = (r[(method, "loop", "local")] for r in ranks)
+    (rank0, _), (rank1, _) = (r[(method, "loop", "local")] for r in ranks)
     for a, b in zip(rank0, rank1):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
-    reference = _whole_batch(method, "loop")
+    reference, _ = _whole_batch(method, "loop")
     trunk = len(list(nn.Sequential(nn.Linear(5, 8), nn.Linear(8, 8)).parameters()))
     deviation = max((a - ref).abs().max().item() for a, ref in zip(rank0[:trunk], reference[:trunk]))
     assert deviation > 1e-6  # averaging per-rank surgeries is not the global surgery
+
+
+def test_a_bad_input_on_one_rank_is_refused_on_every_rank(ranks):
+    # NaN loss on rank 1 only: backward, then accumulate; then rank-local accumulation (drifts).
+    for r in ranks:
+        assert r[("-", "-", "refusals")] == ["refused", "refused", "refused"]
 
 
 def test_single_process_ignores_data_parallel_default():

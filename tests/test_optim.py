@@ -160,3 +160,25 @@ def test_one_cycle_schedule_reads_defaults_and_groups():
     opt.step(task_losses(model, x, ys))
     sched.step()
     assert opt.optimizer.param_groups[0]["lr"] == opt.param_groups[0]["lr"] > 0.04
+
+
+def test_copies_pickles_and_step_hooks_work_and_leave_other_instances_alone():
+    import pickle
+
+    model = make_model()
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model["trunk"].parameters(), mtgrad.MGDA())
+    restored = pickle.loads(pickle.dumps(opt))
+    assert isinstance(restored.optimizer, torch.optim.SGD) and isinstance(restored.method, mtgrad.MGDA)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    twin = copy.deepcopy(opt)
+    assert isinstance(twin.optimizer, torch.optim.SGD) and repr(twin).startswith("MTLOptimizer(SGD")
+    (x, ys), = batches(1)
+    fresh = make_model()
+    other = mtgrad.MTLOptimizer(torch.optim.SGD(fresh.parameters(), lr=0.1), fresh["trunk"].parameters(), mtgrad.MGDA())
+    other.zero_grad()
+    other.step(task_losses(fresh, x, ys))  # copies elsewhere must not break a new instance
+    opt.zero_grad()
+    opt.step(task_losses(model, x, ys))
+    assert calls == ["pre", "post"]

@@ -90,8 +90,8 @@ def accumulate_task_gradients(
     :func:`apply_task_gradients`. On an error nothing is written or added.
 
     Under ``torch.distributed`` (``data_parallel`` as in :func:`mtgrad.backward`) nothing is
-    communicated here; :func:`apply_task_gradients` averages the sums over the ranks once. A
-    DDP reducer that prepared for this backward (a forward outside ``no_sync()``) still gets every
+    communicated here but a finiteness flag (so that a NaN on one rank stops every rank);
+    :func:`apply_task_gradients` averages the sums over the ranks once. A DDP reducer that prepared for this backward (a forward outside ``no_sync()``) still gets every
     parameter's gradient now, as it expects: the heads' own and zeros for the shared parameters.
     """
     if engine not in ENGINES:
@@ -103,19 +103,25 @@ def accumulate_task_gradients(
     params = _as_params(shared_params)
     _check_devices(task_losses, params)
     values = torch.stack([loss.detach() for loss in task_losses]).to(torch.float64)
+    ranks = replicas(data_parallel) if into is None else into.replicas
+    if ranks.initialised and not ranks.parallel and _world_size() > 1:
+        raise ValueError(
+            "data_parallel=False with gradient accumulation under torch.distributed: the rank-local update "
+            "is written after DDP has reduced, so nothing would average it and the ranks would drift apart; "
+            "use the default (exact) data_parallel, or mtgrad.backward per micro-batch for rank-local surgery"
+        )
     if check_finite:
-        _check_finite_losses(values)
+        _check_finite_losses(values, ranks)
     _check_paths(task_losses, params)
     if into is not None:
         _check_compatible(into, params, len(task_losses))
     scale = _loss_scale(scaler, values)
     if scale is not None:
         task_losses = [loss * scale.to(loss.dtype) for loss in task_losses]
-    ranks = replicas(data_parallel) if into is None else into.replicas
     shared = {id(p) for p in params}
     others = [leaf for leaf in graph_leaves(task_losses) if id(leaf) not in shared]
     blocks, heads = task_gradients(task_losses, params, others, engine, retain_graph)
-    if ranks.through_autograd:
+    if ranks.initialised:
         ranks.deliver([*params, *others], [*(p.new_zeros(()).expand_as(p) for p in params), *heads])
     else:
         ranks.deliver(others, heads)
@@ -162,3 +168,7 @@ def _check_compatible(into: TaskGradients, params: list[Tensor], num_tasks: int)
         raise ValueError("into holds the task gradients of other shared parameters than these")
     if into.blocks[0].shape[0] != num_tasks:
         raise ValueError(f"into holds {into.blocks[0].shape[0]} tasks' gradients, this micro-batch has {num_tasks} losses")
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -153,7 +153,7 @@ def _backward(
     values = torch.stack([loss.detach() for loss in task_losses])
     policy = GramianPolicy(check=check_finite, loss_scale=_loss_scale(scaler, values), replicas=ranks)
     if check_finite:
-        _check_finite_losses(values)
+        _check_finite_losses(values, ranks)
     _check_paths(task_losses, params)
     _check_parallel_method(method, ranks)
     if policy.loss_scale is not None and not isinstance(method, LossWeighting):
@@ -191,11 +191,15 @@ def _loss_scale(scaler: object, like: Tensor) -> Tensor | None:
     return scaler.scale(torch.ones((), dtype=torch.float32, device=like.device))
 
 
-def _check_finite_losses(values: Tensor) -> None:
-    bad = ~torch.isfinite(values)
+def _check_finite_losses(values: Tensor, ranks: Replicas) -> None:
+    """Refuse NaN/inf losses — on every rank at once when one rank has them (a rank raising alone
+    would leave the others waiting in the next collective)."""
+    own = ~torch.isfinite(values)
+    bad = ranks.any_rank(own)
     if bool(bad.any()):
         idx = bad.nonzero().flatten().tolist()
-        raise ValueError(f"losses {idx} are NaN or inf ({values[bad].tolist()}); nothing was backpropagated")
+        where = f"this rank's values {values[own].tolist()}" if bool(own.any()) else "on another rank"
+        raise ValueError(f"losses {idx} are NaN or inf ({where}); nothing was backpropagated")
 
 
 def _check_paths(losses: list[Tensor], params: list[Tensor]) -> None:

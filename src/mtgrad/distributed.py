@@ -48,14 +48,13 @@ class Replicas:
     Attributes:
         group: the ``torch.distributed`` process group, ``None`` for the default one.
         size: its number of ranks.
-        through_autograd: deliver gradients with ``torch.autograd.backward`` on the leaves (so a
-            DDP reducer's hooks fire) rather than by writing ``.grad``; on whenever
-            ``torch.distributed`` is initialised, even for a rank-local step.
+        initialised: ``torch.distributed`` is initialised, so a DDP reducer may be waiting for
+            every parameter's gradient (even for a rank-local step).
     """
 
     group: dist.ProcessGroup | None = None
     size: int = 1
-    through_autograd: bool = False
+    initialised: bool = False
 
     @property
     def parallel(self) -> bool:
@@ -118,22 +117,24 @@ class Replicas:
         return torch.cat(parts, dim=dim)
 
     def deliver(self, leaves: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
-        """Add ``grads`` to the leaves' ``.grad`` (a ``None`` adds nothing).
+        """Add ``grads`` to the leaves' ``.grad`` (a ``None`` adds nothing), as ``loss.backward()``
+        would: one ``torch.autograd.backward`` on the leaves, so AccumulateGrad does the writing.
 
-        Through autograd when ``torch.distributed`` is on, so that DDP's reducer sees each
-        gradient exactly once and any post-accumulate hook runs, as after ``loss.backward()``.
+        That is what makes every case right at once: a DDP reducer sees each gradient exactly
+        once; post-accumulate-grad hooks run; a gradient is copied rather than shared when it is
+        also another leaf's (autograd returns one tensor for both inputs of an addition) or held
+        elsewhere; sparse gradients and the parameter's memory layout are handled by torch.
         """
         pairs = [(leaf, g) for leaf, g in zip(leaves, grads) if g is not None]
-        if not pairs:
-            return
-        if self.through_autograd:
+        if pairs:
             torch.autograd.backward([leaf for leaf, _ in pairs], [g for _, g in pairs])
-            return
-        for leaf, g in pairs:
-            if leaf.grad is None:
-                leaf.grad = g if _owns_layout(g, leaf) else g.clone(memory_format=torch.contiguous_format)
-            else:
-                leaf.grad = leaf.grad.add_(g) if not _is_expanded(leaf.grad) else leaf.grad + g
+
+    def any_rank(self, flags: Tensor) -> Tensor:
+        """``flags`` (bool) or-ed over the ranks: a refusal every rank makes together, so that no
+        rank is left waiting in a collective the others abandoned."""
+        if not self.parallel:
+            return flags
+        return self.sum(flags.to(torch.float32)) > 0
 
     def _all_reduce(self, t: Tensor) -> None:
         _count(t.numel() * t.element_size())
@@ -166,18 +167,18 @@ def replicas(data_parallel: bool | dist.ProcessGroup | None) -> Replicas:
     """
     initialised = dist.is_available() and dist.is_initialized()
     if data_parallel is False:
-        return Replicas(through_autograd=initialised)
+        return Replicas(initialised=initialised)
     if data_parallel is None or data_parallel is True:
         if not initialised:
             if data_parallel is True:
                 raise ValueError("data_parallel=True needs torch.distributed initialised (init_process_group)")
             return LOCAL
-        return Replicas(group=None, size=dist.get_world_size(), through_autograd=True)
+        return Replicas(group=None, size=dist.get_world_size(), initialised=True)
     if not initialised:
         raise ValueError("data_parallel was given a process group, but torch.distributed is not initialised")
     if not isinstance(data_parallel, dist.ProcessGroup):
         raise TypeError(f"data_parallel must be None, a bool or a torch.distributed ProcessGroup, got {type(data_parallel).__name__}")
-    return Replicas(group=data_parallel, size=dist.get_world_size(data_parallel), through_autograd=True)
+    return Replicas(group=data_parallel, size=dist.get_world_size(data_parallel), initialised=True)
 
 
 def _buckets(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
@@ -193,13 +194,3 @@ def _buckets(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
             last.append(t)
             size += t.numel()
     return buckets
-
-
-def _is_expanded(t: Tensor) -> bool:
-    return any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape))
-
-
-def _owns_layout(g: Tensor, leaf: Tensor) -> bool:
-    """Whether ``g`` may become ``leaf.grad`` as it is (dense, not an expanded view, same strides
-    as a contiguous tensor): what AccumulateGrad would steal rather than copy."""
-    return not g.is_sparse and g.is_contiguous() and not _is_expanded(g) and g.shape == leaf.shape

@@ -123,8 +123,8 @@ def grouped_backward(
     unknown = sorted(set(shared_names) - set(names))
     if unknown:
         raise ValueError(f"shared names {unknown} are not trainable parameters of the model")
-    if check_finite and not bool(torch.isfinite(losses).all()):
-        raise ValueError(f"task losses are NaN or inf: {losses.tolist()}")
+    if check_finite and bool(ranks.any_rank(~torch.isfinite(losses)).any()):  # every rank refuses together
+        raise ValueError(f"task losses are NaN or inf (here or on another rank): {losses.tolist()}")
     losses = losses.detach().clone()
     ranks.mean_([*grads.values(), losses])
     shared_set = set(shared_names)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -48,6 +49,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         # must be the inner optimizer's (a scheduler sets their lr).
         self.optimizer = optimizer
         self.defaults = optimizer.defaults
+        self._init_optimizer_hooks()
         self.shared_params = list(shared_params)
         if not self.shared_params:
             raise ValueError("shared_params is empty: give the parameters all tasks share")
@@ -65,6 +67,26 @@ class MTLOptimizer(torch.optim.Optimizer):
             own = [p for p in method.parameters() if id(p) not in in_optimizer]
             if own:  # learned jointly with the model, as in Kendall et al. (2018)
                 optimizer.add_param_group({"params": own})
+
+    def _init_optimizer_hooks(self) -> None:
+        """What ``Optimizer.__init__`` sets besides the groups: the hook registries (so
+        ``register_step_pre_hook`` & co. work) and the step wrapper that runs the step hooks."""
+        for name in (
+            "_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
+            "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
+            "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks",
+        ):  # fmt: skip
+            self.__dict__.setdefault(name, OrderedDict())
+        self._patch_step_function()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Optimizer's keeps only defaults/state/param_groups; this object is its inner optimizer,
+        # its method and its pending micro-batches, all needed by a copy.
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_optimizer_hooks()
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]

@@ -1,0 +1,81 @@
+"""How gradients reach ``.grad``: as after ``loss.backward()``, whatever the engine.
+
+Every call ends in one ``torch.autograd.backward`` on the leaves (``Replicas.deliver``): these are
+the cases where writing ``.grad`` by hand differs from what AccumulateGrad does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mtgrad
+
+ENGINES = ["loop", "batched", "gramian"]
+
+
+def _losses(trunk: nn.Module, heads, x: torch.Tensor) -> list[torch.Tensor]:
+    z = trunk(x)
+    return [head(z) for head in heads]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_leaves_of_one_sum_get_their_own_gradient_tensors(engine):
+    # A LoRA-style head z @ (W0 + dW): autograd returns one tensor for both leaves of the sum.
+    torch.manual_seed(0)
+    trunk = nn.Linear(3, 4)
+    W0, dW = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+    eng = mtgrad.GramianEngine(trunk) if engine == "gramian" else engine
+    x = torch.randn(5, 3)
+
+    def losses():
+        z = torch.tanh(trunk(x))
+        return [(z @ (W0 + dW)).mean(), z.square().mean()]
+
+    for _ in range(2):  # accumulated twice: 2× each gradient, not 3× through a shared tensor
+        mtgrad.backward(losses(), trunk.parameters(), mtgrad.MGDA(), engine=eng)
+    assert W0.grad is not dW.grad
+    expected = torch.autograd.grad(losses()[0], W0)[0] * 2
+    torch.testing.assert_close(W0.grad, expected)
+    torch.testing.assert_close(dW.grad, expected)
+    W0.grad.mul_(0.5)  # clipping one leaf's gradient leaves the other's alone
+    torch.testing.assert_close(dW.grad, expected)
+
+
+def test_sparse_head_gradients_are_accumulated_as_sparse():
+    torch.manual_seed(0)
+    trunk = nn.Linear(3, 4)
+    table = nn.Embedding(10, 4, sparse=True)
+    x, idx = torch.randn(6, 3), torch.tensor([1, 2, 2, 7, 0, 1])
+    for _ in range(2):
+        z = trunk(x)
+        losses = [(z * table(idx)).sum(), z.square().mean()]
+        mtgrad.backward(losses, trunk.parameters(), mtgrad.PCGrad())
+    assert table.weight.grad.is_sparse
+    z = trunk(x)
+    dense = torch.autograd.grad((z * table.weight[idx]).sum(), table.weight)[0]
+    torch.testing.assert_close(table.weight.grad.to_dense(), 2 * dense)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_post_accumulate_grad_hooks_run_once_per_leaf(engine):
+    torch.manual_seed(0)
+    trunk, heads = nn.Linear(3, 4), [nn.Linear(4, 1), nn.Linear(4, 1)]
+    eng = mtgrad.GramianEngine(trunk) if engine == "gramian" else engine
+    seen: list[int] = []
+    params = [*trunk.parameters(), *(p for h in heads for p in h.parameters())]
+    for k, p in enumerate(params):
+        p.register_post_accumulate_grad_hook(lambda p, k=k: seen.append(k))
+    losses = [out.mean() for out in _losses(trunk, heads, torch.randn(5, 3))]
+    mtgrad.backward(losses, trunk.parameters(), mtgrad.CAGrad(0.4), engine=eng)
+    assert sorted(seen) == list(range(len(params)))
+
+
+def test_gradients_follow_the_parameters_memory_layout():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3).to(memory_format=torch.channels_last)
+    heads = [nn.Linear(3, 1), nn.Linear(3, 1)]
+    z = conv(torch.randn(2, 2, 5, 5).to(memory_format=torch.channels_last)).mean((2, 3))
+    mtgrad.backward([h(z).mean() for h in heads], conv.parameters(), mtgrad.MGDA())
+    assert conv.weight.grad.stride() == conv.weight.stride()
