@@ -71,3 +71,29 @@ def test_surgery_step_needs_manual_optimisation():
         mtgrad.lightning.surgery_step(Auto(), [torch.zeros(())], [], mtgrad.PCGrad())
     with pytest.raises(ValueError, match="every_n_steps"):
         mtgrad.lightning.ConflictLogger(every_n_steps=0)
+
+
+def test_16_mixed_hands_the_precision_plugins_scaler_to_the_surgery(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lightning_train", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    seen = []
+    original = mtgrad.lightning.backward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("scaler"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mtgrad.lightning, "backward", spy)
+    # Lightning turns precision="16-mixed" into bf16 on a CPU; the plugin given explicitly keeps fp16.
+    plugin = lightning.pytorch.plugins.precision.MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))
+    trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, plugins=[plugin], max_steps=3, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(example.MultiTask())
+    assert len(seen) == 3 and all(isinstance(s, torch.amp.GradScaler) and s.is_enabled() for s in seen)
+    assert seen[0] is trainer.precision_plugin.scaler
+    assert trainer.precision_plugin.scaler.get_scale() > 0  # the scaler stepped and updated
