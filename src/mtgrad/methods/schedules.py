@@ -108,7 +108,8 @@ class CAGradFast(Method):
     Args:
         c: the ball radius relative to ``‖g₀‖`` (paper: 0.9 on MT10, 0.5 on MT50).
         num_gradients: ``|S| + 1 ≥ 2``.
-        rescale, scale_by_tasks: as for :class:`~mtgrad.CAGrad`.
+        rescale: as for :class:`~mtgrad.CAGrad`.
+        scale_by_tasks: as for :class:`~mtgrad.CAGrad`.
         generator: source of the task samples; its state is in :meth:`state_dict`.
     """
 
