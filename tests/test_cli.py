@@ -128,3 +128,17 @@ def test_a_misspelt_method_gets_a_suggestion():
         mtgrad.from_spec("pcgard")
     with pytest.raises(ValueError, match=r"did you mean 'c'"):
         mtgrad.from_spec("cagrad:cc=0.4")
+
+
+def test_a_missing_extra_is_one_line_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    from mtgrad.bench.data import qm9
+
+    def missing(*args, **kwargs):
+        raise ImportError("QM9 needs qm9pack; install the data extra: pip install mtgrad[data]")
+
+    monkeypatch.setattr(qm9, "qm9pack_data_dir", missing)
+    out = tmp_path / "never"
+    code = main(["train", "--benchmark", "qm9", "--epochs", "1", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "mtgrad train: error: QM9 needs qm9pack" in err and "Traceback" not in err
+    assert not out.exists()

@@ -505,7 +505,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(list(argv) if argv is not None else None)
     if unknown:
         _refuse_unknown(parser, args.command, unknown)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ImportError as exc:
+        if "pip install" not in str(exc):
+            raise  # not a missing extra: a real bug, with its traceback
+        print(f"mtgrad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:

@@ -70,7 +70,9 @@ def tensorboard_available() -> bool:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:  # torch's writer needs the tensorboard package
         if not _TB_NOTE_SHOWN:
-            print("note: TensorBoard logging skipped (pip install tensorboard to enable it)", file=sys.stderr)
+            print(
+                "note: TensorBoard logging skipped (pip install 'mtgrad[tensorboard]' to enable it)", file=sys.stderr
+            )
             _TB_NOTE_SHOWN = True
         return False
     return True

@@ -298,12 +298,7 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
     tasks = list(cfg.tasks)
     names = [bench.tasks[t].name for t in tasks]
     device = torch.device(cfg.device)
-    os.makedirs(cfg.out, exist_ok=True)
     ckpt_path = os.path.join(cfg.out, CHECKPOINT)
-    if not cfg.resume:  # a fresh run: the old checkpoints (newest and previous) must not be resumed later
-        for stale in (ckpt_path, ckpt_path + ".prev"):
-            if os.path.exists(stale):
-                os.remove(stale)
     started = time.perf_counter()
 
     previous_threads = torch.get_num_threads()
@@ -317,6 +312,12 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
         method = make_method(cfg.method, len(tasks), model, cfg.seed, device)
         opt = mtgrad.MTLOptimizer(torch.optim.Adam(model.parameters(), lr=cfg.lr), model.shared_parameters(), method)
         order = torch.Generator().manual_seed(cfg.seed)
+        # Only now that the data, model and method exist: a refused run leaves no folder behind.
+        os.makedirs(cfg.out, exist_ok=True)
+        if not cfg.resume:  # a fresh run: the old checkpoints (newest and previous) must not be resumed later
+            for stale in (ckpt_path, ckpt_path + ".prev"):
+                if os.path.exists(stale):
+                    os.remove(stale)
 
         start_epoch, step = 0, 0
         history: list[dict[str, float]] = []
