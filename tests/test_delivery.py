@@ -79,3 +79,22 @@ def test_gradients_follow_the_parameters_memory_layout():
     z = conv(torch.randn(2, 2, 5, 5).to(memory_format=torch.channels_last)).mean((2, 3))
     mtgrad.backward([h(z).mean() for h in heads], conv.parameters(), mtgrad.MGDA())
     assert conv.weight.grad.stride() == conv.weight.stride()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tensor_hooks_apply_once_as_with_loss_backward(engine):
+    def run(use_mtgrad: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        trunk, heads = nn.Linear(3, 4), [nn.Linear(4, 1), nn.Linear(4, 1)]
+        trunk.weight.register_hook(lambda g: 2 * g)
+        heads[0].weight.register_hook(lambda g: 3 * g)
+        eng = mtgrad.GramianEngine(trunk) if engine == "gramian" else engine
+        losses = [out.mean() for out in _losses(trunk, heads, torch.randn(5, 3, generator=torch.Generator().manual_seed(1)))]
+        if use_mtgrad:
+            mtgrad.backward(losses, trunk.parameters(), mtgrad.Sum(), engine=eng)
+        else:
+            sum(losses).backward()
+        return [trunk.weight.grad, heads[0].weight.grad]
+
+    for a, b in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b)

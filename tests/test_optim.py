@@ -182,3 +182,16 @@ def test_copies_pickles_and_step_hooks_work_and_leave_other_instances_alone():
     opt.zero_grad()
     opt.step(task_losses(model, x, ys))
     assert calls == ["pre", "post"]
+
+
+def test_a_copy_made_after_a_scheduler_steps_its_own_parameters():
+    model = make_model()
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model["trunk"].parameters(), mtgrad.MGDA())
+    torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    twin_model, twin = copy.deepcopy((model, opt))
+    (x, ys), = batches(1)
+    before = [p.detach().clone() for p in model.parameters()]
+    twin.zero_grad()
+    twin.step(task_losses(twin_model, x, ys))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the original is untouched
+    assert not all(torch.equal(a, b) for a, b in zip(before, twin_model.parameters()))

@@ -523,7 +523,7 @@ def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list
     flags = [f for action in sub._actions for f in action.option_strings if f.startswith("--")]
     hints = []
     for word in unknown:
-        if word.startswith("-"):
+        if word.startswith("-") and word != "--" and word.split("=")[0] not in flags:
             close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.6)
             if close:
                 hints.append(f"{word} (did you mean {close[0]}?)")

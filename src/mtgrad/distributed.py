@@ -117,17 +117,32 @@ class Replicas:
         return torch.cat(parts, dim=dim)
 
     def deliver(self, leaves: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
-        """Add ``grads`` to the leaves' ``.grad`` (a ``None`` adds nothing), as ``loss.backward()``
-        would: one ``torch.autograd.backward`` on the leaves, so AccumulateGrad does the writing.
+        """Add ``grads`` to the leaves' ``.grad`` (a ``None`` adds nothing) by AccumulateGrad's
+        rules, as ``loss.backward()`` would.
 
-        That is what makes every case right at once: a DDP reducer sees each gradient exactly
-        once; post-accumulate-grad hooks run; a gradient is copied rather than shared when it is
-        also another leaf's (autograd returns one tensor for both inputs of an addition) or held
-        elsewhere; sparse gradients and the parameter's memory layout are handled by torch.
+        Under ``torch.distributed`` this is one ``torch.autograd.backward`` on the leaves, so that
+        a DDP reducer sees each gradient exactly once. Elsewhere the gradients are written
+        directly, because a leaf's tensor hooks (``p.register_hook``) already ran inside the
+        engines' ``autograd.grad`` and a second pass would apply them twice; the rules are kept:
+        a tensor delivered to two leaves (autograd returns one for both inputs of a sum) is
+        copied, sparse gradients stay sparse, a dense gradient takes the parameter's memory
+        layout, and post-accumulate-grad hooks run after the write.
         """
         pairs = [(leaf, g) for leaf, g in zip(leaves, grads) if g is not None]
-        if pairs:
+        if not pairs:
+            return
+        if self.initialised:
             torch.autograd.backward([leaf for leaf, _ in pairs], [g for _, g in pairs])
+            return
+        taken: set[int] = set()
+        for leaf, g in pairs:
+            if id(g) in taken:
+                g = g.clone()
+            taken.add(id(g))
+            _accumulate(leaf, g)
+        for leaf, _ in pairs:
+            for hook in (getattr(leaf, "_post_accumulate_grad_hooks", None) or {}).values():
+                hook(leaf)
 
     def any_rank(self, flags: Tensor) -> Tensor:
         """``flags`` (bool) or-ed over the ranks: a refusal every rank makes together, so that no
@@ -194,3 +209,20 @@ def _buckets(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
             last.append(t)
             size += t.numel()
     return buckets
+
+
+def _accumulate(leaf: Tensor, g: Tensor) -> None:
+    """``leaf.grad += g`` with AccumulateGrad's layout rules (no hooks)."""
+    if leaf.grad is None:
+        if g.is_sparse or (g.stride() == leaf.stride() and not _is_expanded(g)):
+            leaf.grad = g
+        else:  # an expanded view or another layout: a fresh tensor laid out like the parameter
+            leaf.grad = torch.empty_like(leaf).copy_(g)
+    elif leaf.grad.is_sparse or g.is_sparse or _is_expanded(leaf.grad):
+        leaf.grad = leaf.grad + g
+    else:
+        leaf.grad.add_(g)
+
+
+def _is_expanded(t: Tensor) -> bool:
+    return not t.is_sparse and any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape))

@@ -69,8 +69,9 @@ class MTLOptimizer(torch.optim.Optimizer):
                 optimizer.add_param_group({"params": own})
 
     def _init_optimizer_hooks(self) -> None:
-        """What ``Optimizer.__init__`` sets besides the groups: the hook registries (so
-        ``register_step_pre_hook`` & co. work) and the step wrapper that runs the step hooks."""
+        """What ``Optimizer.__init__`` sets besides the groups: the hook registries and the step
+        wrapper that runs the step hooks (``register_step_pre_hook``/``post_hook``; the
+        state-dict hooks are not run: ``state_dict`` is this class's own)."""
         for name in (
             "_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
             "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
@@ -81,8 +82,11 @@ class MTLOptimizer(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer's keeps only defaults/state/param_groups; this object is its inner optimizer,
-        # its method and its pending micro-batches, all needed by a copy.
-        return self.__dict__.copy()
+        # its method and its pending micro-batches, all needed by a copy. Not an LR scheduler's
+        # instance-level step wrapper: it points at the original (Optimizer drops it too).
+        state = self.__dict__.copy()
+        state.pop("step", None)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
