@@ -120,17 +120,7 @@ def batched_vjp(outputs: Tensor, inputs: Sequence[Tensor | GradientEdge], cotang
 
 def has_compiled_region(roots: list[Tensor]) -> bool:
     """Whether the autograd graph of ``roots`` holds a ``torch.compile``'d region's backward."""
-    seen: set[int] = set()
-    stack = [root.grad_fn for root in roots]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node.name() == "CompiledFunctionBackward":
-            return True
-        stack.extend(fn for fn, _ in node.next_functions)
-    return False
+    return any(node.name() == "CompiledFunctionBackward" for node in _graph_nodes(roots))
 
 
 def sum_gradients(losses: list[Tensor], leaves: list[Tensor], retain_graph: bool) -> OtherGrads:
@@ -207,8 +197,8 @@ def _summed(totals: OtherGrads, grads: tuple[Tensor | None, ...]) -> OtherGrads:
     return [t if g is None else g if t is None else t + g for t, g in zip(totals, grads)]
 
 
-def _graph_leaves(roots: list[Tensor]) -> Iterator[Tensor]:
-    """Leaf tensors of the autograd graphs of ``roots``, depth first, each once, lazily."""
+def _graph_nodes(roots: list[Tensor]) -> Iterator[torch.autograd.graph.Node]:
+    """The nodes of the autograd graphs of ``roots``, depth first, each once, lazily."""
     seen: set[int] = set()
     stack = [root.grad_fn for root in roots]
     while stack:
@@ -216,10 +206,16 @@ def _graph_leaves(roots: list[Tensor]) -> Iterator[Tensor]:
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
+        yield node
+        stack.extend(fn for fn, _ in node.next_functions)
+
+
+def _graph_leaves(roots: list[Tensor]) -> Iterator[Tensor]:
+    """Leaf tensors of the autograd graphs of ``roots``, depth first, each once, lazily."""
+    for node in _graph_nodes(roots):
         variable = getattr(node, "variable", None)
         if variable is not None:
             yield variable
-        stack.extend(fn for fn, _ in node.next_functions)
 
 
 def graph_leaves(roots: list[Tensor]) -> list[Tensor]:
