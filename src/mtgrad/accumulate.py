@@ -26,9 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-
 import torch.distributed as dist
+from torch import Tensor
 
 from .backward import (
     BackwardResult,
@@ -42,7 +41,7 @@ from .backward import (
     _loss_scale,
 )
 from .distributed import Replicas, replicas
-from .engine import ENGINES, Engine, graph_leaves, task_gradients
+from .engine import ENGINES, Engine, other_leaves, task_gradients
 from .methods.base import JacobianAggregator, LossWeighting, Method
 from .stored import GramianPolicy, stored_weights
 
@@ -91,8 +90,9 @@ def accumulate_task_gradients(
 
     Under ``torch.distributed`` (``data_parallel`` as in :func:`mtgrad.backward`) nothing is
     communicated here but a finiteness flag (so that a NaN on one rank stops every rank);
-    :func:`apply_task_gradients` averages the sums over the ranks once. A DDP reducer that prepared for this backward (a forward outside ``no_sync()``) still gets every
-    parameter's gradient now, as it expects: the heads' own and zeros for the shared parameters.
+    :func:`apply_task_gradients` averages the sums over the ranks once. A DDP reducer that
+    prepared for this backward (a forward outside ``no_sync()``) still gets every parameter's
+    gradient now, as it expects: the heads' own and zeros for the shared parameters.
     """
     if engine not in ENGINES:
         raise ValueError(
@@ -104,7 +104,7 @@ def accumulate_task_gradients(
     _check_devices(task_losses, params)
     values = torch.stack([loss.detach() for loss in task_losses]).to(torch.float64)
     ranks = replicas(data_parallel) if into is None else into.replicas
-    if ranks.initialised and not ranks.parallel and _world_size() > 1:
+    if ranks.initialised and not ranks.parallel and dist.get_world_size() > 1:
         raise ValueError(
             "data_parallel=False with gradient accumulation under torch.distributed: the rank-local update "
             "is written after DDP has reduced, so nothing would average it and the ranks would drift apart; "
@@ -118,8 +118,7 @@ def accumulate_task_gradients(
     scale = _loss_scale(scaler, values)
     if scale is not None:
         task_losses = [loss * scale.to(loss.dtype) for loss in task_losses]
-    shared = {id(p) for p in params}
-    others = [leaf for leaf in graph_leaves(task_losses) if id(leaf) not in shared]
+    others = other_leaves(task_losses, params)
     blocks, heads = task_gradients(task_losses, params, others, engine, retain_graph)
     if ranks.initialised:
         ranks.deliver([*params, *others], [*(p.new_zeros(()).expand_as(p) for p in params), *heads])
@@ -168,7 +167,3 @@ def _check_compatible(into: TaskGradients, params: list[Tensor], num_tasks: int)
         raise ValueError("into holds the task gradients of other shared parameters than these")
     if into.blocks[0].shape[0] != num_tasks:
         raise ValueError(f"into holds {into.blocks[0].shape[0]} tasks' gradients, this micro-batch has {num_tasks} losses")
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

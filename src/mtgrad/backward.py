@@ -19,6 +19,7 @@ from .engine import (
     Engine,
     OtherGrads,
     graph_leaves,
+    other_leaves,
     reaches,
     representation_gradients,
     sampled_gradients,
@@ -159,8 +160,7 @@ def _backward(
     if policy.loss_scale is not None and not isinstance(method, LossWeighting):
         task_losses = [loss * policy.loss_scale.to(loss.dtype) for loss in task_losses]
     ranks.mean_([values])  # the global batch's losses, for the methods that read them
-    shared = {id(p) for p in params}
-    others = [leaf for leaf in graph_leaves(task_losses) if id(leaf) not in shared]
+    others = other_leaves(task_losses, params)
     step = _dispatch(task_losses, params, others, method, retain_graph, policy, engine, representation, values)
     # Nothing was written before this point: an error above leaves every .grad as it was.
     ranks.deliver([*params, *others, *step.extra_leaves], [*step.shared, *step.others, *step.extra_grads])

@@ -16,9 +16,10 @@ Surgery on each rank's own ``J_r`` and then an average (what DDP does with a pla
   whatever the ranks' seeds;
 * :meth:`Replicas.gather_rows` all-gathers the rows the Gramian-only engine needs (each linear
   layer's inputs and output gradients: ``G`` of the global batch has cross terms between ranks);
-* :meth:`Replicas.deliver` writes every gradient with one ``torch.autograd.backward`` on the
-  leaves, so DistributedDataParallel's reducer sees each parameter's gradient exactly once (as
-  after ``loss.backward()``) and averages it. What it averages is, per parameter, a gradient
+* :meth:`Replicas.deliver` writes every gradient at the end of a call; under
+  ``torch.distributed`` with one ``torch.autograd.backward`` on the leaves, so
+  DistributedDataParallel's reducer sees each parameter's gradient exactly once (as after
+  ``loss.backward()``) and averages it. What it averages is, per parameter, a gradient
   whose rank average is that of the global batch: the global update itself for the shared
   parameters (identical on every rank), each rank's ``∇ Σ_i L_i^r`` for the heads.
 

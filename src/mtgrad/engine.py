@@ -38,6 +38,7 @@ __all__ = [
     "has_compiled_region",
     "through_representation",
     "graph_leaves",
+    "other_leaves",
     "reaches",
 ]
 
@@ -216,6 +217,12 @@ def _graph_leaves(roots: list[Tensor]) -> Iterator[Tensor]:
         variable = getattr(node, "variable", None)
         if variable is not None:
             yield variable
+
+
+def other_leaves(losses: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+    """The leaves requiring grad that the losses reach, other than the shared ``params`` (the heads)."""
+    shared = {id(p) for p in params}
+    return [leaf for leaf in graph_leaves(losses) if id(leaf) not in shared]
 
 
 def graph_leaves(roots: list[Tensor]) -> list[Tensor]:

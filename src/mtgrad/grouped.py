@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .backward import BackwardResult, _check_parallel_method
+from .backward import BackwardResult, _check_finite_losses, _check_parallel_method
 from .distributed import replicas
 from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
@@ -123,8 +123,8 @@ def grouped_backward(
     unknown = sorted(set(shared_names) - set(names))
     if unknown:
         raise ValueError(f"shared names {unknown} are not trainable parameters of the model")
-    if check_finite and bool(ranks.any_rank(~torch.isfinite(losses)).any()):  # every rank refuses together
-        raise ValueError(f"task losses are NaN or inf (here or on another rank): {losses.tolist()}")
+    if check_finite:
+        _check_finite_losses(losses.detach(), ranks)
     losses = losses.detach().clone()
     ranks.mean_([*grads.values(), losses])
     shared_set = set(shared_names)
