@@ -10,12 +10,12 @@ or ``mtgrad rl --preset quick --methods mean,pcgrad,cagrad --out runs/quick``.
 """
 
 from .buffer import TaskReplayBuffer
-from .config import PRESETS, SACConfig, preset
+from .config import PRESETS, PROTOCOLS, SACConfig, preset
 from .envs import make_envs, parse_benchmark
 from .sac import Actor, MultiTaskSAC, TwinCritic
 from .train import build_method, evaluate, train
 
 __all__ = [
-    "SACConfig", "PRESETS", "preset", "TaskReplayBuffer", "make_envs", "parse_benchmark",
+    "SACConfig", "PRESETS", "PROTOCOLS", "preset", "TaskReplayBuffer", "make_envs", "parse_benchmark",
     "Actor", "TwinCritic", "MultiTaskSAC", "build_method", "evaluate", "train",
 ]

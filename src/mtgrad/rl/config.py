@@ -5,10 +5,20 @@ App. B.3, through facebookresearch/mtrl as its ``run.sh`` configures it): actor 
 3 hidden layers × 400 units, Adam with learning rate 3e-4 for actor, critic and temperature,
 initial temperature 1, discount 0.99, target smoothing τ = 0.005 every step, a batch of 1280 rows
 (MT10: 128 per task; MT50: 26 per task ≈ 1280/50), 2M environment steps per task, CAGrad's
-c = 0.9 on MT10 and 0.5 on MT50, CAGrad-Fast with 4 and 8 gradients. The temperature is learned
-per task as in PCGrad's SAC (Yu et al. 2020, App. C), with target entropy −|A| = −4.
+c = 0.9 on MT10 and 0.5 on MT50, CAGrad-Fast with 4 and 8 gradients. Under the ``v3``
+protocol the temperature is learned per task as in PCGrad's SAC (Yu et al. 2020, App. C); under
+``paper`` one temperature is shared (mtrl); target entropy −|A| = −4 in both.
 
 ``quick`` is not from a paper: a 2-task set small enough to learn visibly in minutes on a CPU.
+
+Every preset runs under one of two *protocols* (:data:`PROTOCOLS`), the settings that decide which
+experiment it is rather than how large: ``"v3"`` (the default) is Meta-World 3 as it ships — a new
+goal variation at every reset, raw rewards, a one-hot task id, one temperature per task, 500-step
+episodes; ``"paper"`` is the experiment the papers ran through facebookresearch/mtrl and the
+official CAGrad files — one fixed goal per task (the same in training and evaluation), rewards
+divided by a running std, no task id, one shared temperature whose per-task gradients go through
+the surgery, 150-step episodes, 1 evaluation episode, a burst of updates after the random
+warm-up, xavier init and the official CAGrad solver and rescale. docs/rl.md tabulates both.
 """
 
 from __future__ import annotations
@@ -17,7 +27,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SACConfig", "PRESETS", "preset"]
+__all__ = ["SACConfig", "PRESETS", "PROTOCOLS", "preset"]
+
+
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # Meta-World 3 as it ships: the SACConfig defaults.
+    "v3": {},
+    # facebookresearch/mtrl's Meta-World setup as the CAGrad code runs it (docs/rl.md, "Protocols").
+    "paper": dict(
+        fixed_goals=True, normalize_rewards=True, reward_rate=0.001, use_one_hot=False, shared_alpha=True,
+        max_episode_steps=150, eval_episodes=1, update_burst=True, init="xavier",
+        cagrad_solver="mtrl", cagrad_rescale=1, fast_rescale=2, pcgrad_reduction="mean", protocol="paper",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -46,7 +68,18 @@ class SACConfig:
     log_std_min: float = -20.0
     log_std_max: float = 2.0
     updates_per_step: int = 1
-    use_one_hot: bool = True
+    use_one_hot: bool = True  #: append the one-hot task id to the observation
+    fixed_goals: bool = False  #: one goal variation per task for the whole run (mtrl); else one per reset
+    normalize_rewards: bool = False  #: divide each task's reward by its running std (mtrl, rate ``reward_rate``)
+    reward_rate: float = 0.001  #: the running statistics' rate (mtrl / garage ``reward_alpha``)
+    shared_alpha: bool = False  #: one temperature for all tasks, its task gradients through the surgery (mtrl)
+    update_burst: bool = False  #: after the random warm-up, as many updates at once as warm-up steps (mtrl)
+    init: str = "torch"  #: "torch" (PyTorch's default) or "xavier" (xavier-uniform weights, zero biases; mtrl)
+    cagrad_solver: str = "exact"  #: CAGrad's inner solver in the "cagrad" shorthand ("mtrl": the official one)
+    cagrad_rescale: int = 0  #: CAGrad's rescale in the "cagrad" shorthand (official Meta-World code: 1, ÷(1+c²))
+    fast_rescale: int = 0  #: CAGrad-Fast's rescale in the "cagrad_fast" shorthand (official code: 2, ÷(1+c))
+    pcgrad_reduction: str = "sum"  #: PCGrad's reduction in the "pcgrad" shorthand (paper: sum; mtrl: mean)
+    protocol: str = "v3"  #: the protocol these settings started from (a label: fields set after it win)
     eval_every: int = 10_000  #: vector steps between evaluations
     eval_episodes: int = 10  #: per task, with Meta-World's evaluation protocol
     checkpoint_every: int = 10  #: episodes between checkpoints (they are taken at episode ends)
@@ -76,6 +109,19 @@ class SACConfig:
             raise ValueError(f"buffer_per_task ({self.buffer_per_task}) is smaller than batch_per_task ({self.batch_per_task})")
         if not self.log_std_min < self.log_std_max:
             raise ValueError("log_std_min must be below log_std_max")
+        if not 0 < self.reward_rate <= 1:
+            raise ValueError(f"reward_rate must be in (0, 1], got {self.reward_rate!r}")
+        if self.init not in ("torch", "xavier"):
+            raise ValueError(f"init must be 'torch' or 'xavier', got {self.init!r}")
+        if self.cagrad_solver not in ("exact", "mtrl"):
+            raise ValueError(f"cagrad_solver must be 'exact' or 'mtrl', got {self.cagrad_solver!r}")
+        if self.pcgrad_reduction not in ("sum", "mean"):
+            raise ValueError(f"pcgrad_reduction must be 'sum' or 'mean', got {self.pcgrad_reduction!r}")
+        for name in ("cagrad_rescale", "fast_rescale"):
+            if getattr(self, name) not in (0, 1, 2):
+                raise ValueError(f"{name} must be 0, 1 or 2, got {getattr(self, name)!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
 
     def replace(self, **changes: Any) -> SACConfig:
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
@@ -109,8 +155,11 @@ PRESETS: dict[str, SACConfig] = {
 }
 
 
-def preset(name: str, **changes: Any) -> SACConfig:
-    """A preset (``"mt10"``, ``"mt50"``, ``"quick"``) with ``changes`` applied."""
+def preset(name: str, protocol: str = "v3", **changes: Any) -> SACConfig:
+    """A preset (``"mt10"``, ``"mt50"``, ``"quick"``) under a protocol (``"v3"``, ``"paper"``),
+    with ``changes`` applied last."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name].replace(**changes)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    return PRESETS[name].replace(**{**PROTOCOLS[protocol], **changes})

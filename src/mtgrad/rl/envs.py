@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-__all__ = ["TaskSet", "parse_benchmark", "make_envs", "require_metaworld"]
+__all__ = ["TaskSet", "parse_benchmark", "make_envs", "fixed_goal_index", "require_metaworld"]
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,20 @@ def require_metaworld() -> Any:
 
 
 def make_envs(
-    tasks: TaskSet, seed: int, max_episode_steps: int, use_one_hot: bool = True, evaluation: bool = False
+    tasks: TaskSet,
+    seed: int,
+    max_episode_steps: int,
+    use_one_hot: bool = True,
+    evaluation: bool = False,
+    fixed_goals: bool = False,
 ) -> Any:
-    """A synchronous vector environment over the task set, seeded."""
+    """A synchronous vector environment over the task set, seeded.
+
+    ``fixed_goals``: every task keeps one of its 50 goal variations for the whole run, the one
+    :func:`fixed_goal_index` draws from ``seed`` (mtrl sets one task per environment once); the
+    training and evaluation environments of one seed hold the same variations, so they get the
+    same goals. Otherwise Meta-World draws a variation at every reset.
+    """
     metaworld = require_metaworld()
     import gymnasium as gym
 
@@ -88,18 +99,36 @@ def make_envs(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Meta-World's Box bounds warn about float64 → float32
         if tasks.kind in ("mt10", "mt50"):
-            return gym.make_vec(f"Meta-World/{tasks.kind.upper()}", seed=seed, use_one_hot=use_one_hot, **common)
+            envs = gym.make_vec(f"Meta-World/{tasks.kind.upper()}", seed=seed, use_one_hot=use_one_hot, **common)
+            return _fix_goals(envs, seed) if fixed_goals else envs
         if tasks.kind == "custom":
             # The package's custom entry point seeds task i with ``seed + i`` but treats seed 0 as
             # "unseeded"; shifting by one keeps every seed reproducible.
-            return gym.make_vec(
+            envs = gym.make_vec(
                 "Meta-World/custom-mt-envs", envs_list=list(tasks.envs), seed=seed + 1, use_one_hot=use_one_hot, **common
             )
+            return _fix_goals(envs, seed) if fixed_goals else envs
         makers = [
             partial(_goal_env, metaworld, tasks.envs[0], k, tasks.num_goals, seed, max_episode_steps, use_one_hot)
             for k in range(tasks.num_goals)
         ]
         return gym.vector.SyncVectorEnv(makers, autoreset_mode=mode)
+
+
+def fixed_goal_index(seed: int, task: int, variations: int) -> int:
+    """Which of task ``task``'s ``variations`` goal variations a fixed-goal run of ``seed`` keeps."""
+    import numpy as np
+
+    return int(np.random.default_rng([seed, task]).integers(variations))
+
+
+def _fix_goals(envs: Any, seed: int) -> Any:
+    # Meta-World's task wrapper draws from its list at every reset; a list of one is a fixed goal.
+    # The list is part of the environments' checkpoint, so a resumed run keeps the same goals.
+    for i, env in enumerate(envs.envs):
+        variations = env.get_wrapper_attr("tasks")
+        env.set_wrapper_attr("tasks", [variations[fixed_goal_index(seed, i, len(variations))]])
+    return envs
 
 
 def _goal_env(metaworld: Any, name: str, goal: int, num_goals: int, seed: int, max_steps: int, one_hot: bool) -> Any:

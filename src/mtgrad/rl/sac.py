@@ -13,6 +13,11 @@ depend only on its own rows, and their per-task gradients come from one vmapped 
 (:func:`mtgrad.grouped_backward`). The gradient method (PCGrad, CAGrad, CAGrad-Fast, …) combines
 the T gradients of the critic loss and, separately, of the actor loss (PCGrad App. C, CAGrad
 App. B.3: surgery on both); each task's temperature α_i has its own loss and needs none.
+
+With ``shared_alpha`` (mtrl, the papers' protocol) one temperature α serves every task and task
+i's temperature loss is mtrl's ``L_i^α = α · E_{s∈D_i}[−log π(a|s) − H̄]``; its T gradients with
+respect to log α (one number each) go through the same method as the actor's, as mtrl's
+``_compute_gradient`` does for every component.
 """
 
 from __future__ import annotations
@@ -39,6 +44,19 @@ def mlp(inputs: int, hidden: int, layers: int, outputs: int) -> nn.Sequential:
     for a, b in zip(dims, dims[1:]):
         body += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*body, nn.Linear(dims[-1], outputs))
+
+
+def init_weights(module: nn.Module, scheme: str) -> None:
+    """``"xavier"``: xavier-uniform weights and zero biases in every linear layer (mtrl's
+    ``weight_init``); ``"torch"``: leave PyTorch's default initialisation."""
+    if scheme == "torch":
+        return
+    if scheme != "xavier":
+        raise ValueError(f"unknown init scheme {scheme!r}; known: torch, xavier")
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
 
 class Actor(nn.Module):
@@ -93,6 +111,9 @@ class MultiTaskSAC:
         actor_method, critic_method: any mtgrad method; :class:`mtgrad.Mean` (equal weights) takes
             the plain path of one backward of the mean loss, which is what "multi-task SAC" is.
         device: where the networks live.
+        alpha_method: the method for the shared temperature's task gradients
+            (``cfg.shared_alpha``); a separate instance of the actor's method, so that its state
+            (e.g. PCGrad's generator) is its own. Required with ``shared_alpha``.
 
     Loss weightings (UW, DWA, FAMO, …) are refused: their own parameters and hooks need a
     training loop that SAC's three optimizers do not provide, and they would silently not learn.
@@ -107,8 +128,11 @@ class MultiTaskSAC:
         actor_method: mtgrad.methods.Method,
         critic_method: mtgrad.methods.Method,
         device: torch.device | str = "cpu",
+        alpha_method: mtgrad.methods.Method | None = None,
     ) -> None:
-        for which, method in (("actor", actor_method), ("critic", critic_method)):
+        if cfg.shared_alpha and alpha_method is None:
+            raise ValueError("a shared temperature (cfg.shared_alpha) needs an alpha_method for its task gradients")
+        for which, method in (("actor", actor_method), ("critic", critic_method), ("temperature", alpha_method)):
             if isinstance(method, mtgrad.methods.LossWeighting):
                 raise ValueError(
                     f"{type(method).__name__} is a loss weighting; multi-task SAC takes gradient methods "
@@ -118,14 +142,18 @@ class MultiTaskSAC:
         self.actor = Actor(obs_dim, action_dim, cfg.hidden, cfg.layers, cfg.log_std_min, cfg.log_std_max).to(device)
         self.critic = TwinCritic(obs_dim, action_dim, cfg.hidden, cfg.layers).to(device)
         self.critic_target = TwinCritic(obs_dim, action_dim, cfg.hidden, cfg.layers).to(device)
+        init_weights(self.actor, cfg.init)
+        init_weights(self.critic, cfg.init)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.log_alpha = torch.full((num_tasks,), math.log(cfg.init_temperature), device=device, requires_grad=True)
+        temperatures = 1 if cfg.shared_alpha else num_tasks
+        self.log_alpha = torch.full((temperatures,), math.log(cfg.init_temperature), device=device, requires_grad=True)
         self.target_entropy = -float(action_dim) if cfg.target_entropy is None else cfg.target_entropy
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
         self.actor_method, self.critic_method = actor_method, critic_method
+        self.alpha_method = alpha_method if cfg.shared_alpha else None
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
@@ -135,7 +163,7 @@ class MultiTaskSAC:
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One gradient step of critic, actor and temperatures; returns detached statistics."""
         obs, action, reward, next_obs, terminated = batch
-        alpha = self.log_alpha.detach().exp()
+        alpha = self.log_alpha.detach().exp().expand(self.num_tasks)
         with torch.no_grad():
             next_action, next_logp = sample_action(*self.actor(next_obs))
             next_q = self.critic_target(next_obs, next_action).min(0).values - alpha[:, None] * next_logp
@@ -168,9 +196,16 @@ class MultiTaskSAC:
         # per-task losses, not the log-densities inside them.
         with torch.no_grad():
             logp = sample_action(*self.actor(obs))[1]
-        alpha_loss = -(self.log_alpha * (logp + self.target_entropy).mean(-1)).sum()
         self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
+        if self.alpha_method is None:
+            alpha_loss = -(self.log_alpha * (logp + self.target_entropy).mean(-1)).sum()
+            alpha_loss.backward()
+        else:
+            losses = self.log_alpha.exp() * (-logp - self.target_entropy).mean(-1)  # (T,): mtrl's form
+            if isinstance(self.alpha_method, mtgrad.Mean):
+                losses.mean().backward()
+            else:
+                mtgrad.backward(losses, [self.log_alpha], self.alpha_method)
         self.alpha_opt.step()
 
         with torch.no_grad():
@@ -206,6 +241,7 @@ class MultiTaskSAC:
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "alpha_opt": self.alpha_opt.state_dict(),
             "actor_method": self.actor_method.state_dict(), "critic_method": self.critic_method.state_dict(),
+            "alpha_method": None if self.alpha_method is None else self.alpha_method.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -219,3 +255,5 @@ class MultiTaskSAC:
         self.alpha_opt.load_state_dict(state["alpha_opt"])
         self.actor_method.load_state_dict(state["actor_method"])
         self.critic_method.load_state_dict(state["critic_method"])
+        if self.alpha_method is not None:
+            self.alpha_method.load_state_dict(state["alpha_method"])

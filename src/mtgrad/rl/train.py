@@ -42,6 +42,7 @@ from ..bench.reporting import progress_bar, tensorboard_writer
 from .buffer import TaskReplayBuffer
 from .config import SACConfig
 from .envs import make_envs, parse_benchmark, task_names
+from .rewards import RewardNormalizer
 from .sac import MultiTaskSAC
 
 __all__ = ["build_method", "train", "evaluate"]
@@ -50,11 +51,18 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def build_method(spec: str, cfg: SACConfig, num_tasks: int, seed: int) -> mtgrad.methods.Method:
-    """A method from its spec, with the benchmark's CAGrad ``c`` and CAGrad-Fast gradient count
-    filled in when the spec does not give them (``"cagrad"`` → ``CAGrad(c=0.9)`` on MT10)."""
+    """A method from its spec, with the benchmark's CAGrad ``c``, CAGrad-Fast gradient count and
+    the protocol's CAGrad solver and rescales and PCGrad reduction filled in when the spec does
+    not give them
+    (``"cagrad"`` → ``CAGrad(c=0.9)`` on MT10; ``CAGrad(c=0.9, rescale=1, solver="mtrl")`` under
+    the paper protocol)."""
     name, _, args = spec.strip().partition(":")
     given = {part.split("=")[0].strip() for part in args.split(",") if part.strip()}
-    defaults = {"cagrad": {"c": cfg.method_c}, "cagrad_fast": {"c": cfg.method_c, "num_gradients": cfg.fast_gradients}}
+    defaults = {
+        "cagrad": {"c": cfg.method_c, "solver": cfg.cagrad_solver, "rescale": cfg.cagrad_rescale},
+        "cagrad_fast": {"c": cfg.method_c, "num_gradients": cfg.fast_gradients, "rescale": cfg.fast_rescale},
+        "pcgrad": {"reduction": cfg.pcgrad_reduction},
+    }
     extra = [f"{k}={v}" for k, v in defaults.get(name.strip().lower(), {}).items() if k not in given]
     full = name + ":" + ",".join(filter(None, [args, *extra])) if extra else spec
     return mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
@@ -126,24 +134,29 @@ def train(
         _clear_run(out)
     # Meta-World draws a benchmark's goal variations from the seed, so evaluation uses the same
     # seed (the same tasks; MT10/MT50 have no test split) and only its sampling stream differs.
-    envs = make_envs(tasks, seed, cfg.max_episode_steps, cfg.use_one_hot)
-    eval_envs = make_envs(tasks, seed, cfg.max_episode_steps, cfg.use_one_hot, evaluation=True)
+    envs = make_envs(tasks, seed, cfg.max_episode_steps, cfg.use_one_hot, fixed_goals=cfg.fixed_goals)
+    eval_envs = make_envs(tasks, seed, cfg.max_episode_steps, cfg.use_one_hot, evaluation=True, fixed_goals=cfg.fixed_goals)
     eval_envs.call("seed", seed + 10_000)
     names = task_names(envs)
     T, obs_dim = envs.num_envs, envs.single_observation_space.shape[0]
     action_dim = envs.single_action_space.shape[0]
     torch.manual_seed(seed)
-    # Distinct generator streams for every (seed, actor/critic) pair.
+    # Distinct generator streams for every (seed, actor/critic/temperature) triple.
+    alpha_method = build_method(method, cfg, T, 2**32 + seed) if cfg.shared_alpha else None
     sac = MultiTaskSAC(
-        cfg, obs_dim, action_dim, T, build_method(method, cfg, T, 2 * seed), build_method(method, cfg, T, 2 * seed + 1), device
+        cfg, obs_dim, action_dim, T, build_method(method, cfg, T, 2 * seed), build_method(method, cfg, T, 2 * seed + 1),
+        device, alpha_method=alpha_method,
     )
     buffer = TaskReplayBuffer(T, cfg.buffer_per_task, obs_dim, action_dim, device)
+    rewards = RewardNormalizer(T, cfg.reward_rate) if cfg.normalize_rewards else None
     step, episode, elapsed = 0, 0, {"env": 0.0, "update": 0.0, "eval": 0.0}
     state = load_checkpoint(path, "--fresh")
     if state is not None:
         _check_same_run(state, cfg, method, seed)
         sac.load_state_dict(state["agent"])
         buffer.load_state_dict(state["buffer"])
+        if rewards is not None:
+            rewards.load_state_dict(state["rewards"])
         envs.call("load_checkpoint", state["envs"])
         eval_envs.call("load_checkpoint", state["eval_envs"])
         torch.set_rng_state(state["torch_rng"])
@@ -168,7 +181,9 @@ def train(
                 action = sac.act(obs)
             next_np, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
             next_obs = torch.as_tensor(next_np, dtype=torch.float32, device=device)
-            buffer.add(obs, action, torch.as_tensor(reward, dtype=torch.float32, device=device), next_obs,
+            # The buffer holds what the agent learns from; the logs keep the raw returns.
+            learned = reward if rewards is None else rewards.normalize(reward)
+            buffer.add(obs, action, torch.as_tensor(learned, dtype=torch.float32, device=device), next_obs,
                        torch.as_tensor(terminated, dtype=torch.float32, device=device))
             obs = next_obs
             returns += reward
@@ -177,7 +192,7 @@ def train(
             t1 = time.perf_counter()
             elapsed["env"] += t1 - t0
             if step > cfg.random_steps:
-                for _ in range(cfg.updates_per_step):
+                for _ in range(_updates_at(cfg, step)):
                     stats.add(sac.update(buffer.sample(cfg.batch_per_task)))
                 elapsed["update"] += time.perf_counter() - t1
             if bar is not None:
@@ -205,6 +220,7 @@ def train(
                     _save(path, {
                         "config": asdict(cfg), "method": method, "seed": seed, "step": step, "episode": episode,
                         "elapsed": elapsed, "agent": sac.state_dict(), "buffer": buffer.state_dict(),
+                        "rewards": None if rewards is None else rewards.state_dict(),
                         "envs": list(envs.call("get_checkpoint")), "eval_envs": list(eval_envs.call("get_checkpoint")),
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.device(device).type == "cuda" else None,
@@ -224,6 +240,17 @@ def train(
     return summary
 
 
+def _updates_at(cfg: SACConfig, step: int) -> int:
+    """Updates after vector step ``step`` (1-based): none during the random warm-up; with
+    ``update_burst``, as many as warm-up steps right after it (mtrl: ``num_updates = init_steps``
+    at the first step that may update); then ``updates_per_step``."""
+    if step <= cfg.random_steps:
+        return 0
+    if cfg.update_burst and cfg.random_steps > 0 and step == cfg.random_steps + 1:
+        return cfg.random_steps
+    return cfg.updates_per_step
+
+
 def _clear_run(out: str) -> None:
     """Remove a previous run's files from ``out`` (``resume=False``)."""
     for name in (CHECKPOINT, CHECKPOINT + ".prev", "train.csv", "eval.csv", "summary.json"):
@@ -235,7 +262,9 @@ def _clear_run(out: str) -> None:
 
 def _check_same_run(state: dict[str, Any], cfg: SACConfig, method: str, seed: int) -> None:
     """A checkpoint continues only the same run; a longer ``total_steps`` extends it."""
-    saved = {k: v for k, v in state["config"].items() if k != "total_steps"}
+    # A field the checkpoint lacks was added later with its old behaviour as default.
+    defaults = asdict(SACConfig())
+    saved = {k: v for k, v in {**defaults, **state["config"]}.items() if k != "total_steps"}
     now = {k: v for k, v in asdict(cfg).items() if k != "total_steps"}
     if (saved, state["method"], state["seed"]) != (now, method, seed):
         differ = sorted(k for k in now if saved.get(k) != now[k])
@@ -254,7 +283,8 @@ def _save(path: str, state: dict[str, Any]) -> None:
 
 def _summary(cfg: SACConfig, method: str, seed: int, step: int, elapsed: dict[str, float], evals: list[dict[str, str]]) -> dict[str, Any]:
     T = parse_benchmark(cfg.benchmark).num_tasks
-    updates = max(step - cfg.random_steps, 0) * cfg.updates_per_step
+    first = cfg.random_steps + 1  # the first step that updates (a burst, with update_burst)
+    updates = (_updates_at(cfg, first) if step >= first else 0) + max(step - first, 0) * cfg.updates_per_step
     return {
         "benchmark": cfg.benchmark, "method": method, "seed": seed, "steps": step, "env_steps": step * T,
         "env_steps_per_s": step * T / elapsed["env"] if elapsed["env"] else None,
@@ -296,12 +326,12 @@ class _Logs:
         self.eval_fields = ["step", "env_steps", "mean_success", "mean_return", *[f"success/{n}" for n in names]]
         # Rows up to the checkpoint's step are kept; anything else (rows written after it, or a
         # run that never reached a checkpoint) is dropped so the files describe one run.
+        # The kept rows go to a new file that replaces the old one only once it is on disk, so a
+        # kill at any instant leaves either the old or the new log, never a shorter one.
         for path, fields in ((self.train_path, self.train_fields), (self.eval_path, self.eval_fields)):
             rows = _read(path) if keep_until is not None and os.path.exists(path) else []
-            with open(path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=fields)
-                w.writeheader()
-                w.writerows(r for r in rows if _step(r) is not None and _step(r) <= keep_until)
+            kept = [r for r in rows if _step(r) is not None and _step(r) <= keep_until]
+            _write_atomically(path, fields, kept)
 
     def episode_row(self, step: int, episode: int, returns: np.ndarray, success: np.ndarray,
                     stats: dict[str, list[float]]) -> dict[str, Any]:
@@ -328,6 +358,17 @@ class _Logs:
     def _append(path: str, fields: list[str], row: dict[str, Any]) -> None:
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=fields).writerow(row)
+
+
+def _write_atomically(path: str, fields: list[str], rows: list[dict[str, str]]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _first(values: list[float] | None) -> float:
