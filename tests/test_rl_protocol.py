@@ -201,3 +201,20 @@ def test_a_paper_protocol_run_resumes_identically_with_its_reward_statistics(tmp
     raw = tmp_path / "raw"
     train(TINY_PAPER.replace(normalize_rewards=False, total_steps=50), "pcgrad", str(raw), progress=False, tensorboard=False)
     assert _rows(raw / "train.csv")[0]["mean_return"] == rows[0]["mean_return"]
+
+
+def test_the_cli_chooses_the_protocol_by_name_and_says_which_preset_a_custom_set_takes(monkeypatch, capsys):
+    from mtgrad.cli import main
+    from mtgrad.rl import report
+
+    seen = []
+    monkeypatch.setattr(report, "run_methods", lambda cfg, methods, seeds, out, **kw: seen.append(cfg) or [])
+    monkeypatch.setattr(report, "summary_table", lambda summaries: "")
+    assert main(["rl", "--protocol", "paper", "--benchmark", "mt10", "--eval-episodes", "2"]) == 0
+    assert seen[-1] == preset("mt10", "paper", eval_episodes=2)
+    assert main(["rl", "--benchmark", "custom:reach-v3"]) == 0
+    assert seen[-1].protocol == "v3" and seen[-1].hidden == preset("quick").hidden
+    assert "custom:reach-v3 has no preset of its own; using the quick preset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["rl", "--set", "protocol=paper"])
+    assert "use --protocol" in capsys.readouterr().err

@@ -409,12 +409,22 @@ def _add_rl(sub) -> None:
             "at full length); quick is a 2-task set (reach, drawer-close) that runs 30,000 "
             "steps in about 10 minutes per method on one CPU core. 'cagrad' and 'cagrad_fast' get "
             "the preset's c (0.9 on MT10, 0.5 on MT50) and gradient count (4 / 8) unless given.",
+            "Protocols (--protocol): v3 is Meta-World 3 as it ships; paper is the experiment the "
+            "PCGrad and CAGrad papers ran (facebookresearch/mtrl): one fixed goal per task, rewards "
+            "divided by a running std, no task id, one shared temperature through the surgery, "
+            "150-step episodes, 1 evaluation episode, xavier init, and 'cagrad' as the official "
+            "CAGrad(c, rescale=1, solver=mtrl). Only paper-protocol success rates can be set beside "
+            "the papers' tables.",
             "Needs the rl extra: pip install 'mtgrad[rl]'.",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", choices=["quick", "mt10", "mt50"], default=None,
                    help="hyperparameters (default: the benchmark's preset if it has one, else quick)")
+    p.add_argument("--protocol", choices=["v3", "paper"], default="v3",
+                   help="v3: Meta-World 3 as it ships (a new goal per reset, one-hot task id, per-task "
+                        "temperatures); paper: the papers' mtrl setup (fixed goal per task, normalised "
+                        "rewards, shared temperature, official CAGrad solver); docs/rl.md (default v3)")
     p.add_argument("--benchmark", default=None,
                    help="mt10, mt50, custom:<env,env,...> or goals:<env>:<K> (default: the preset's)")
     p.add_argument("--methods", "--method", dest="methods", default="mean,pcgrad,cagrad",
@@ -443,6 +453,9 @@ def _run_rl(args: argparse.Namespace) -> int:
 
     bench = args.benchmark.lower() if args.benchmark else None
     name = args.preset or (bench if bench in config.PRESETS else "quick")
+    if args.preset is None and bench is not None and bench not in config.PRESETS:
+        print(f"mtgrad rl: note: {args.benchmark} has no preset of its own; using the quick preset's "
+              "hyperparameters (choose with --preset)", file=sys.stderr)
     fields = {f.name: f.type for f in dataclasses.fields(config.SACConfig)}
     changes: dict[str, object] = {}
     for key, value in args.set:
@@ -452,6 +465,8 @@ def _run_rl(args: argparse.Namespace) -> int:
             changes[key] = _typed(value, getattr(config.PRESETS[name], key))
         except (ValueError, argparse.ArgumentTypeError):
             args.parser.error(f"--set {key}={value}: expected a value like {getattr(config.PRESETS[name], key)!r}")
+        if key == "protocol":
+            args.parser.error("--set protocol=...: use --protocol, which sets every field of the protocol")
     if any(seed < 0 for seed in args.seeds):
         args.parser.error(f"--seeds must be ≥ 0, got {args.seeds}")
     for key, value in (("benchmark", args.benchmark), ("total_steps", args.steps),
@@ -462,7 +477,7 @@ def _run_rl(args: argparse.Namespace) -> int:
 
     try:
         methods = split_specs(args.methods)
-        cfg = config.preset(name, **changes)
+        cfg = config.preset(name, args.protocol, **changes)
         summaries = report.run_methods(
             cfg, methods, args.seeds, args.out, jobs=args.jobs, threads=args.threads, device=args.device,
             resume=not args.fresh, progress=not args.no_progress, plots=not args.no_plots,

@@ -286,7 +286,7 @@ def _summary(cfg: SACConfig, method: str, seed: int, step: int, elapsed: dict[st
     first = cfg.random_steps + 1  # the first step that updates (a burst, with update_burst)
     updates = (_updates_at(cfg, first) if step >= first else 0) + max(step - first, 0) * cfg.updates_per_step
     return {
-        "benchmark": cfg.benchmark, "method": method, "seed": seed, "steps": step, "env_steps": step * T,
+        "benchmark": cfg.benchmark, "protocol": cfg.protocol, "method": method, "seed": seed, "steps": step, "env_steps": step * T,
         "env_steps_per_s": step * T / elapsed["env"] if elapsed["env"] else None,
         "updates_per_s": updates / elapsed["update"] if elapsed["update"] else None,
         "seconds": elapsed, "final_eval": evals[-1] if evals else None,
