@@ -158,8 +158,19 @@ def test_finished_run_is_not_retrained_and_mismatch_is_refused(tmp_path):
     assert again.resumed_from == 2 and again.history == done.history
     with pytest.raises(ValueError, match="different run"):
         train(_config(tmp_path, epochs=2, lr=0.5))
+    with pytest.raises(ValueError, match="at epoch 2, past --epochs 1"):
+        train(_config(tmp_path, epochs=1))
     fresh = train(_config(tmp_path, epochs=1, resume=False))
     assert len(fresh.history) == 1
+
+
+def test_a_finished_run_extends_to_more_epochs_exactly_as_it_would_have_continued(tmp_path):
+    straight = train(_config(tmp_path / "straight", epochs=3))
+    train(_config(tmp_path / "extended", epochs=2))
+    extended = train(_config(tmp_path / "extended", epochs=3))
+    assert extended.resumed_from == 2 and extended.history[-1]["epoch"] == 3
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(extended.history) == drop(straight.history) and extended.steps == straight.steps
 
 
 def test_benchmark_registry():

@@ -252,7 +252,8 @@ def _add_train(sub) -> None:
             "task and epoch), steps.csv (task weights, gradient cosine and conflict rate per step), "
             "TensorBoard events if tensorboard is installed, and checkpoint.pt (every epoch) into "
             "--out. Running the same command again resumes from the checkpoint and ends with the "
-            "same numbers as an uninterrupted run.",
+            "same numbers as an uninterrupted run; a larger --epochs extends a finished run the "
+            "same way, --fresh starts over.",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -404,7 +405,8 @@ def _add_rl(sub) -> None:
             "temperatures, a replay buffer partitioned by task) with a gradient method applied to "
             "both the actor and the critic losses, per-task gradients from each task's own rows. "
             "Each method x seed goes to --out/<method>-s<seed> (train.csv, eval.csv, summary.json, "
-            "checkpoint.pt; rerunning resumes); --out gets summary.md and success.png.",
+            "checkpoint.pt; rerunning resumes, a larger --steps extends a finished run, --fresh "
+            "starts over); --out gets summary.md and success.png.",
             "Presets: mt10 and mt50 are the papers' settings (CAGrad App. B.3; days of GPU time "
             "at full length); quick is a 2-task set (reach, drawer-close) that runs 30,000 "
             "steps in about 10 minutes per method on one CPU core. 'cagrad' and 'cagrad_fast' get "

@@ -110,8 +110,11 @@ class TrainConfig:
         return cfg
 
     def identity(self) -> dict[str, Any]:
-        """The fields a checkpoint must match to be resumed (what changes the numbers)."""
-        keep = ("benchmark", "method", "epochs", "batch_size", "lr", "seed", "device", "tasks", "data_options", "curvature")
+        """The fields a checkpoint must match to be resumed (what changes the numbers).
+
+        ``epochs`` is not one: nothing depends on the planned length, so a finished run extends to
+        more epochs exactly as it would have continued (the rule ``mtgrad rl`` has for steps)."""
+        keep = ("benchmark", "method", "batch_size", "lr", "seed", "device", "tasks", "data_options", "curvature")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -287,6 +290,7 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
     checkpoint); calling :func:`train` again with the same config resumes. A checkpoint whose
     config differs in anything that changes the numbers raises ``ValueError`` instead of being
     silently mixed with the new run; pass ``resume=False`` (or another ``out``) to start afresh.
+    A longer ``epochs`` extends a finished run; a shorter one than the checkpoint's is refused.
 
     Side effect: torch's global generator is seeded with ``config.seed`` (for the model's
     initialisation) and, on resume, restored from the checkpoint. On a GPU, results are exactly
@@ -324,10 +328,17 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
         steps: list[dict[str, float]] = []
         ckpt = load_checkpoint(ckpt_path, "--fresh") if cfg.resume else None
         if ckpt is not None:
-            if ckpt["config"] != cfg.identity():
+            saved = {k: v for k, v in ckpt["config"].items() if k != "epochs"}  # older checkpoints held it
+            if saved != cfg.identity():
+                differ = sorted(k for k, v in cfg.identity().items() if saved.get(k) != v)
                 raise ValueError(
-                    f"{ckpt_path} belongs to a different run ({ckpt['config']}); this one is "
+                    f"{ckpt_path} belongs to a different run ({', '.join(differ)} differ: {saved}); this one is "
                     f"{cfg.identity()}. Use another --out, or --fresh (resume=False) to overwrite it"
+                )
+            if int(ckpt["epoch"]) > cfg.epochs:
+                raise ValueError(
+                    f"{ckpt_path} is at epoch {ckpt['epoch']}, past --epochs {cfg.epochs}; ask for at least "
+                    f"{ckpt['epoch']} epochs, or use --fresh (resume=False) or another --out"
                 )
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
