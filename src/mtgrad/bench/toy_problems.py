@@ -9,6 +9,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .settings import CAGRAD_METHODS, DEFAULT_PCGRAD_STEPS, DEFAULT_STEPS, PAPER_STEPS, PCGRAD_METHODS
+
 __all__ = [
     "LOWER",
     "PARETO_Y",
@@ -49,36 +51,8 @@ CAGRAD_STARTS: tuple[tuple[float, float], ...] = (
 the log valley like from (-8.5, 7.5) and (9, 9), so GD is stuck on 3 of these 5 starts; from
 (-8.5, -5) it converges, which gives the paper's "2 out of 5"."""
 
-CAGRAD_METHODS: tuple[str, ...] = (
-    "gd",
-    "mgda",
-    "pcgrad",
-    "cagrad:c=0",
-    "cagrad:c=0.2",
-    "cagrad:c=0.5",
-    "cagrad:c=0.8",
-    "cagrad:c=10",
-)
-"""The methods of CAGrad Fig. 3: GD, MGDA, PCGrad and CAGrad with c ∈ {0, 0.2, 0.5, 0.8, 10}."""
-
 PCGRAD_STARTS: tuple[tuple[float, float], ...] = ((0.5, -3.0),)
 """The initial point of PCGrad Fig. 1 (App. D)."""
-
-PCGRAD_METHODS: tuple[str, ...] = ("gd", "pcgrad")
-"""PCGrad Fig. 1 compares Adam on L1 + L2 ("gd" = Sum here) with Adam + PCGrad."""
-
-DEFAULT_STEPS = 100_000
-"""Default Adam steps for the CAGrad toy: the official code's 100,000, which CAGrad (c = 0.2-0.8)
-needs to reach the L0 minimiser from every start (from (9, 9) it takes ~58k-95k steps at lr 1e-3).
-All CAGrad variants are solved in one call per step (:class:`_MergedCAGrad`), which keeps the
-default ``mtgrad toy`` near a minute on two cores."""
-
-DEFAULT_PCGRAD_STEPS = 300_000
-"""Default Adam steps for the PCGrad toy (the PCGrad paper runs 500,000; Adam + PCGrad reaches
-the meeting of the valleys after ~250k)."""
-
-PAPER_STEPS = {"cagrad": 100_000, "pcgrad": 500_000}
-"""Adam steps (lr 1e-3) the papers used: CAGrad ``toy.py`` n_iter, PCGrad App. D."""
 
 _REACH_TOL = 0.05
 _PCGRAD_RESIDUAL_TOL = 1e-2
