@@ -29,6 +29,9 @@ def test_the_site_builds_strict(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "mtgrad.backward" in api and "CAGrad" in api  # the reference was rendered
+    # The docstrings' Sphinx roles became links (docs/hooks/sphinx_roles.py), none left raw.
+    assert ":class:" not in api and ":func:" not in api
+    assert 'href="#mtgrad.CAGradFast"><code>CAGradFast</code>' in api
     shutil.rmtree(tmp_path / "site")
 
 
