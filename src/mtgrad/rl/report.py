@@ -6,13 +6,13 @@ import csv
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from .config import SACConfig
 
-__all__ = ["run_methods", "plot_success", "summary_table", "run_dir"]
+__all__ = ["plot_success", "run_dir", "run_methods", "success_figure", "summary_table"]
 
 
 def run_dir(out: str, method: str, seed: int) -> str:
@@ -57,24 +57,30 @@ def run_methods(
     table = summary_table(summaries)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(table + "\n")
-    if plots:
-        plot_success({f"{m} (seed {s})" if len(seeds) > 1 else m: run_dir(out, m, s) for m in methods for s in seeds},
+    if plots:  # one curve per method: the mean over its seeds, with their spread
+        plot_success({m: [run_dir(out, m, s) for s in seeds] for m in methods},
                      os.path.join(out, "success.png"), title=cfg.benchmark)
     return summaries
 
 
 def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
-    """Markdown: final success and return, best success over the run, throughput per run."""
-    lines = ["| method | seed | env steps | final success | best success | final return | env steps/s | updates/s |",
+    """Markdown: final and best evaluation success (in %, as in ``success.png``), final return and
+    throughput, one row per run."""
+    lines = ["| method | seed | env steps | final success (%) | best success (%) | final return | env steps/s | updates/s |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         last = s.get("final_eval") or {}
-        best = s.get("best_success")
         lines.append(
-            f"| {s['method']} | {s['seed']} | {s['env_steps']:,} | {_fmt(last.get('mean_success'))} | {_fmt(best)} | "
-            f"{_fmt(last.get('mean_return'), 1)} | {_fmt(s.get('env_steps_per_s'), 0)} | {_fmt(s.get('updates_per_s'), 1)} |"
+            f"| {s['method']} | {s['seed']} | {s['env_steps']:,} | {_pct(last.get('mean_success'))} | "
+            f"{_pct(s.get('best_success'))} | {_fmt(last.get('mean_return'), 1)} | {_fmt(s.get('env_steps_per_s'), 0)} | "
+            f"{_fmt(s.get('updates_per_s'), 1)} |"
         )
     return "\n".join(lines)
+
+
+def _pct(rate: Any) -> str:
+    """A success rate in [0, 1] as a percentage with one decimal (``–`` when missing)."""
+    return "–" if rate is None or rate == "" else f"{100.0 * float(rate):.1f}"
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -88,32 +94,54 @@ def read_eval(run: str) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def plot_success(runs: dict[str, str], path: str, title: str = "") -> None:
-    """Mean evaluation success and return over environment steps (per task), one line per run."""
-    import matplotlib
+def _seed_curves(runs: Sequence[str], key: str, scale: float = 1.0) -> tuple[list[float], list[list[float]]]:
+    """The evaluation steps every seed reached and each seed's ``key`` at them (a run that was
+    stopped early would otherwise cut the mean short or mix seeds at its end)."""
+    tables = [{r["step"]: r[key] * scale for r in read_eval(run)} for run in runs]
+    tables = [t for t in tables if t]
+    steps = sorted(set.intersection(*(set(t) for t in tables))) if tables else []
+    return steps, [[t[x] for x in steps] for t in tables]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label, run in runs.items():
-        rows = read_eval(run)
-        if not rows:
-            continue
-        steps = [r["step"] for r in rows]
-        axes[0].plot(steps, [r["mean_success"] for r in rows], marker="o", ms=3, label=label)
-        axes[1].plot(steps, [r["mean_return"] for r in rows], marker="o", ms=3, label=label)
-    axes[0].set_ylabel("mean success rate")
-    axes[0].set_ylim(-0.02, 1.02)
-    axes[1].set_ylabel("mean episode return")
+def plot_success(runs: Mapping[str, str | Sequence[str]], path: str, title: str = "") -> None:
+    """Mean evaluation success (in %) and return over environment steps per task, one line per
+    label: ``runs`` maps a label (a method) to its run folder or to the folders of its seeds,
+    drawn as their mean with a ± 1 sample-std band (none for one seed), ``n`` in the legend."""
+    from mtgrad.bench.figures import pyplot
+
+    fig = success_figure(runs, title)
+    fig.savefig(path, dpi=130)
+    pyplot().close(fig)
+
+
+def success_figure(runs: Mapping[str, str | Sequence[str]], title: str = "") -> Any:
+    """The figure of :func:`plot_success` (a matplotlib ``Figure``), unsaved."""
+    from mtgrad.bench.figures import SPREAD, legend_columns, mean_band, panel_grid, wrap_title
+
+    fig, axes = panel_grid(2, panel=(4.4, 3.2), extra=(0.0, 0.6))
+    counts: set[int] = set()
+    for k, (label, dirs) in enumerate(runs.items()):
+        dirs = [dirs] if isinstance(dirs, str) else list(dirs)
+        for ax, key, scale, clip in ((axes[0], "mean_success", 100.0, (0.0, 100.0)),
+                                     (axes[1], "mean_return", 1.0, None)):
+            steps, series = _seed_curves(dirs, key, scale)
+            if steps:
+                mean_band(ax, steps, series, label=label, color=f"C{k}", clip=clip, marker="o", ms=3)
+                counts.add(len(series))
+    axes[0].set_ylabel("evaluation success, mean over tasks (%)")
+    axes[0].set_ylim(-2, 102)
+    axes[1].set_ylabel("evaluation return, mean over tasks")
     for ax in axes:
         ax.set_xlabel("environment steps per task")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"multi-task SAC, {title}" if title else "multi-task SAC")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=legend_columns(fig, len(labels)), fontsize=8,
+                   frameon=False)
+    seeds = "one seed each, no band" if counts <= {1} else f"mean over seeds (n in the legend), {SPREAD}"
+    fig.suptitle(wrap_title(f"multi-task SAC{', ' + title if title else ''}: {seeds}", fig.get_figwidth()),
+                 fontsize=10)
+    return fig
 
 
 def best_success(run: str) -> float | None:
