@@ -237,3 +237,27 @@ def test_unbatched_weightings_run_once_per_run(monkeypatch):
     monkeypatch.setitem(methods.REGISTRY, "oneatatime", OneAtATime)
     res = toy.run_toy("cagrad", methods=["oneatatime", "gd"], steps=300)
     torch.testing.assert_close(res.final[0], res.final[1], rtol=0, atol=1e-12)
+
+
+def _panels(fig):
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+
+
+def test_toy_figures_wrap_into_rows_of_four_with_labelled_axes(tmp_path):
+    # issue 13: the PCGrad figure with 5 methods was one row of 7 panels, 3234 px wide
+    pytest.importorskip("matplotlib")
+    from mtgrad.bench import toy_plots
+
+    pc = toy.run_toy("pcgrad", methods=["gd", "pcgrad", "mgda", "cagrad:c=0.2", "cagrad:c=0.5"], steps=20)
+    ca = toy.run_toy("cagrad", methods=list(toy.CAGRAD_METHODS), steps=20)
+    for fig, n in ((toy_plots.pcgrad_figure(pc, grid=30), 7), (toy_plots.cagrad_figure(ca, grid=30), 8)):
+        panels = _panels(fig)
+        assert len(panels) == n
+        assert panels[0].get_subplotspec().get_gridspec().get_geometry() == (2, 4)
+        for ax in panels:
+            assert (ax.get_xlabel(), ax.get_ylabel()) == ("θ1", "θ2")
+    path = toy_plots.plot_result(pc, tmp_path / "toy_pcgrad.png")
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert width < 1800 and height < width

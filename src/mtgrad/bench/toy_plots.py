@@ -7,28 +7,22 @@
 * PCGrad toy, after PCGrad Fig. 1 (b)-(e): contours of L1 and of L2, then one panel per method
   with contours of L1 + L2 and its trajectory.
 
-matplotlib is imported inside the functions, with the non-interactive Agg backend.
+Panels wrap into rows of at most four (:func:`mtgrad.bench.figures.panel_grid`), every panel with
+its axis labels. matplotlib is imported inside the functions, with the non-interactive Agg backend.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
 
+from mtgrad.bench.figures import MAX_COLS, panel_grid, pyplot, wrap_title
 from mtgrad.bench.toy import CAGRAD_MINIMISER, PARETO_Y, ToyResult
 
-__all__ = ["plot_result", "plot_cagrad", "plot_pcgrad"]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+__all__ = ["cagrad_figure", "pcgrad_figure", "plot_cagrad", "plot_pcgrad", "plot_result"]
 
 
 def _grid(losses_fn, xlim, ylim, n):
@@ -58,25 +52,29 @@ def _trajectory(ax, traj: np.ndarray, zorder: int = 10) -> None:
     ax.plot(*traj[-1], "X", ms=8, mfc="yellow", mec="k", zorder=zorder + 2)
 
 
-def plot_cagrad(result: ToyResult, path: str | os.PathLike, grid: int = 300, ncols: int = 4) -> str:
+def _axes_labels(ax) -> None:
+    """θ1 and θ2 on every panel: in a wrapped grid no panel borrows another's labels."""
+    ax.set_xlabel("θ1", fontsize=9)
+    ax.set_ylabel("θ2", fontsize=9)
+    ax.tick_params(labelsize=8)
+
+
+def plot_cagrad(result: ToyResult, path: str | os.PathLike, grid: int = 300, ncols: int = MAX_COLS) -> str:
     """CAGrad Fig. 3 style figure of a CAGrad-toy :class:`ToyResult`; returns the path."""
-    plt = _pyplot()
+    return _save(cagrad_figure(result, grid, ncols), path)
+
+
+def cagrad_figure(result: ToyResult, grid: int = 300, ncols: int = MAX_COLS) -> Any:
+    """The figure of :func:`plot_cagrad` (a matplotlib ``Figure``), unsaved."""
     prob = result.problem
     X, Y, L1, L2 = _grid(prob.losses, prob.xlim, prob.ylim, grid)
     L0 = 0.5 * (L1 + L2)
     levels = np.linspace(L0.min(), L0.max(), 20)
-    n = len(result.methods)
-    ncols = max(1, min(ncols, n))
-    nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(3.4 * ncols + 1.2, 3.5 * nrows + 0.5), squeeze=False,
-        layout="constrained",
-    )
+    fig, axes = panel_grid(len(result.methods), panel=(3.2, 3.1), max_cols=ncols, extra=(1.0, 0.6))
     traj = result.trajectories.to(torch.float64).numpy()
     reached = result.reached
     cs = None
-    for m, spec in enumerate(result.methods):
-        ax = axes[m // ncols][m % ncols]
+    for m, (ax, spec) in enumerate(zip(axes, result.methods)):
         cs = ax.contour(X, Y, L0, levels=levels, cmap="viridis", linewidths=1.0, zorder=1)
         ax.plot([-7, 7], [PARETO_Y, PARETO_Y], lw=6, color="gray", alpha=0.7, zorder=2)
         ax.plot(*CAGRAD_MINIMISER, "*", ms=15, color="k", mec="w", mew=0.8, zorder=20)
@@ -87,18 +85,20 @@ def plot_cagrad(result: ToyResult, path: str | os.PathLike, grid: int = 300, nco
         ax.set_xlim(*prob.xlim)
         ax.set_ylim(*prob.ylim)
         ax.set_aspect("equal")
-        ax.tick_params(labelsize=8)
-    for j in range(n, nrows * ncols):
-        axes[j // ncols][j % ncols].axis("off")
+        _axes_labels(ax)
     if cs is not None:
-        fig.colorbar(cs, ax=axes.ravel().tolist(), shrink=0.6, label="L0 = (L1 + L2)/2")
-    fig.suptitle(
-        f"CAGrad toy: {result.steps} Adam steps (lr {result.lr:g}); gray: Pareto set, "
-        "star: L0 minimiser; trajectories red (start, dot) to yellow (end, cross)",
+        fig.colorbar(cs, ax=axes, shrink=0.6, label="L0 = (L1 + L2)/2")
+    fig.suptitle(wrap_title(
+        f"CAGrad toy: {result.steps:,} Adam steps (lr {result.lr:g}) from {traj.shape[1]} starts; gray: Pareto set, "
+        "star: L0 minimiser; trajectories red (start, dot) to yellow (end, cross)", fig.get_figwidth()),
         fontsize=10,
     )
+    return fig
+
+
+def _save(fig: Any, path: str | os.PathLike) -> str:
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return str(path)
 
 
@@ -107,9 +107,25 @@ def _levels(Z: np.ndarray, n: int) -> np.ndarray:
     return np.linspace(lo, hi, n)
 
 
+def _colorbar(fig, contours, ax, label: str) -> None:
+    """A slim colour bar beside ``ax`` with a few round ticks; every panel gets one, so the
+    panels of a wrapped grid stay aligned."""
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = float(contours.levels[0]), float(contours.levels[-1])
+    ticks = [t for t in MaxNLocator(5).tick_values(lo, hi) if lo <= t <= hi]  # none on the extend tips
+    bar = fig.colorbar(contours, ax=ax, shrink=0.8, fraction=0.06, pad=0.03, ticks=ticks)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
 def plot_pcgrad(result: ToyResult, path: str | os.PathLike, grid: int = 300) -> str:
     """PCGrad Fig. 1 (b)-(e) style figure of a PCGrad-toy :class:`ToyResult`; returns the path."""
-    plt = _pyplot()
+    return _save(pcgrad_figure(result, grid), path)
+
+
+def pcgrad_figure(result: ToyResult, grid: int = 300) -> Any:
+    """The figure of :func:`plot_pcgrad` (a matplotlib ``Figure``), unsaved."""
     prob = result.problem
     traj = result.trajectories.to(torch.float64).numpy()
     pts = traj[np.isfinite(traj).all(axis=-1)]
@@ -121,39 +137,34 @@ def plot_pcgrad(result: ToyResult, path: str | os.PathLike, grid: int = 300) -> 
     X, Y, L1, L2 = _grid(prob.losses, xlim, ylim, grid)
     L = L1 + L2
     n = len(result.methods)
-    fig, axes = plt.subplots(
-        1, n + 2, figsize=(3.8 * (n + 2), 4.2), squeeze=False, layout="constrained"
-    )
-    axes = axes[0]
-    panels = [("task 1: L1", L1), ("task 2: L2", L2)]
-    for ax, (title, Z) in zip(axes[:2], panels):
-        ax.contourf(X, Y, Z, levels=_levels(Z, 30), cmap="viridis", extend="both")
+    # the two task losses, then one panel per method: rows of at most four, not one long row
+    fig, axes = panel_grid(n + 2, panel=(3.4, 3.0), extra=(0.0, 0.5))
+    for ax, (title, Z) in zip(axes[:2], [("task 1: L1", L1), ("task 2: L2", L2)]):
+        cf = ax.contourf(X, Y, Z, levels=_levels(Z, 30), cmap="viridis", extend="both")
+        _colorbar(fig, cf, ax, title.split(": ")[1])
         ax.set_title(title, fontsize=10)
     levels = _levels(L, 30)
     reached = result.reached
-    for m, spec in enumerate(result.methods):
-        ax = axes[2 + m]
-        ax.contourf(X, Y, L, levels=levels, cmap="viridis", extend="both", zorder=0)
+    for m, (ax, spec) in enumerate(zip(axes[2:], result.methods)):
+        cf = ax.contourf(X, Y, L, levels=levels, cmap="viridis", extend="both", zorder=0)
+        _colorbar(fig, cf, ax, "L1 + L2")
         for s in range(traj.shape[1]):
             _trajectory(ax, traj[m, s])
         label = {"gd": "Adam (gd: sum)", "pcgrad": "Adam + PCGrad"}.get(spec, spec)
         status = "at optimum" if bool(reached[m].all()) else "not at optimum"
-        ax.set_title(f"{label}: L1 + L2 ({status})", fontsize=10)
+        ax.set_title(f"{label}\n({status})", fontsize=10)
     for ax in axes:
         ax.set_xlim(*xlim)
         ax.set_ylim(*ylim)
         ax.set_aspect("equal")
-        ax.tick_params(labelsize=8)
-        ax.set_xlabel("θ1", fontsize=9)
-    axes[0].set_ylabel("θ2", fontsize=9)
-    fig.suptitle(
-        f"PCGrad toy: {result.steps} Adam steps (lr {result.lr:g}) from "
-        f"{tuple(result.starts[0].tolist())}; the valleys meet as θ2 → +∞ (θ1 → -2)",
+        _axes_labels(ax)
+    fig.suptitle(wrap_title(
+        f"PCGrad toy: {result.steps:,} Adam steps (lr {result.lr:g}) from "
+        f"{tuple(result.starts[0].tolist())}, red (start, dot) to yellow (end, cross); "
+        "the valleys meet as θ2 → +∞ (θ1 → -2)", fig.get_figwidth()),
         fontsize=10,
     )
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return fig
 
 
 def plot_result(result: ToyResult, path: str | os.PathLike) -> str:
