@@ -41,6 +41,8 @@ import torch
 from .benchmarks import get_benchmark
 from .figures import SPREAD, legend_columns, mean_band, panel_grid, pyplot, wrap_title
 from .reporting import progress_bar, tensorboard_available
+from .settings import COMPARE_METHODS as DEFAULT_METHODS
+from .settings import COMPARE_SEEDS as DEFAULT_SEEDS
 from .trainer import RunResult, TrainConfig, delta_m, make_method, train
 
 __all__ = [
@@ -53,11 +55,6 @@ __all__ = [
     "table_caption",
     "table_note",
 ]
-
-DEFAULT_METHODS = ("gd", "mgda", "pcgrad", "cagrad:c=0.4")
-"""Equal weighting, MGDA, PCGrad and CAGrad (the CAGrad paper's c = 0.4)."""
-
-DEFAULT_SEEDS = (0, 1, 2)
 
 BASELINE = "single-task"
 """Method name of the single-task baselines in the results."""
