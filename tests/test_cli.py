@@ -142,3 +142,18 @@ def test_a_missing_extra_is_one_line_and_leaves_no_folder(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert code == 2 and "mtgrad train: error: QM9 needs qm9pack" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_mtgrads_own_warnings_print_as_one_line_for_the_command_and_others_as_usual():
+    import os
+    import warnings
+
+    from mtgrad.cli import _brief_warnings
+
+    fmt = _brief_warnings("train", warnings.formatwarning)
+    ours = os.path.join("site-packages", "mtgrad", "bench", "trainer.py")
+    assert fmt(UserWarning("resuming from the previous checkpoint"), UserWarning, ours, 329) == (
+        "mtgrad train: warning: resuming from the previous checkpoint\n"
+    )
+    theirs = fmt(FutureWarning("deprecated"), FutureWarning, os.path.join("torch", "nn", "x.py"), 7)
+    assert "FutureWarning: deprecated" in theirs and theirs.startswith(os.path.join("torch", "nn", "x.py"))

@@ -14,9 +14,10 @@ The CLI only parses arguments; the work is done by :func:`mtgrad.bench.toy.run_t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
-from typing import Sequence
+from typing import Callable, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -522,6 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(list(argv) if argv is not None else None)
     if unknown:
         _refuse_unknown(parser, args.command, unknown)
+    import warnings
+
+    default_format = warnings.formatwarning
+    warnings.formatwarning = _brief_warnings(args.command, default_format)
     try:
         return int(args.func(args) or 0)
     except ImportError as exc:
@@ -529,6 +534,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # not a missing extra: a real bug, with its traceback
         print(f"mtgrad {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = default_format
+
+
+def _brief_warnings(command: str, default: Callable[..., str]) -> Callable[..., str]:
+    """A ``warnings.formatwarning`` that prints mtgrad's own warnings (e.g. "resuming from the
+    previous checkpoint") as one line for the user of the command, like its errors, and every
+    other warning as ``default`` does."""
+
+    def format_warning(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+    ) -> str:
+        if os.sep + "mtgrad" + os.sep in filename:
+            return f"mtgrad {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return format_warning
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
