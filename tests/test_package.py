@@ -41,6 +41,10 @@ def test_functions_named_like_their_modules_stay_functions_whatever_is_imported_
 
 
 def test_every_public_name_resolves_and_unknown_names_raise():
+    # __all__ is written out so that it needs no torch; it must stay the whole public surface.
+    lazy = ["aggregate", "accumulate_task_gradients", "apply_task_gradients", "TaskGradients", "backward",
+            "BackwardResult", "GramianEngine", "grouped_backward", "grouped_task_gradients", "MTLOptimizer"]
+    assert mtgrad.__all__ == [*lazy, "methods", "solvers", "diagnostics", *mtgrad.methods.__all__]
     for name in mtgrad.__all__:
         assert getattr(mtgrad, name) is not None, name
     assert mtgrad.PCGrad is mtgrad.methods.PCGrad and mtgrad.distributed.replicas is not None
@@ -59,3 +63,17 @@ def test_the_cli_settings_are_the_experiments_own():
     assert sorted(settings.BENCHMARK_NAMES) == sorted(BENCHMARKS)
     assert toy.CAGRAD_METHODS is settings.CAGRAD_METHODS and toy.DEFAULT_STEPS == settings.DEFAULT_STEPS
     assert report.DEFAULT_METHODS is settings.COMPARE_METHODS and report.DEFAULT_SEEDS is settings.COMPARE_SEEDS
+
+
+def test_patching_a_function_named_like_its_module_is_undone(monkeypatch):
+    from unittest import mock
+
+    original = mtgrad.aggregate
+    with mock.patch("mtgrad.aggregate", lambda *a: "patched"):
+        assert mtgrad.aggregate() == "patched"
+    assert mtgrad.aggregate is original
+    monkeypatch.setattr(mtgrad, "backward", "patched")
+    assert mtgrad.backward == "patched"
+    monkeypatch.undo()
+    assert callable(mtgrad.backward)
+    assert _fresh_python("import mtgrad, sys; hasattr(mtgrad, '__wrapped__'); print('torch' in sys.modules)") == "False"

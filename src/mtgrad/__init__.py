@@ -6,9 +6,11 @@
 tensor([0.1835, 1.2041, 1.2041])
 
 The names below are imported on first use (PEP 562), so that ``import mtgrad`` — and with it
-``mtgrad --help`` — does not pay for importing torch until something needs it.
+``mtgrad --help`` — does not pay for importing torch until something needs it. Type checkers see
+ordinary imports (the ``TYPE_CHECKING`` block).
 """
 
+# ruff: noqa: F405  (the method names in __all__ come from the star import under TYPE_CHECKING)
 from __future__ import annotations
 
 import importlib
@@ -19,15 +21,33 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
 
-if TYPE_CHECKING:  # what the lazy loader below provides, for type checkers and IDEs
-    from . import diagnostics, methods, solvers  # noqa: F401
-    from .accumulate import TaskGradients, accumulate_task_gradients, apply_task_gradients  # noqa: F401
-    from .aggregate import aggregate  # noqa: F401
-    from .autogram import GramianEngine  # noqa: F401
-    from .backward import BackwardResult, backward  # noqa: F401
-    from .grouped import grouped_backward, grouped_task_gradients  # noqa: F401
+if TYPE_CHECKING:  # what the lazy loader below provides, as explicit re-exports
+    from . import diagnostics as diagnostics
+    from . import methods as methods
+    from . import solvers as solvers
+    from .accumulate import TaskGradients as TaskGradients
+    from .accumulate import accumulate_task_gradients as accumulate_task_gradients
+    from .accumulate import apply_task_gradients as apply_task_gradients
+    from .aggregate import aggregate as aggregate
+    from .autogram import GramianEngine as GramianEngine
+    from .backward import BackwardResult as BackwardResult
+    from .backward import backward as backward
+    from .grouped import grouped_backward as grouped_backward
+    from .grouped import grouped_task_gradients as grouped_task_gradients
     from .methods import *  # noqa: F401, F403
-    from .optim import MTLOptimizer  # noqa: F401
+    from .optim import MTLOptimizer as MTLOptimizer
+
+# Written out (not computed) so that type checkers and `from mtgrad import *` know it without
+# importing torch; tests/test_package.py checks it against mtgrad.methods.__all__.
+__all__ = [
+    "aggregate", "accumulate_task_gradients", "apply_task_gradients", "TaskGradients", "backward",
+    "BackwardResult", "GramianEngine", "grouped_backward", "grouped_task_gradients", "MTLOptimizer",
+    "methods", "solvers", "diagnostics",
+    # mtgrad.methods.__all__
+    "Method", "Weighting", "JacobianAggregator", "LossWeighting", "Mean", "Sum", "MGDA", "PCGrad", "CAGrad",
+    "CAGradFast", "Reuse", "IMTLG", "GradVac", "AlignedMTL", "RLW", "GradDrop", "UPGrad", "DualProj", "NashMTL",
+    "FairGrad", "ConFIG", "UW", "DWA", "GradNorm", "FAMO", "GLS", "IMTLL", "REGISTRY", "from_spec", "split_specs",
+]
 
 # Public name → the submodule that defines it; every other public name is a submodule or a
 # method's (mtgrad.methods).
@@ -45,27 +65,27 @@ _HOMES = {
 }
 _SUBMODULES = ("methods", "solvers", "diagnostics")
 
+if not TYPE_CHECKING:  # a module __getattr__ would make every misspelt name type-check as Any
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name in _HOMES:
-        value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
-    elif name == "__all__":
-        value = [*_HOMES, *_SUBMODULES, *importlib.import_module(f"{__name__}.methods").__all__]
-    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")  # e.g. mtgrad.distributed, mtgrad.rl
-    else:
-        methods = importlib.import_module(f"{__name__}.methods")
-        if name not in methods.__all__:
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):  # e.g. hasattr(mtgrad, "__wrapped__"): no reason to import torch
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(methods, name)
-    globals()[name] = value  # later lookups are plain attribute reads
-    return value
+        if name in _SUBMODULES:
+            return importlib.import_module(f"{__name__}.{name}")
+        if name in _HOMES:
+            value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+        elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")  # e.g. mtgrad.distributed, mtgrad.rl
+        elif name in __all__:
+            value = getattr(importlib.import_module(f"{__name__}.methods"), name)
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__getattr__("__all__")})
+    return sorted({*globals(), *__all__})
 
 
 def _function_named_like_its_module(name: str) -> property:
@@ -73,16 +93,21 @@ def _function_named_like_its_module(name: str) -> property:
     # to the submodule, whenever and by whomever it is first imported; the eager ``__init__``
     # rebound it to the function right after. Lazily, a property on the package's class (which
     # wins over the module's ``__dict__``) keeps ``mtgrad.<name>`` the function; a value set by
-    # anyone else (a test's monkeypatch) is kept.
+    # anyone else (monkeypatch, mock.patch) is kept until deleted.
+    key = f"_set_{name}"
+
     def get(module: types.ModuleType) -> Any:
-        patched = module.__dict__.get(f"_set_{name}")
+        patched = module.__dict__.get(key)
         return patched if patched is not None else getattr(importlib.import_module(f"{__name__}.{name}"), name)
 
     def set_(module: types.ModuleType, value: Any) -> None:
         if not (isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}"):
-            module.__dict__[f"_set_{name}"] = value
+            module.__dict__[key] = value
 
-    return property(get, set_)
+    def delete(module: types.ModuleType) -> None:
+        module.__dict__.pop(key, None)
+
+    return property(get, set_, delete)
 
 
 class _Package(types.ModuleType):
