@@ -12,7 +12,7 @@ fi
 stamp=.venv/.mtgrad-installed
 want=$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup: installing mtgrad[dev] into .venv: $(grep -h '^torch' requirements/constraints.txt) (CPU)," \
+  echo "setup: installing mtgrad[dev] into .venv: $(grep -h '^torch' requirements/constraints.txt)," \
        "metaworld, lightning, mkdocs, pytest, hypothesis, mypy, ... (about 1.5 min, once)" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"

@@ -151,7 +151,9 @@ def test_mtgrads_own_warnings_print_as_one_line_for_the_command_and_others_as_us
     from mtgrad.cli import _brief_warnings
 
     fmt = _brief_warnings("train", warnings.formatwarning)
-    ours = os.path.join("site-packages", "mtgrad", "bench", "trainer.py")
+    import mtgrad.cli
+
+    ours = os.path.join(os.path.dirname(mtgrad.cli.__file__), "bench", "trainer.py")
     assert fmt(UserWarning("resuming from the previous checkpoint"), UserWarning, ours, 329) == (
         "mtgrad train: warning: resuming from the previous checkpoint\n"
     )

@@ -65,7 +65,12 @@ def _garage_normalized_rewards(stream: np.ndarray, alpha: float) -> np.ndarray:
     return out
 
 
-def test_reward_normaliser_matches_mtenvs_formula_on_a_recorded_stream_and_round_trips():
+def test_reward_normaliser_matches_mtenvs_formula_and_round_trips():
+    # Two steps by hand (rate 0.5): μ = 0.5, σ² = 0.5 + 0.5·0.25 = 0.625 → 1/√0.625; then
+    # μ = 1.25, σ² = 0.3125 + 0.5·0.5625 = 0.59375 → 2/√0.59375.
+    by_hand = RewardNormalizer(1, 0.5)
+    np.testing.assert_allclose([by_hand.normalize(np.array([1.0]))[0], by_hand.normalize(np.array([2.0]))[0]],
+                               [1 / math.sqrt(0.625), 2 / math.sqrt(0.59375)], rtol=1e-7)
     rng = np.random.default_rng(0)
     # Meta-World-like: dense rewards of very different scales per task, a jump in the middle.
     stream = np.stack([rng.uniform(0, 1, 3000), 10 * rng.uniform(0, 1, 3000) + np.r_[np.zeros(1500), 5 * np.ones(1500)]], 1)
@@ -108,7 +113,8 @@ def test_xavier_init_is_uniform_in_the_glorot_bound_with_zero_biases():
 
 
 def _shared_alpha_agent(method: mtgrad.methods.Method, T: int = 3):
-    cfg = preset("quick", "paper", hidden=32, layers=2)
+    # α ≠ 1, so that mtrl's factor α in the temperature's gradient is seen.
+    cfg = preset("quick", "paper", hidden=32, layers=2, init_temperature=0.3)
     torch.manual_seed(0)
     sac = MultiTaskSAC(cfg, 6, 2, T, actor_method=mtgrad.Mean(), critic_method=mtgrad.Mean(), alpha_method=method)
     g = torch.Generator().manual_seed(0)
@@ -186,21 +192,32 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_a_paper_protocol_run_resumes_identically_with_its_reward_statistics(tmp_path):
+def test_a_paper_protocol_run_extended_and_killed_resumes_identically_with_its_reward_statistics(tmp_path):
+    cfg = TINY_PAPER.replace(eval_every=30)  # 50 steps end off the schedule: a final evaluation at 50
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(TINY_PAPER, "pcgrad", str(straight), progress=False, tensorboard=False)
-    train(TINY_PAPER, "pcgrad", str(split), progress=False, tensorboard=False, stop_after=85)  # a "kill" mid-episode, after the burst
-    train(TINY_PAPER, "pcgrad", str(split), progress=False, tensorboard=False)
+    train(cfg, "rlw", str(straight), progress=False, tensorboard=False)
+    train(cfg.replace(total_steps=50), "rlw", str(split), progress=False, tensorboard=False)
+    assert [int(r["step"]) for r in _rows(split / "eval.csv")] == [30, 50]
+    # Extended to 100 steps, "killed" mid-episode after the next checkpoint, resumed.
+    train(cfg, "rlw", str(split), progress=False, tensorboard=False, stop_after=85)
+    train(cfg, "rlw", str(split), progress=False, tensorboard=False)
     for name in ("train.csv", "eval.csv"):
         assert _rows(straight / name) == _rows(split / name)
+    assert [int(r["step"]) for r in _rows(straight / "eval.csv")] == [30, 60, 90, 100]
+    # Rerunning a finished command returns its summary without training again.
+    before = (straight / "train.csv").read_text()
+    again = train(cfg, "rlw", str(straight), progress=False, tensorboard=False)
+    assert again["steps"] == 100 and (straight / "train.csv").read_text() == before
     rows = _rows(straight / "train.csv")
     # One shared temperature: every task logs the same α.
     assert all(r["alpha/reach-v3"] == r["alpha/push-v3"] for r in rows[1:])
     # The logs keep raw returns, not the normalised rewards the agent learns from: the first
     # episode (random actions only) logs the same returns with and without normalisation.
     raw = tmp_path / "raw"
-    train(TINY_PAPER.replace(normalize_rewards=False, total_steps=25), "pcgrad", str(raw), progress=False, tensorboard=False)
+    train(cfg.replace(normalize_rewards=False, total_steps=25), "rlw", str(raw), progress=False, tensorboard=False)
     assert _rows(raw / "train.csv")[0]["mean_return"] == rows[0]["mean_return"]
+    with pytest.raises(ValueError, match="past --steps .* or use --fresh"):
+        train(cfg.replace(total_steps=50), "rlw", str(straight), progress=False, tensorboard=False)
 
 
 def test_the_cli_chooses_the_protocol_by_name_and_says_which_preset_a_custom_set_takes(monkeypatch, capsys):

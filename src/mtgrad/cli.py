@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 
 __all__ = ["main", "build_parser"]
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep  # mtgrad's own source files
+
 
 def _int_at_least(lowest: int):
     def parse(text: str) -> int:
@@ -546,7 +548,7 @@ def _brief_warnings(command: str, default: Callable[..., str]) -> Callable[..., 
     def format_warning(
         message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
     ) -> str:
-        if os.sep + "mtgrad" + os.sep in filename:
+        if os.path.abspath(filename).startswith(_PACKAGE):
             return f"mtgrad {command}: warning: {message}\n"
         return default(message, category, filename, lineno, line)
 

@@ -330,7 +330,8 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
         if ckpt is not None:
             saved = {k: v for k, v in ckpt["config"].items() if k != "epochs"}  # older checkpoints held it
             if saved != cfg.identity():
-                differ = sorted(k for k, v in cfg.identity().items() if saved.get(k) != v)
+                now = cfg.identity()
+                differ = sorted(k for k in {*now, *saved} if saved.get(k) != now.get(k))
                 raise ValueError(
                     f"{ckpt_path} belongs to a different run ({', '.join(differ)} differ: {saved}); this one is "
                     f"{cfg.identity()}. Use another --out, or --fresh (resume=False) to overwrite it"

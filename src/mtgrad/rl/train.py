@@ -132,6 +132,12 @@ def train(
     path = os.path.join(out, CHECKPOINT)
     if not resume:
         _clear_run(out)
+    state = load_checkpoint(path, "--fresh")
+    if state is not None:  # checked before the environments are built (seconds for MT50)
+        _check_same_run(state, cfg, method, seed)
+        finished = _finished_summary(out, cfg.total_steps)
+        if finished is not None:  # rerunning a finished command must not retrain its tail
+            return finished
     # Meta-World draws a benchmark's goal variations from the seed, so evaluation uses the same
     # seed (the same tasks; MT10/MT50 have no test split) and only its sampling stream differs.
     envs = make_envs(tasks, seed, cfg.max_episode_steps, cfg.use_one_hot, fixed_goals=cfg.fixed_goals)
@@ -150,9 +156,7 @@ def train(
     buffer = TaskReplayBuffer(T, cfg.buffer_per_task, obs_dim, action_dim, device)
     rewards = RewardNormalizer(T, cfg.reward_rate) if cfg.normalize_rewards else None
     step, episode, elapsed = 0, 0, {"env": 0.0, "update": 0.0, "eval": 0.0}
-    state = load_checkpoint(path, "--fresh")
     if state is not None:
-        _check_same_run(state, cfg, method, seed)
         sac.load_state_dict(state["agent"])
         buffer.load_state_dict(state["buffer"])
         if rewards is not None:
@@ -163,7 +167,7 @@ def train(
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, episode, elapsed = state["step"], state["episode"], state["elapsed"]
-    log = _Logs(out, names, keep_until=step if os.path.exists(path) else None)
+    log = _Logs(out, names, keep_until=step if os.path.exists(path) else None, eval_every=cfg.eval_every)
     obs_np, _ = envs.reset()
     obs = torch.as_tensor(obs_np, dtype=torch.float32, device=device)
     returns = np.zeros(T)
@@ -197,14 +201,8 @@ def train(
                 elapsed["update"] += time.perf_counter() - t1
             if bar is not None:
                 bar.update(1)
-            if step % cfg.eval_every == 0 or step == cfg.total_steps:
-                t2 = time.perf_counter()
-                mean_success, mean_return, per_task = evaluate(sac, eval_envs, cfg.eval_episodes)
-                elapsed["eval"] += time.perf_counter() - t2
-                log.eval_row(step, mean_success, mean_return, per_task)
-                _scalars(writer, step, {"eval/success": mean_success, "eval/return": mean_return})
-                if bar is not None:
-                    bar.set_postfix(success=f"{mean_success:.2f}")
+            if step % cfg.eval_every == 0:
+                _evaluate_and_log(sac, eval_envs, cfg, step, elapsed, log, writer, bar)
             done = np.logical_or(terminated, truncated)
             if done.any():
                 if not done.all():
@@ -226,6 +224,11 @@ def train(
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.device(device).type == "cuda" else None,
                     })
                 obs = torch.as_tensor(envs.reset()[0], dtype=torch.float32, device=device)
+        if step == cfg.total_steps and step % cfg.eval_every != 0:
+            # The final evaluation off the schedule comes after the last checkpoint, so that the
+            # checkpoint's evaluation environments are those of the schedule: a run extended
+            # to more steps then evaluates exactly as one that was that long from the start.
+            _evaluate_and_log(sac, eval_envs, cfg, step, elapsed, log, writer, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -235,9 +238,33 @@ def train(
         eval_envs.close()
     summary = _summary(cfg, method, seed, step, elapsed, log.evals())
     if step == cfg.total_steps:  # a run stopped early (stop_after) has no final summary yet
-        with open(os.path.join(out, "summary.json"), "w") as f:
+        tmp = os.path.join(out, "summary.json.tmp")
+        with open(tmp, "w") as f:
             json.dump(summary, f, indent=2)
+        os.replace(tmp, os.path.join(out, "summary.json"))
     return summary
+
+
+def _evaluate_and_log(sac: MultiTaskSAC, eval_envs: Any, cfg: SACConfig, step: int, elapsed: dict[str, float],
+                      log: _Logs, writer: Any, bar: Any) -> None:
+    t0 = time.perf_counter()
+    mean_success, mean_return, per_task = evaluate(sac, eval_envs, cfg.eval_episodes)
+    elapsed["eval"] += time.perf_counter() - t0
+    log.eval_row(step, mean_success, mean_return, per_task)
+    _scalars(writer, step, {"eval/success": mean_success, "eval/return": mean_return})
+    if bar is not None:
+        bar.set_postfix(success=f"{mean_success:.2f}")
+
+
+def _finished_summary(out: str, total_steps: int) -> dict[str, Any] | None:
+    """The summary of a run in ``out`` that already reached ``total_steps`` (its checkpoint was
+    checked to be of the same run), else ``None``."""
+    try:
+        with open(os.path.join(out, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):  # none yet, or cut short by a kill: not finished
+        return None
+    return summary if summary.get("steps") == total_steps else None
 
 
 def _updates_at(cfg: SACConfig, step: int) -> int:
@@ -274,7 +301,10 @@ def _check_same_run(state: dict[str, Any], cfg: SACConfig, method: str, seed: in
             "compared as written); use another --out, or --fresh to start over"
         )
     if state["step"] > cfg.total_steps:
-        raise ValueError(f"the checkpoint is at step {state['step']}, past total_steps = {cfg.total_steps}")
+        raise ValueError(
+            f"the checkpoint is at step {state['step']}, past --steps (total_steps) {cfg.total_steps}; ask for at "
+            f"least {state['step']} steps, or use --fresh or another --out"
+        )
 
 
 def _save(path: str, state: dict[str, Any]) -> None:
@@ -316,7 +346,7 @@ class _Logs:
 
     STATS = ("critic_loss", "actor_loss", "alpha", "critic_weights", "actor_weights")
 
-    def __init__(self, out: str, names: list[str], keep_until: int | None) -> None:
+    def __init__(self, out: str, names: list[str], keep_until: int | None, eval_every: int) -> None:
         self.names = names
         self.train_path = os.path.join(out, "train.csv")
         self.eval_path = os.path.join(out, "eval.csv")
@@ -328,9 +358,10 @@ class _Logs:
         # run that never reached a checkpoint) is dropped so the files describe one run.
         # The kept rows go to a new file that replaces the old one only once it is on disk, so a
         # kill at any instant leaves either the old or the new log, never a shorter one.
-        for path, fields in ((self.train_path, self.train_fields), (self.eval_path, self.eval_fields)):
+        # An evaluation off the schedule is a finished run's last one: a resumed run redoes it.
+        for path, fields, every in ((self.train_path, self.train_fields, 1), (self.eval_path, self.eval_fields, eval_every)):
             rows = _read(path) if keep_until is not None and os.path.exists(path) else []
-            kept = [r for r in rows if _step(r) is not None and _step(r) <= keep_until]
+            kept = [r for r in rows if (k := _step(r)) is not None and k <= keep_until and k % every == 0]
             _write_atomically(path, fields, kept)
 
     def episode_row(self, step: int, episode: int, returns: np.ndarray, success: np.ndarray,
