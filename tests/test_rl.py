@@ -148,13 +148,13 @@ def bandit_errors(method: mtgrad.methods.Method, seed: int, updates: int = 800) 
 @pytest.mark.parametrize("method", [
     pytest.param(mtgrad.Mean(), marks=pytest.mark.slow, id="mean"),
     pytest.param(mtgrad.PCGrad(), marks=pytest.mark.slow, id="pcgrad"),
-    pytest.param(mtgrad.CAGrad(0.9), id="cagrad"),
+    pytest.param(mtgrad.CAGrad(0.9), marks=pytest.mark.slow, id="cagrad"),
 ])
 def test_sac_learns_every_tasks_best_action_of_a_contextual_bandit(method):
     # A learning test of the agent that cannot flake: no simulator, one optimum per task, and a
     # margin: over seeds 0-9 the worst task's distance after 800 updates was at most 0.081 (mean),
     # 0.085 (pcgrad) and 0.076 (cagrad), against 0.2 here and ≈ 0.4-0.7 at initialisation. The
-    # Meta-World learning test below is in the slow suite.
+    # Meta-World learning test below runs by hand only (-m rl_learning): its verdict depends on the machine.
     errors = bandit_errors(method, seed=0)
     assert errors.max() < 0.2, errors
 
@@ -304,12 +304,13 @@ def _random_policy_success(benchmark: str, episodes: int, max_steps: int) -> flo
     return float(hits.mean() / episodes)
 
 
-@pytest.mark.slow
+@pytest.mark.rl_learning
 def test_cagrad_sac_learns_to_reach_above_the_random_policys_success(tmp_path):
     # ~2 minutes on one quiet core, 14 on a loaded one: two reaching tasks, small networks,
     # 100-step episodes. It passed here and failed 3 of 3 on another machine of the same kind
-    # (issue "Meta-World as the papers ran it"), so it is not in the default suite:
-    # `bash scripts/test.sh -m slow` runs it.
+    # (issue "Meta-World as the papers ran it"), so neither the default suite nor CI runs it:
+    # `bash scripts/test.sh -m rl_learning` does. The contextual-bandit test above is the one
+    # that cannot flake.
     benchmark = "custom:reach-v3,reach-wall-v3"
     cfg = preset("quick", benchmark=benchmark, total_steps=12_000, random_steps=500, max_episode_steps=100,
                  hidden=64, layers=2, batch_per_task=64, eval_every=1_000, eval_episodes=5, checkpoint_every=1_000)
