@@ -11,6 +11,7 @@ and the flag that starts afresh. Used by ``mtgrad train`` / ``compare`` and ``mt
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "write_csv_atomically"]
 
 _MAGIC = b"mtgrad-checkpoint sha256="
 
@@ -80,6 +81,23 @@ def _read(path: str) -> dict[str, Any]:
     # Our own file (weights_only=False: it holds plain logs and RNG states too). On the CPU: RNG
     # states must stay CPU tensors; the model and optimizers copy their parts onto their devices.
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+
+
+def write_csv_atomically(path: str, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:
+    """Replace ``path`` by a CSV of ``rows`` only once the new file is on disk, so that a kill at
+    any instant leaves the old file or the new one, never a shorter one. ``fields``: the columns
+    (keys of a row outside them are ignored); by default the first row's keys, and no rows then
+    give an empty file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        columns = fields if fields is not None else (list(rows[0]) if rows else None)
+        if columns is not None:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _fsync_directory(directory: str) -> None:

@@ -24,7 +24,6 @@ parameters to an uninterrupted run (same machine, same ``threads``; the test sui
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -38,7 +37,7 @@ from torch import Tensor
 
 import mtgrad
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, save_checkpoint, write_csv_atomically
 from .reporting import progress_bar, tensorboard_writer
 from .benchmarks import Benchmark, get_benchmark
 
@@ -273,16 +272,6 @@ class _CurvatureProbe:
         return float(mtgrad.diagnostics.multitask_curvature(self.loss.detach(), after, self.grads, steps))
 
 
-def _write_csv(path: str, rows: list[dict[str, float]]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
     """Run (or resume) ``config``; see the module docstring for what is written to ``out``.
 
@@ -397,8 +386,8 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
                         if k not in ("epoch", "seconds"):
                             writer.add_scalar(f"epoch/{k}", v, epoch + 1)
                     writer.flush()
-                _write_csv(os.path.join(cfg.out, "epochs.csv"), history)
-                _write_csv(os.path.join(cfg.out, "steps.csv"), steps)
+                write_csv_atomically(os.path.join(cfg.out, "epochs.csv"), history)
+                write_csv_atomically(os.path.join(cfg.out, "steps.csv"), steps)
                 _save(ckpt_path, cfg, model, opt, order, epoch + 1, step, history, steps)
                 if stop_after is not None and epoch + 1 >= stop_after:
                     break

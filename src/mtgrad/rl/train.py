@@ -37,7 +37,7 @@ import torch
 
 import mtgrad
 
-from ..bench.checkpoints import load_checkpoint, save_checkpoint
+from ..bench.checkpoints import load_checkpoint, save_checkpoint, write_csv_atomically
 from ..bench.reporting import progress_bar, tensorboard_writer
 from .buffer import TaskReplayBuffer
 from .config import SACConfig
@@ -362,7 +362,7 @@ class _Logs:
         for path, fields, every in ((self.train_path, self.train_fields, 1), (self.eval_path, self.eval_fields, eval_every)):
             rows = _read(path) if keep_until is not None and os.path.exists(path) else []
             kept = [r for r in rows if (k := _step(r)) is not None and k <= keep_until and k % every == 0]
-            _write_atomically(path, fields, kept)
+            write_csv_atomically(path, kept, fields)
 
     def episode_row(self, step: int, episode: int, returns: np.ndarray, success: np.ndarray,
                     stats: dict[str, list[float]]) -> dict[str, Any]:
@@ -389,17 +389,6 @@ class _Logs:
     def _append(path: str, fields: list[str], row: dict[str, Any]) -> None:
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=fields).writerow(row)
-
-
-def _write_atomically(path: str, fields: list[str], rows: list[dict[str, str]]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _first(values: list[float] | None) -> float:
