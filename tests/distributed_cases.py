@@ -41,7 +41,12 @@ UNSUPPORTED = {("graddrop", "gramian")}
 class Model(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh())
+        # A convolution and a LayerNorm too: the Gramian engine's block pieces (averaged over the
+        # ranks) beside the linear layers' rows (gathered).
+        self.trunk = nn.Sequential(
+            nn.Linear(5, 8), nn.Tanh(), nn.Unflatten(1, (2, 4)), nn.Conv1d(2, 2, 2, padding=1), nn.Flatten(),
+            nn.LayerNorm(10), nn.Linear(10, 8), nn.Tanh(),
+        )  # fmt: skip
         self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(TASKS))
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

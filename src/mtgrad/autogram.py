@@ -8,19 +8,22 @@ batch and any leading dimensions), task i's weight gradient is ``∇_W L_i = D_i
     ⟨∇_W L_i, ∇_W L_j⟩ = tr(Xᵀ D_i D_jᵀ X) = ⟨D_i, K D_j⟩_F,   K = X Xᵀ (B, B),
     ⟨∇_b L_i, ∇_b L_j⟩ = ⟨D_iᵀ 1, D_jᵀ 1⟩.
 
-A weight used at several call sites has ``∇_W L_i = Σ_k D_{k,i}ᵀ X_k``: concatenating the
-``(X_k, D_{k,i})`` of all its calls along B gives the same formulas (the cross terms between
-calls are the off-diagonal blocks of K).
+Every supported layer type has such a rule (:mod:`mtgrad.layer_gramians`): convolutions (on the
+unfolded input, or one weight-only convolution backward for all tasks), embeddings (the rows the
+batch looked up), the affine parameters of LayerNorm, GroupNorm and BatchNorm (``Σ D ⊙ x̂``).
+A parameter used at several call sites (a layer applied twice, tied weights) sums its calls'
+gradients: the calls' pieces are merged (rows concatenated, blocks added) before the Gramian,
+which gives the cross terms between calls.
 
-:class:`GramianEngine` hooks the ``nn.Linear`` layers of a module to record each call's input
-``X`` and where its output gradient enters the graph. :meth:`GramianEngine.gramian` then runs
-**one** vmapped backward (``autograd.grad(..., is_grads_batched=True)`` over T cotangents) to
-those outputs — the ``D_i``, T × B × out numbers per call — and directly to every shared
-parameter that no recorded call covers (a convolution, a weight also used functionally): those
-*fallback* parameters are held as blocks ``(T, *p.shape)`` and enter through
-:func:`mtgrad.gramian.gramian`, so any model works, with less saving.
+:class:`GramianEngine` hooks the supported layers of a module to record each call's input and
+where its output gradient enters the graph. :meth:`GramianEngine.gramian` then runs **one**
+vmapped backward (``autograd.grad(..., is_grads_batched=True)`` over T cotangents) to those
+outputs — the ``D_i`` — and directly to every shared parameter that no recorded call covers
+(a layer type without a rule, a weight also used functionally): those *fallback* parameters
+are held as blocks ``(T, *p.shape)`` and enter through :func:`mtgrad.gramian.gramian`, so any
+model works, with less saving.
 
-Cost per weight (T tasks, B rows, ``in``/``out`` features), the cheaper route is taken:
+Cost per linear weight (T tasks, B rows, ``in``/``out`` features), the cheaper route is taken:
 
 * kernel: ``B²·in + T·B²·out + T²·B·out`` multiply-adds (``K``, then ``K D_i``, then the inner
   products), as many tasks at a time as keep ``K D_i`` within ``CHUNK_ELEMENTS`` numbers (at
@@ -30,15 +33,18 @@ Cost per weight (T tasks, B rows, ``in``/``out`` features), the cheaper route is
   when B is large next to ``in``.
 
 On the benchmark MLP (B = 256, T = 10) the kernel route is 4–7× cheaper per layer than forming
-the gradients. The memory held beyond an ordinary step is the ``D_i`` (4·T·B·Σ out bytes) plus
-the chunks, never a block ``(T, *W.shape)``; a weight used at several calls concatenates their
-``(X, D)``, and half-precision layers are computed on a float32 copy of their D.
+the gradients. A convolution's rows are batch × output positions, so only its small late layers
+take the kernel route; the others form their per-task gradients (the loop engine's weight cost,
+without its T full backward passes through the rest of the graph). The memory held beyond an
+ordinary step is the ``D_i`` of the recorded calls plus one layer's intermediates at a time;
+half-precision layers are computed on float32 copies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -50,23 +56,21 @@ from torch.utils.hooks import RemovableHandle
 
 from .distributed import LOCAL, Replicas
 from .engine import batched_vjp
-from .gramian import cross_gramian, gramian
+from .gramian import gramian
+from .layer_gramians import LayerRule, Saved, merged_gramian, rule_for
 
 __all__ = ["GramianEngine"]
-
-# Elements of the intermediates one chunk of a weight's Gramian may hold (8 MiB in float32):
-# large enough for efficient GEMMs, small next to the output gradients themselves.
-CHUNK_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)
 class _Call:
-    """One recorded ``nn.Linear`` call: what the Gramian of its parameters needs."""
+    """One recorded call of a hooked layer: what the Gramian of its parameters needs."""
 
-    weight: Tensor | None  # the layer's weight if a leaf requiring grad, else None
-    bias: Tensor | None
-    x: Tensor | None  # the input (…, in), detached (shares the version counter); None without weight
-    version: int  # x._version at the call: an in-place change afterwards invalidates x
+    layer: nn.Module
+    rule: LayerRule
+    covered: tuple[Tensor | None, ...]  # the rule's parameters: each a leaf requiring grad, or None
+    saved: Saved  # what the rule's pieces read besides D (the input, detached: shares its version)
+    version: int  # the input's _version at the call: an in-place change afterwards invalidates it
     out: GradientEdge  # where the output's gradient D enters the graph (robust to in-place ops after)
     source: Node | None  # x's own node (None when x needs no grad): the graph walk goes on there
     out_shape: tuple[int, ...]  # the output's shape and dtype: a zero D stands in where none reaches
@@ -76,12 +80,12 @@ class _Call:
 @dataclass(frozen=True)
 class _Plan:
     calls: list[_Call]  # recorded calls on the losses' graph whose D is needed
-    activation: set[int]  # ids of the shared parameters computed from (X, D)
+    activation: set[int]  # ids of the shared parameters computed from the calls' pieces
     fallback: list[Tensor]  # shared parameters computed as blocks (T, *p.shape)
 
 
 class GramianEngine:
-    """Records the ``nn.Linear`` calls of ``modules`` so :func:`mtgrad.backward` needs no Jacobian.
+    """Records the layer calls of ``modules`` so :func:`mtgrad.backward` needs no Jacobian.
 
     Create it **once, before the forward passes** (it installs forward hooks), and pass it as the
     engine::
@@ -98,13 +102,15 @@ class GramianEngine:
     ``Σ_i w_i L_i`` for the shared parameters, and gives every other leaf ``∇ Σ_i L_i``, as the
     other engines do. Only Gramian weightings (and ``Reuse``, ``CAGradFast``) can use it.
 
-    Every ``nn.Linear`` (or subclass) inside ``modules`` is hooked; a call is recorded when grad
-    mode is on, its output requires grad, the layer computes ``F.linear(x, weight, bias)``
-    itself (its class keeps ``nn.Linear.forward``; no parametrization, weight norm or pruning
-    derives its weight) and its weight or bias is a leaf that requires grad. Shared parameters
-    that no recorded call covers (convolutions, normalisation layers, derived weights, a weight
-    used outside its module's ``forward`` as ``nn.MultiheadAttention.out_proj``'s) are handled by
-    the fallback: their gradient blocks ``(T, *p.shape)`` are held, as in the batched engine.
+    Every layer inside ``modules`` of a supported type is hooked: ``nn.Linear``, ``nn.Conv1d/2d/3d``,
+    ``nn.Embedding``, ``nn.LayerNorm``, ``nn.GroupNorm``, ``nn.BatchNorm1d/2d/3d`` (and subclasses
+    that keep their ``forward``; see :mod:`mtgrad.layer_gramians`). A call is recorded when grad
+    mode is on, its output requires grad, the layer's class keeps its type's ``forward`` (no
+    parametrization, weight norm or pruning derives its weight) and one of its parameters is a
+    leaf that requires grad. Shared parameters that no recorded call covers (other layer types,
+    derived weights, a weight used outside its module's ``forward`` as
+    ``nn.MultiheadAttention``'s) are handled by the fallback: their gradient blocks
+    ``(T, *p.shape)`` are held, as in the batched engine.
     Forward hooks registered on a layer before the engine that change its output are not
     supported.
 
@@ -119,44 +125,46 @@ class GramianEngine:
     Use :meth:`close` (or a ``with`` block) to remove the hooks.
 
     Args:
-        modules: the module(s) whose linear layers to hook, typically the shared trunk. Hooking
-            a whole model is fine: layers whose parameters are not shared are ignored.
+        modules: the module(s) whose layers to hook, typically the shared trunk. Hooking a
+            whole model is fine: layers whose parameters are not shared are ignored.
 
     Raises:
         TypeError: an argument that is not an ``nn.Module``.
-        ValueError: no ``nn.Linear`` inside ``modules`` (nothing to hook).
+        ValueError: no supported layer inside ``modules`` (nothing to hook).
     """
 
     def __init__(self, *modules: nn.Module) -> None:
         for i, module in enumerate(modules):
             if not isinstance(module, nn.Module):
                 raise TypeError(f"GramianEngine takes nn.Module arguments, argument {i} is {type(module).__name__}")
-        layers: dict[int, nn.Linear] = {}
+        layers: dict[int, tuple[nn.Module, LayerRule]] = {}
         for module in modules:
             for sub in module.modules():
-                if isinstance(sub, nn.Linear):
-                    layers.setdefault(id(sub), sub)
+                rule = rule_for(sub)
+                if rule is not None:
+                    layers.setdefault(id(sub), (sub, rule))
         if not layers:
             raise ValueError(
-                "GramianEngine found no nn.Linear to hook: every shared parameter would be held as a "
-                "block (T, *shape); use engine='batched' or 'loop' instead"
+                "GramianEngine found no layer it can read (Linear, Conv1d/2d/3d, Embedding, LayerNorm, "
+                "GroupNorm, BatchNorm): every shared parameter would be held as a block (T, *shape); "
+                "use engine='batched' or 'loop' instead"
             )
-        self._layers = list(layers.values())
+        self._layers = [layer for layer, _ in layers.values()]
         self._calls: list[_Call] = []
         # Under torch.compile the hook runs eagerly between graphs (a graph break per hooked
         # layer): it must see the real input and the output's place in the autograd graph, not a
         # trace. Wrapped here rather than decorated: that would import torch._dynamo (1.4 s) with mtgrad.
         record = torch.compiler.disable(self._record)
         self._handles: list[RemovableHandle] = [
-            layer.register_forward_hook(record, with_kwargs=True) for layer in self._layers
+            layer.register_forward_hook(functools.partial(record, rule), with_kwargs=True) for layer, rule in layers.values()
         ]
         self._warned = False
         self.last_fallback_numel = 0
         """Entries of the shared parameters held as blocks ``(T, *p.shape)`` by the last call."""
 
     @property
-    def layers(self) -> list[nn.Linear]:
-        """The hooked linear layers."""
+    def layers(self) -> list[nn.Module]:
+        """The hooked layers."""
         return list(self._layers)
 
     @property
@@ -183,35 +191,37 @@ class GramianEngine:
 
     def __repr__(self) -> str:
         state = "closed" if not self._handles else f"{len(self._calls)} recorded calls"
-        return f"GramianEngine({len(self._layers)} linear layers, {state})"
+        return f"GramianEngine({len(self._layers)} layers, {state})"
 
-    def _record(self, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+    def _record(self, rule: LayerRule, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         if not torch.is_grad_enabled() or not isinstance(output, Tensor) or not output.requires_grad:
             return
         x = args[0] if args else kwargs.get("input")
         if not isinstance(x, Tensor) or torch._C._functorch.is_functorch_wrapped_tensor(output):
             return  # inside torch.func transforms the graph is not the caller's: nothing to record
-        if type(layer).forward is not nn.Linear.forward or parametrize.is_parametrized(layer):
-            return  # not ∇W = Dᵀ X for the leaves: the graph walk and the fallback handle it
-        leaves = []
-        for name in ("weight", "bias"):
+        if rule_for(layer) is not rule or parametrize.is_parametrized(layer):
+            return  # not the rule's formula for the leaves: the graph walk and the fallback handle it
+        covered = []
+        for name in rule.names:
             own = layer._parameters.get(name)
             derived = layer.__dict__.get(name)  # weight_norm / prune set a computed tensor here
             if own is None and isinstance(derived, Tensor) and derived.requires_grad:
                 return
-            leaves.append(_leaf(own))
-        weight, bias = leaves
-        if weight is None and bias is None:
+            covered.append(_leaf(own))
+        if all(t is None for t in covered):
             return  # frozen: nothing to record
+        saved = rule.saved(layer, x, tuple(covered))
+        if saved is None:
+            return
         # For inputs of more than 2 dims F.linear returns a view of its 2-D result; an in-place
         # op on that view would take the view's node off the graph, not its base's.
         base: Tensor = output
         if output._is_view() and output._base is not None and output._base.numel() == output.numel():
             base = output._base
         source = get_gradient_edge(x).node if x.requires_grad else None
-        kept = x.detach() if weight is not None else None  # a bias needs only D
         edge = get_gradient_edge(base)
-        self._calls.append(_Call(weight, bias, kept, x._version, edge, source, tuple(base.shape), base.dtype))
+        call = _Call(layer, rule, tuple(covered), saved, x._version, edge, source, tuple(base.shape), base.dtype)
+        self._calls.append(call)
 
     def gramian(
         self,
@@ -258,10 +268,10 @@ class GramianEngine:
         plan = self._plan(losses, params)
         self._calls = list(plan.calls)  # what a retain_graph=True call keeps: its own graph's calls
         for call in plan.calls:
-            if call.x is not None and id(call.weight) in plan.activation and call.x._version != call.version:
+            if call.saved.x is not None and call.saved.x._version != call.version:
                 raise ValueError(
-                    "the input of a hooked nn.Linear was modified in place after the layer's forward; "
-                    "the Gramian engine reads it (clone it before the in-place op)"
+                    f"the input of a hooked {type(call.layer).__name__} was modified in place after the "
+                    "layer's forward; the Gramian engine reads it (clone it before the in-place op)"
                 )
         inputs: list[GradientEdge | Tensor] = [call.out for call in plan.calls] + plan.fallback
         R = C.shape[0]
@@ -275,7 +285,7 @@ class GramianEngine:
         ]
         del grads[len(plan.calls) :]
         self.last_fallback_numel = sum(p.numel() for p in plan.fallback)
-        _add_linear_gramians(G, plan.calls, grads, plan.activation, replicas)
+        _add_layer_gramians(G, plan.calls, grads, plan.activation, replicas)
         replicas.mean_(blocks)
         while blocks:
             G += gramian([blocks.pop(0)])
@@ -293,7 +303,7 @@ class GramianEngine:
         shared = {id(p) for p in params}
         at_node: dict[int, list[_Call]] = {}
         for call in self._calls:
-            if any(t is not None and id(t) in shared for t in (call.weight, call.bias)):
+            if any(t is not None and id(t) in shared for t in call.covered):
                 at_node.setdefault(id(call.out.node), []).append(call)
         had_records = bool(at_node)
         seen: dict[int, Node] = {}  # holds the nodes too, so that their ids are not reused
@@ -315,11 +325,11 @@ class GramianEngine:
                 reached.add(id(variable))
             stack.extend(fn for fn, _ in node.next_functions)
         reached |= {id(loss) for loss in losses if loss.grad_fn is None}
-        covered = {id(t) for call in used for t in (call.weight, call.bias) if t is not None} & shared
+        covered = {id(t) for call in used for t in call.covered if t is not None} & shared
         self._check_recorded(used, reached, shared, had_records)
         activation = covered - reached
         fallback = [p for p in params if id(p) in reached]
-        calls = [c for c in used if any(t is not None and id(t) in activation for t in (c.weight, c.bias))]
+        calls = [c for c in used if any(t is not None and id(t) in activation for t in c.covered)]
         return _Plan(calls, activation, fallback)
 
     def _check_recorded(self, used: list[_Call], reached: set[int], shared: set[int], had_records: bool) -> None:
@@ -327,7 +337,7 @@ class GramianEngine:
             return
         if had_records:
             raise ValueError(
-                "GramianEngine holds calls of its linear layers, but none on these losses' graph: "
+                "GramianEngine holds calls of its layers, but none on these losses' graph: "
                 "the forward ran on another copy of the module, or an earlier backward call consumed "
                 "the records (run the forward of each backward call right before it)"
             )
@@ -338,7 +348,7 @@ class GramianEngine:
             # whose weight is derived, so a warning rather than an error.
             self._warned = True
             warnings.warn(
-                "GramianEngine recorded no call of its linear layers on these losses' graph (a forward "
+                "GramianEngine recorded no call of its layers on these losses' graph (a forward "
                 "before the engine was created, or layers not called as modules); their parameters "
                 "are held as gradient blocks",
                 stacklevel=4,
@@ -349,19 +359,25 @@ def _leaf(t: object) -> Tensor | None:
     return t if isinstance(t, Tensor) and t.is_leaf and t.requires_grad else None
 
 
-def _add_linear_gramians(
+def _add_layer_gramians(
     G: Tensor, calls: list[_Call], deltas: list[Tensor | None], activation: set[int], replicas: Replicas = LOCAL
 ) -> None:
-    """``G +=`` the Gramians of the activation parameters, from the calls' ``(X, D)`` pairs.
+    """``G +=`` the Gramians of the activation parameters, from the calls' pieces.
 
-    The calls of one parameter (a layer applied twice, tied weights) are concatenated along B.
-    ``deltas`` is emptied as it is read, so that each D is freed once its parameters are done.
-    Under data parallelism each call's rows are gathered from every rank first (rank order is
-    the same for every call, so the concatenation is the global batch's) and D divided by W.
+    The pieces of one parameter (or slice) from several calls are merged first (see
+    :func:`mtgrad.layer_gramians.merged_gramian`). ``deltas`` is emptied as it is read, so that
+    each D is freed once its pieces are formed. Under data parallelism each piece is gathered
+    from every rank first (rows concatenated in rank order, blocks averaged), D divided by W.
     """
     R = G.shape[0]
-    pairs: dict[int, list[tuple[Tensor, Tensor]]] = {}
-    sums: dict[int, Tensor] = {}
+    wanted = lambda t: t is not None and id(t) in activation  # noqa: E731
+    calls_of: dict[int, int] = {}
+    for call in calls:
+        for t in call.covered:
+            if wanted(t):
+                calls_of[id(t)] = calls_of.get(id(t), 0) + 1
+    pieces: dict[tuple[int, int | None], list] = {}
+    shapes: dict[tuple[int, int | None], torch.Size] = {}
     for call in calls:
         delta = deltas.pop(0)
         if delta is None:
@@ -369,66 +385,11 @@ def _add_linear_gramians(
             if not replicas.parallel:
                 continue
             delta = torch.zeros((R, *call.out_shape), dtype=call.out_dtype, device=G.device)
-        D = delta.reshape(R, -1, delta.shape[-1])
-        if replicas.parallel:
-            D = replicas.gather_rows(D, dim=1).div_(replicas.size)
-        if call.bias is not None and id(call.bias) in activation:
-            part = D.sum(dim=1).to(torch.float64)  # sum(dtype=float64) would first copy D to float64
-            key = id(call.bias)
-            sums[key] = part if key not in sums else sums[key] + part
-        if call.weight is not None and id(call.weight) in activation:
-            assert call.x is not None  # kept whenever the call has a weight
-            x = call.x.reshape(-1, call.x.shape[-1])
-            pairs.setdefault(id(call.weight), []).append((replicas.gather_rows(x, dim=0), D))
-    for S in sums.values():
-        G += S @ S.T
-    for key in list(pairs):
-        parts = pairs.pop(key)
-        X = torch.cat([x for x, _ in parts]) if len(parts) > 1 else parts[0][0]
-        D = torch.cat([d for _, d in parts], dim=1) if len(parts) > 1 else parts[0][1]
-        del parts
-        G += weight_gramian(D, X)
-
-
-def weight_gramian(D: Tensor, X: Tensor) -> Tensor:
-    """``[⟨D_iᵀ X, D_jᵀ X⟩_F]_{ij}`` (R, R), float64, for D (R, B, out) and X (B, in).
-
-    Takes the cheaper of the kernel route (``⟨D_i, X Xᵀ D_j⟩``) and the direct route (form
-    ``D_iᵀ X`` a few output rows at a time); see :mod:`mtgrad.autogram` for the costs.
-    """
-    # At least float32: products of half-precision activations overflow 65504 within one layer.
-    dtype = torch.promote_types(torch.promote_types(D.dtype, X.dtype), torch.float32)
-    D, X = D.to(dtype), X.to(dtype)
-    R, B, out = D.shape
-    inp = X.shape[1]
-    kernel = B * B * inp + R * B * B * out + R * R * B * out
-    direct = R * B * inp * out + R * R * inp * out
-    # The kernel K = X Xᵀ is held whole, so it must fit in a chunk (B ≤ 1448).
-    return _kernel_route(D, X) if kernel <= direct and B * B <= CHUNK_ELEMENTS else _direct_route(D, X)
-
-
-def _kernel_route(D: Tensor, X: Tensor) -> Tensor:
-    # G[:, c] = [⟨D_i, K D_j⟩] for a chunk c of tasks j at a time: D stays a contiguous (R, B·out)
-    # view (no copy), only K (B × B) and K D_c (|c|, B, out) are new.
-    R, B, out = D.shape
-    K = X @ X.T
-    flat = D.reshape(R, -1)
-    tasks = max(1, min(R, CHUNK_ELEMENTS // (B * out)))
-    G = torch.zeros((R, R), dtype=torch.float64, device=D.device)
-    for start in range(0, R, tasks):
-        chunk = D[start : start + tasks]
-        # bmm of the expanded K: matmul(K, chunk) would fold chunk into (B, c·out) by copying it.
-        KD = torch.bmm(K.expand(chunk.shape[0], B, B), chunk)  # (c, B, out)
-        G[:, start : start + tasks] = cross_gramian(flat, KD.reshape(KD.shape[0], -1))
-    return G
-
-
-def _direct_route(D: Tensor, X: Tensor) -> Tensor:
-    # The per-task gradients of a slice of the weight's rows at a time: (R, c, in) for c output rows.
-    R, B, out = D.shape
-    cols = max(1, min(out, CHUNK_ELEMENTS // (R * X.shape[1])))
-    G = torch.zeros((R, R), dtype=torch.float64, device=D.device)
-    for start in range(0, out, cols):
-        block = D[:, :, start : start + cols].transpose(1, 2) @ X  # (R, c, in)
-        G += gramian([block])
-    return G
+        alone = all(calls_of.get(id(t), 0) <= 1 for t in call.covered if t is not None)
+        for param, part, piece in call.rule.pieces(call.layer, call.saved, delta, call.covered, wanted, alone):
+            key = (id(param), part)
+            pieces.setdefault(key, []).append(piece.gathered(replicas) if replicas.parallel else piece)
+            shapes[key] = param.shape
+        del delta
+    for key in list(pieces):
+        G += merged_gramian(pieces.pop(key), shapes[key])

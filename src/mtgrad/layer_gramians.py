@@ -1,0 +1,459 @@
+"""Per-layer rules of the Gramian-only engine: a layer call's share of ``G`` from its input and
+output gradients, never from the per-task gradients of the whole model.
+
+For one call of a layer with input ``x`` and output ``y``, task i's gradient of the layer's
+parameters is a linear function of ``D_i = ∂L_i/∂y`` (R tasks at once: ``D`` is (R, *y.shape)).
+Each rule states that function for its layer type as *pieces*, one per parameter (or per disjoint
+slice of one, such as a convolution's groups):
+
+* :class:`Rows` — ``∇ = D_iᵀ X`` for rows ``X`` (N, in) and ``D_i`` (N, out): a linear layer's
+  weight (N = batch × leading dims), a convolution's weight on its unfolded input (N = batch ×
+  output positions, ``in`` = in-channels per group × kernel size). The Gramian is
+  ``⟨D_i, X Xᵀ D_j⟩`` or ``⟨D_iᵀX, D_jᵀX⟩``, whichever is cheaper (:func:`weight_gramian`);
+* :class:`Indexed` — ``∇ = Σ_n e_{idx_n} D_i[n]ᵀ``: an embedding's weight. Only the rows the
+  batch looked up are non-zero: the Gramian is that of the gradient rows of the U distinct
+  indices, (R, U, dim);
+* :class:`Block` — the per-task gradients themselves, (R, *shape): biases (``Σ_n D_i[n]``),
+  normalisation layers' affine parameters (``Σ_n D_i[n] ⊙ x̂[n]``, x̂ the normalised input,
+  recomputed from ``x``), and a convolution's weight when forming its gradients (one
+  convolution backward with the R tasks folded into the output channels) is cheaper than the
+  kernel of its unfolded input.
+
+A parameter used by several calls (a layer applied twice, tied weights) has the sum of the calls'
+gradients: its pieces are merged before the Gramian is formed — rows and indices concatenated,
+blocks added — which gives the cross terms between calls (:func:`merged_gramian`).
+
+Supported layers (exact class ``forward``; a parametrization or derived weight leaves the layer
+to the engine's fallback): ``nn.Linear`` and subclasses that keep its ``forward``;
+``nn.Conv1d/2d/3d`` (any stride, padding — including ``"same"`` and non-zero padding modes —
+dilation and groups; Conv3d only by the gradient route); ``nn.Embedding`` (``padding_idx``,
+``scale_grad_by_freq``, ``max_norm``); the affine parameters of ``nn.LayerNorm``,
+``nn.GroupNorm`` and ``nn.BatchNorm1d/2d/3d`` (batch statistics in training, running ones in
+evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .distributed import Replicas
+from .gramian import cross_gramian, gramian
+
+__all__ = ["LayerRule", "rule_for", "Rows", "Indexed", "Block", "merged_gramian", "weight_gramian"]
+
+# Elements of the intermediates one chunk of a weight's Gramian may hold (8 MiB in float32):
+# large enough for efficient GEMMs, small next to the output gradients themselves.
+CHUNK_ELEMENTS = 1 << 21
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    # At least float32: products of half-precision activations overflow 65504 within one layer.
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+@dataclass(frozen=True)
+class Rows:
+    """``∇_i = D_iᵀ X``: X (N, in), D (R, N, out); the gradient has shape (out, in)."""
+
+    X: Tensor
+    D: Tensor
+
+    def merged(self, other: Rows) -> Rows:
+        return Rows(torch.cat([self.X, other.X]), torch.cat([self.D, other.D], dim=1))
+
+    def gathered(self, replicas: Replicas) -> Rows:
+        return Rows(replicas.gather_rows(self.X, dim=0), replicas.gather_rows(self.D, dim=1).div_(replicas.size))
+
+    def gramian(self) -> Tensor:
+        return weight_gramian(self.D, self.X)
+
+    def block(self) -> Tensor:
+        dtype = _compute_dtype(self.D, self.X)
+        return self.D.to(dtype).transpose(1, 2) @ self.X.to(dtype)
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """``∇_i = Σ_n e_{idx_n} D_i[n]ᵀ``: idx (N,), D (R, N, dim); the gradient is (num, dim)."""
+
+    idx: Tensor
+    D: Tensor
+    num: int
+
+    def merged(self, other: Indexed) -> Indexed:
+        return Indexed(torch.cat([self.idx, other.idx]), torch.cat([self.D, other.D], dim=1), self.num)
+
+    def gathered(self, replicas: Replicas) -> Indexed:
+        D = replicas.gather_rows(self.D, dim=1).div_(replicas.size)
+        return Indexed(replicas.gather_rows(self.idx, dim=0), D, self.num)
+
+    def gramian(self) -> Tensor:
+        # The gradient rows of the distinct indices: (R, U, dim), U ≤ N, never (R, num, dim).
+        unique, inverse = torch.unique(self.idx, return_inverse=True)
+        D = self.D.to(_compute_dtype(self.D))
+        rows = D.new_zeros((D.shape[0], unique.numel(), D.shape[2])).index_add_(1, inverse, D)
+        return gramian([rows])
+
+    def block(self) -> Tensor:
+        D = self.D.to(_compute_dtype(self.D))
+        return D.new_zeros((D.shape[0], self.num, D.shape[2])).index_add_(1, self.idx, D)
+
+
+@dataclass(frozen=True)
+class Block:
+    """The per-task gradients themselves, (R, *shape)."""
+
+    b: Tensor
+
+    def merged(self, other: Block) -> Block:
+        return Block(self.b + other.b)
+
+    def gathered(self, replicas: Replicas) -> Block:
+        b = self.b.clone()
+        replicas.mean_([b])
+        return Block(b)
+
+    def gramian(self) -> Tensor:
+        return gramian([self.b])
+
+    def block(self) -> Tensor:
+        return self.b
+
+
+Piece = Rows | Indexed | Block
+#: A piece's key: the parameter's id and, for a slice of it (a convolution's group), its index.
+Key = tuple[int, int | None]
+#: The rule's parameters of one call, each a leaf that requires grad or None (frozen, absent).
+Covered = tuple[Tensor | None, ...]
+#: Whether the engine wants a parameter's share (a shared parameter no other use reaches).
+Wanted = Callable[[Tensor | None], bool]
+#: ``(parameter, slice, piece)``: one call's share of one parameter or slice of it.
+Contribution = tuple[Tensor, int | None, Piece]
+
+
+def merged_gramian(pieces: Sequence[Piece], shape: torch.Size) -> Tensor:
+    """The Gramian of the sum of ``pieces`` (all of one parameter or slice): pieces of one kind
+    are merged (concatenated or added); mixed kinds (an embedding's weight tied to a linear
+    output layer) are added as blocks of the parameter's ``shape``."""
+    first = pieces[0]
+    if all(type(p) is type(first) for p in pieces):
+        total = first
+        for piece in pieces[1:]:
+            total = total.merged(piece)  # type: ignore[arg-type]  # same type: checked above
+        return total.gramian()
+    blocks = [p.block().reshape(p.block().shape[0], *shape) for p in pieces]
+    return gramian([sum(blocks[1:], blocks[0])])
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What one call keeps for its pieces (besides the output gradient D)."""
+
+    x: Tensor | None  # the input, detached (shares the version counter), when the pieces read it
+    extra: tuple = ()  # rule-specific: hyper-parameters, running statistics, …
+
+
+class LayerRule(Protocol):
+    """How the Gramian engine reads one layer type: which leaves a call covers, what it keeps,
+    and its pieces given the output gradient ``D`` (R, *output.shape)."""
+
+    names: tuple[str, ...]  # the layer's parameter attributes the pieces cover
+
+    def saved(self, layer: nn.Module, x: Tensor, covered: Covered) -> Saved | None:
+        """What to keep (``None``: this call cannot be read, e.g. an unsupported setting)."""
+        ...
+
+    def pieces(
+        self, layer: nn.Module, saved: Saved, D: Tensor, covered: Covered, wanted: Wanted, alone: bool
+    ) -> list[Contribution]:
+        """``(parameter, slice, piece)`` for every covered parameter ``wanted`` accepts. ``alone``:
+        this call is the parameter's only one (a piece then need not merge with others')."""
+        ...
+
+
+class LinearRule:
+    """``y = x Wᵀ + b``: ``∇W = Dᵀ X``, ``∇b = Dᵀ 1`` over the rows of every leading dimension."""
+
+    names: tuple[str, ...] = ("weight", "bias")
+
+    def saved(self, layer: nn.Module, x: Tensor, covered: Covered) -> Saved | None:
+        return Saved(x.detach() if covered[0] is not None else None)  # a bias needs only D
+
+    def pieces(
+        self, layer: nn.Module, saved: Saved, D: Tensor, covered: Covered, wanted: Wanted, alone: bool
+    ) -> list[Contribution]:
+        weight, bias = covered
+        D2 = D.reshape(D.shape[0], -1, D.shape[-1])
+        out: list[Contribution] = []
+        if wanted(bias):
+            assert bias is not None
+            out.append((bias, None, Block(D2.sum(dim=1))))
+        if wanted(weight):
+            assert weight is not None and saved.x is not None
+            out.append((weight, None, Rows(saved.x.reshape(-1, saved.x.shape[-1]), D2)))
+        return out
+
+
+class ConvRule:
+    """``y = W ⋆ x + b`` (Conv1d/2d/3d). ``∇W`` per group g is ``D_gᵀ X_g`` on the unfolded
+    (im2col) padded input — the kernel route when ``(N)²`` is small, N = batch × output
+    positions — or the per-task gradients from one convolution backward with the tasks folded
+    into the output channels. ``∇b = Σ D`` over batch and positions."""
+
+    names: tuple[str, ...] = ("weight", "bias")
+
+    def saved(self, layer: nn.Module, x: Tensor, covered: Covered) -> Saved | None:
+        assert isinstance(layer, nn.modules.conv._ConvNd)
+        if x.dim() != len(layer.kernel_size) + 2:
+            return None  # an unbatched input: rare, left to the fallback
+        return Saved(x.detach() if covered[0] is not None else None)
+
+    def pieces(
+        self, layer: nn.Module, saved: Saved, D: Tensor, covered: Covered, wanted: Wanted, alone: bool
+    ) -> list[Contribution]:
+        assert isinstance(layer, nn.modules.conv._ConvNd)
+        weight, bias = covered
+        R, B, out = D.shape[:3]
+        pieces: list[Contribution] = []
+        if wanted(bias):
+            assert bias is not None
+            pieces.append((bias, None, Block(D.transpose(1, 2).reshape(R, out, -1).sum(dim=2))))
+        if wanted(weight):
+            assert weight is not None and saved.x is not None
+            x = _padded(layer, saved.x)
+            dtype = _compute_dtype(D, x)
+            x, D = x.to(dtype), D.to(dtype)
+            cin = weight[0].numel()  # in-channels per group × kernel size
+            route = _conv_route(R, B * math.prod(D.shape[3:]), cin, out, layer.groups, x.dim()) if alone else "grads"
+            if route == "kernel":
+                pieces.extend((weight, g, piece) for g, piece in enumerate(_unfolded_rows(layer, x, D)))
+            elif alone and layer.groups == 1:  # disjoint output-channel slices: their Gramians add
+                step = max(1, CHUNK_ELEMENTS // (R * cin))
+                for start in range(0, out, step):
+                    pieces.append((weight, start, Block(_conv_weight_grads(layer, x, D[:, :, start : start + step]))))
+            else:
+                pieces.append((weight, None, Block(_conv_weight_grads(layer, x, D))))
+        return pieces
+
+
+def _conv_route(R: int, N: int, cin: int, out: int, groups: int, dims: int) -> str:
+    """``"kernel"`` (unfolded rows, ``K = X Xᵀ`` of N = batch × positions rows) when it is the
+    cheaper in multiply-adds and K fits in a chunk, else ``"grads"`` (the per-task gradients)."""
+    cout = out // groups
+    kernel = groups * (N * N * cin + R * N * N * cout + R * R * N * cout)
+    grads = groups * (R * N * cin * cout + R * R * cin * cout)
+    return "kernel" if dims <= 4 and N * N <= CHUNK_ELEMENTS and kernel <= grads else "grads"
+
+
+def _padded(layer: nn.modules.conv._ConvNd, x: Tensor) -> Tensor:
+    # The module's own padding, made explicit: then the geometry below has padding 0 ("same"
+    # and the reflect/replicate/circular modes included).
+    pad = layer._reversed_padding_repeated_twice
+    if not any(pad):
+        return x
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    return F.pad(x, pad, mode=mode)
+
+
+def _unfolded_rows(layer: nn.modules.conv._ConvNd, x: Tensor, D: Tensor) -> list[Rows]:
+    """One :class:`Rows` per group: X_g (B·L, in/g·k), D_g (R, B·L, out/g)."""
+    kernel, stride, dilation = layer.kernel_size, layer.stride, layer.dilation
+    if x.dim() == 3:  # Conv1d as a 1 × k convolution
+        x, kernel, stride, dilation = x.unsqueeze(2), (1, *kernel), (1, *stride), (1, *dilation)
+    cols = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (B, in·k, L), channel-major
+    B, width, L = cols.shape
+    R, out, g = D.shape[0], D.shape[2], layer.groups
+    X = cols.transpose(1, 2).reshape(B * L, width)
+    Dr = D.reshape(R, B, out, L).transpose(2, 3).reshape(R, B * L, out)
+    cin, cout = width // g, out // g
+    return [Rows(X[:, k * cin : (k + 1) * cin], Dr[:, :, k * cout : (k + 1) * cout]) for k in range(g)]
+
+
+def _conv_weight_grads(layer: nn.modules.conv._ConvNd, x: Tensor, D: Tensor) -> Tensor:
+    """``∇W`` (R, c, in/g, *k) of every task for the output channels of D (R, B, c, *positions).
+
+    One convolution backward (weight only): the R tasks become R× the output channels, within
+    each group, of a convolution with the layer's geometry on the padded input x.
+    """
+    R, B, c = D.shape[:3]
+    g = layer.groups
+    positions = D.shape[3:]
+    per = c // g
+    folded = D.reshape(R, B, g, per, *positions).movedim(0, 2).reshape(B, g * R * per, *positions)
+    shape = (g * R * per, *layer.weight.shape[1:])
+    n = len(layer.kernel_size)
+    _, grad, _ = torch.ops.aten.convolution_backward(
+        folded, x, x.new_empty(()).expand(shape), None, layer.stride, [0] * n, layer.dilation,
+        False, [0] * n, g, [False, True, False],
+    )  # fmt: skip
+    return grad.reshape(g, R, per, *shape[1:]).movedim(1, 0).reshape(R, c, *shape[1:])
+
+
+class EmbeddingRule:
+    """``y = W[idx]``: ``∇W = Σ_n e_{idx_n} D[n]ᵀ``, without the ``padding_idx`` rows, each row
+    divided by its index's count in the call under ``scale_grad_by_freq``."""
+
+    names: tuple[str, ...] = ("weight",)
+
+    def saved(self, layer: nn.Module, x: Tensor, covered: Covered) -> Saved | None:
+        return Saved(x.detach())
+
+    def pieces(
+        self, layer: nn.Module, saved: Saved, D: Tensor, covered: Covered, wanted: Wanted, alone: bool
+    ) -> list[Contribution]:
+        assert isinstance(layer, nn.Embedding)
+        (weight,) = covered
+        if not wanted(weight):
+            return []
+        assert weight is not None and saved.x is not None
+        idx = saved.x.reshape(-1).long()
+        D = D.reshape(D.shape[0], -1, D.shape[-1])
+        if layer.scale_grad_by_freq:
+            counts = torch.bincount(idx, minlength=layer.num_embeddings)[idx]
+            D = D / counts.to(D.dtype).unsqueeze(-1)
+        if layer.padding_idx is not None:
+            keep = idx != layer.padding_idx
+            idx, D = idx[keep], D[:, keep]
+        return [(weight, None, Indexed(idx, D, layer.num_embeddings))]
+
+
+class NormRule:
+    """``y = x̂ ⊙ γ + β`` with x̂ the input normalised by LayerNorm, GroupNorm or BatchNorm:
+    ``∇γ = Σ D ⊙ x̂`` and ``∇β = Σ D`` over every dimension but the parameters' own. x̂ is
+    recomputed from the kept input (batch statistics when the call used them, else the
+    running statistics as they were at the call)."""
+
+    names: tuple[str, ...] = ("weight", "bias")
+
+    def saved(self, layer: nn.Module, x: Tensor, covered: Covered) -> Saved | None:
+        kept = x.detach() if covered[0] is not None else None  # β needs only D
+        if isinstance(layer, _BatchNorm):
+            batch_stats = layer.training or layer.running_mean is None or layer.running_var is None
+            if batch_stats:
+                return Saved(kept, (None, None))
+            assert layer.running_mean is not None and layer.running_var is not None
+            return Saved(kept, (layer.running_mean.detach().clone(), layer.running_var.detach().clone()))
+        return Saved(kept)
+
+    def pieces(
+        self, layer: nn.Module, saved: Saved, D: Tensor, covered: Covered, wanted: Wanted, alone: bool
+    ) -> list[Contribution]:
+        weight, bias = covered
+        out: list[Contribution] = []
+        shape = (weight if weight is not None else bias).shape  # type: ignore[union-attr]
+        if wanted(bias):
+            assert bias is not None
+            out.append((bias, None, Block(_reduce_to(layer, D.to(_compute_dtype(D)), shape))))
+        if wanted(weight):
+            assert weight is not None and saved.x is not None
+            dtype = _compute_dtype(D, saved.x)
+            x_hat = _normalised(layer, saved.x.to(dtype), saved.extra)
+            out.append((weight, None, Block(_reduce_to(layer, D.to(dtype) * x_hat, shape))))
+        return out
+
+
+def _normalised(layer: nn.Module, x: Tensor, extra: tuple) -> Tensor:
+    if isinstance(layer, nn.LayerNorm):
+        return F.layer_norm(x, layer.normalized_shape, None, None, layer.eps)
+    if isinstance(layer, nn.GroupNorm):
+        return F.group_norm(x, layer.num_groups, None, None, layer.eps)
+    assert isinstance(layer, _BatchNorm)
+    mean, var = extra
+    if mean is None:
+        return F.batch_norm(x, None, None, None, None, True, 0.0, layer.eps)
+    return F.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), None, None, False, 0.0, layer.eps)
+
+
+def _reduce_to(layer: nn.Module, t: Tensor, shape: torch.Size) -> Tensor:
+    """Sum (R, *y.shape) over every dimension but the affine parameters' own: (R, *shape)."""
+    R = t.shape[0]
+    if isinstance(layer, nn.LayerNorm):  # the trailing normalized_shape
+        return t.reshape(R, -1, *shape).sum(dim=1)
+    # GroupNorm / BatchNorm: per channel, dimension 1 of the input
+    return t.movedim(2, 1).reshape(R, shape[0], -1).sum(dim=2)
+
+
+_LINEAR, _CONV, _EMBEDDING, _NORM = LinearRule(), ConvRule(), EmbeddingRule(), NormRule()
+
+
+def rule_for(layer: nn.Module) -> LayerRule | None:
+    """The rule of a layer whose forward is exactly its class's (``None``: not covered)."""
+    forward = type(layer).forward
+    if isinstance(layer, nn.Linear) and forward is nn.Linear.forward:
+        return _LINEAR
+    for conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        if isinstance(layer, conv):
+            own = forward is conv.forward and type(layer)._conv_forward is conv._conv_forward
+            return _CONV if own else None
+    if isinstance(layer, nn.Embedding) and forward is nn.Embedding.forward:
+        return _EMBEDDING
+    if isinstance(layer, nn.LayerNorm) and forward is nn.LayerNorm.forward:
+        return _NORM
+    if isinstance(layer, nn.GroupNorm) and forward is nn.GroupNorm.forward:
+        return _NORM
+    if isinstance(layer, _BatchNorm) and forward is _BatchNorm.forward:
+        return _NORM
+    return None
+
+
+# --------------------------------------------------------------------------- weight Gramians
+
+
+def weight_gramian(D: Tensor, X: Tensor) -> Tensor:
+    """``[⟨D_iᵀ X, D_jᵀ X⟩_F]_{ij}`` (R, R), float64, for D (R, B, out) and X (B, in).
+
+    Takes the cheaper of the kernel route (``⟨D_i, X Xᵀ D_j⟩``) and the direct route (form
+    ``D_iᵀ X`` a few output rows at a time); see :mod:`mtgrad.autogram` for the costs.
+    """
+    dtype = _compute_dtype(D, X)
+    D, X = D.to(dtype), X.to(dtype)
+    R, B, out = D.shape
+    inp = X.shape[1]
+    kernel = B * B * inp + R * B * B * out + R * R * B * out
+    direct = R * B * inp * out + R * R * inp * out
+    # The kernel K = X Xᵀ is held whole, so it must fit in a chunk (B ≤ 1448).
+    return _kernel_route(D, X) if kernel <= direct and B * B <= CHUNK_ELEMENTS else _direct_route(D, X)
+
+
+def _kernel_route(D: Tensor, X: Tensor) -> Tensor:
+    # G[:, c] = [⟨D_i, K D_j⟩] for a chunk c of tasks j at a time: D stays a contiguous (R, B·out)
+    # view (no copy), only K (B × B) and K D_c (|c|, B, out) are new.
+    R, B, out = D.shape
+    K = X @ X.T
+    flat = D.reshape(R, -1)
+    tasks = max(1, min(R, CHUNK_ELEMENTS // (B * out)))
+    G = torch.zeros((R, R), dtype=torch.float64, device=D.device)
+    for start in range(0, R, tasks):
+        chunk = D[start : start + tasks]
+        # bmm of the expanded K: matmul(K, chunk) would fold chunk into (B, c·out) by copying it.
+        KD = torch.bmm(K.expand(chunk.shape[0], B, B), chunk)  # (c, B, out)
+        G[:, start : start + tasks] = cross_gramian(flat, KD.reshape(KD.shape[0], -1))
+    return G
+
+
+def _direct_route(D: Tensor, X: Tensor) -> Tensor:
+    # The per-task gradients of a slice of the weight's rows at a time: (R, c, in) for c output rows.
+    R, B, out = D.shape
+    cols = max(1, min(out, CHUNK_ELEMENTS // (R * X.shape[1])))
+    G = torch.zeros((R, R), dtype=torch.float64, device=D.device)
+    for start in range(0, out, cols):
+        block = D[:, :, start : start + cols].transpose(1, 2) @ X  # (R, c, in)
+        G += gramian([block])
+    return G

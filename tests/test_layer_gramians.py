@@ -1,0 +1,243 @@
+"""The Gramian engine's layer rules (``mtgrad.layer_gramians``) against the loop engine.
+
+Every case is a trunk made of one supported layer type in one configuration, with T task heads;
+the reference is the loop engine (T backward passes, blocks ``(T, *p.shape)``). Each case asserts
+that the engine held no fallback block (the rule itself computed every parameter's share), and
+that the Gramian, the method's weights and every ``.grad`` equal the loop engine's to rounding,
+in float64 and float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import mtgrad
+import mtgrad.layer_gramians as lg
+
+F64, F32 = torch.float64, torch.float32
+TOL = {F64: dict(rtol=1e-10, atol=1e-12), F32: dict(rtol=3e-4, atol=1e-5)}
+
+
+class Flat(nn.Module):
+    """``body`` then a flatten to (B, features): the heads read a vector per example."""
+
+    def __init__(self, *body: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.body(x)).flatten(1)
+
+
+class Twice(nn.Module):
+    """One convolution at two call sites (its weight's gradient sums over both)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(torch.tanh(self.conv(x))).flatten(1)
+
+
+class TiedConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 2, 3, padding=1)
+        self.b = nn.Conv2d(2, 2, 3, stride=2)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.relu(self.a(x))).flatten(1)
+
+
+class Tokens(nn.Module):
+    """Embedding → mean over the sequence → Linear: the usual bag-of-tokens trunk."""
+
+    def __init__(self, embedding: nn.Embedding, twice: bool = False) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.proj = nn.Linear(embedding.embedding_dim, 5)
+        self.twice = twice
+
+    def forward(self, idx: Tensor) -> Tensor:
+        z = self.embedding(idx)
+        if self.twice:
+            z = z + self.embedding(idx.flip(-1)).pow(2)
+        return torch.tanh(self.proj(z.mean(dim=1)))
+
+
+class TiedOutput(nn.Module):
+    """An embedding whose weight is also an nn.Linear's (tied input/output embeddings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(7, 4)
+        self.out = nn.Linear(4, 7, bias=False)
+        self.out.weight = self.embedding.weight
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return torch.tanh(self.out(self.embedding(idx).mean(dim=1)))
+
+
+def _eval(module: nn.Module) -> nn.Module:
+    with torch.no_grad():  # running statistics away from (0, 1), then evaluation mode
+        module.train()
+        module(torch.randn(16, *_BN_INPUT[type(module)]) * 3 + 1)
+    return module.eval()
+
+
+_BN_INPUT = {nn.BatchNorm1d: (4,), nn.BatchNorm2d: (4, 3, 3)}
+
+#: name → (trunk, input); integer inputs are token ids.
+CASES: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
+    "conv2d": lambda: (Flat(nn.Conv2d(2, 3, 3)), torch.randn(5, 2, 6, 6)),
+    "conv2d-stride-pad-dilation": lambda: (Flat(nn.Conv2d(2, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2))), torch.randn(5, 2, 7, 6)),
+    "conv2d-groups": lambda: (Flat(nn.Conv2d(4, 6, 3, padding=1, groups=2)), torch.randn(4, 4, 5, 5)),
+    "conv2d-depthwise-no-bias": lambda: (Flat(nn.Conv2d(3, 3, 3, groups=3, bias=False)), torch.randn(4, 3, 5, 5)),
+    "conv2d-same-even-kernel": lambda: (Flat(nn.Conv2d(2, 3, 4, padding="same")), torch.randn(4, 2, 5, 5)),
+    "conv2d-reflect": lambda: (Flat(nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect")), torch.randn(4, 2, 5, 5)),
+    "conv2d-circular-stride": lambda: (Flat(nn.Conv2d(2, 3, 3, stride=2, padding=2, padding_mode="circular")), torch.randn(4, 2, 6, 6)),
+    "conv2d-replicate": lambda: (Flat(nn.Conv2d(2, 3, 3, padding=1, padding_mode="replicate")), torch.randn(4, 2, 4, 4)),
+    "conv1d": lambda: (Flat(nn.Conv1d(3, 4, 3, stride=2, padding=1, dilation=2)), torch.randn(5, 3, 11)),
+    "conv1d-groups": lambda: (Flat(nn.Conv1d(4, 2, 2, groups=2)), torch.randn(5, 4, 6)),
+    "conv3d": lambda: (Flat(nn.Conv3d(2, 3, 2, padding=1)), torch.randn(3, 2, 3, 3, 3)),
+    "conv-twice": lambda: (Twice(), torch.randn(4, 3, 5, 5)),
+    "conv-tied": lambda: (TiedConvs(), torch.randn(4, 2, 6, 6)),
+    "cnn": lambda: (
+        Flat(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Conv2d(4, 5, 3, stride=2), nn.GroupNorm(1, 5)),
+        torch.randn(6, 3, 7, 7),
+    ),
+    "embedding": lambda: (Tokens(nn.Embedding(9, 4)), torch.randint(0, 9, (6, 5))),
+    "embedding-padding-idx": lambda: (Tokens(nn.Embedding(9, 4, padding_idx=0)), torch.randint(0, 4, (6, 5))),
+    "embedding-freq": lambda: (Tokens(nn.Embedding(9, 4, scale_grad_by_freq=True, padding_idx=2)), torch.randint(0, 4, (6, 5))),
+    "embedding-max-norm": lambda: (Tokens(nn.Embedding(9, 4, max_norm=1.0)), torch.randint(0, 9, (6, 5))),
+    "embedding-twice": lambda: (Tokens(nn.Embedding(9, 4), twice=True), torch.randint(0, 9, (6, 5))),
+    "embedding-tied-to-linear": lambda: (TiedOutput(), torch.randint(0, 7, (6, 3))),
+    "layernorm": lambda: (Flat(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 5)), torch.randn(7, 4)),
+    "layernorm-2d-no-bias": lambda: (Flat(nn.Linear(4, 6), nn.Unflatten(1, (2, 3)), nn.LayerNorm((2, 3), bias=False)), torch.randn(7, 4)),
+    "groupnorm": lambda: (Flat(nn.Conv1d(2, 4, 2), nn.GroupNorm(2, 4)), torch.randn(5, 2, 6)),
+    "batchnorm1d": lambda: (Flat(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 5)), torch.randn(8, 3)),
+    "batchnorm1d-sequence": lambda: (Flat(nn.Conv1d(2, 4, 2), nn.BatchNorm1d(4)), torch.randn(5, 2, 6)),
+    "batchnorm2d-no-running-stats": lambda: (Flat(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)), torch.randn(5, 2, 5, 5)),
+    "batchnorm2d-eval": lambda: (Flat(nn.Conv2d(4, 4, 1), _eval(nn.BatchNorm2d(4))), torch.randn(5, 4, 3, 3)),
+    "batchnorm1d-eval": lambda: (Flat(nn.Linear(3, 4), _eval(nn.BatchNorm1d(4))), torch.randn(6, 3)),
+}
+
+
+class Problem:
+    def __init__(self, case: str, dtype: torch.dtype, T: int = 3, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        trunk, x = CASES[case]()
+        self.trunk = trunk.to(dtype)
+        self.x = x if not x.is_floating_point() else x.to(dtype)
+        with torch.no_grad():
+            width = self.trunk(self.x).shape[-1]
+        self.heads = nn.ModuleList(nn.Linear(width, 1) for _ in range(T)).to(dtype)
+        self.ys = [torch.randn(self.x.shape[0], dtype=dtype) for _ in range(T)]
+
+    def losses(self) -> list[Tensor]:
+        z = self.trunk(self.x)
+        return [F.mse_loss(h(z).squeeze(-1), y) for h, y in zip(self.heads, self.ys)]
+
+    def run(self, method: mtgrad.methods.Method, engine) -> tuple[mtgrad.BackwardResult, list[Tensor | None]]:
+        leaves = [*self.trunk.parameters(), *self.heads.parameters()]
+        for p in leaves:
+            p.grad = None
+        record = mtgrad.backward(self.losses(), list(self.trunk.parameters()), method, engine=engine)
+        return record, [None if p.grad is None else p.grad.clone() for p in leaves]
+
+
+def _check(case: str, dtype: torch.dtype, method: Callable[[], mtgrad.methods.Method]) -> mtgrad.GramianEngine:
+    prob = Problem(case, dtype)
+    ref, ref_grads = prob.run(method(), "loop")
+    engine = mtgrad.GramianEngine(prob.trunk)
+    got, got_grads = prob.run(method(), engine)
+    assert engine.last_fallback_numel == 0, "a supported layer was left to the fallback"
+    torch.testing.assert_close(got.gramian, ref.gramian, **TOL[dtype])
+    torch.testing.assert_close(got.weights, ref.weights, **TOL[dtype])
+    for a, b in zip(got_grads, ref_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, **TOL[dtype])
+    return engine
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_layer_rule_equals_the_loop_engine(case, dtype):
+    _check(case, dtype, lambda: mtgrad.CAGrad(c=0.4))
+
+
+@pytest.mark.parametrize("case", ["conv2d", "conv2d-groups", "conv1d", "conv2d-reflect", "cnn"])
+@pytest.mark.parametrize("route", ["kernel", "grads"])
+def test_both_convolution_routes_are_exact(case, route, monkeypatch):
+    seen = []
+    monkeypatch.setattr(lg, "_conv_route", lambda *args: seen.append(route) or route)
+    if route == "grads":
+        monkeypatch.setattr(lg, "CHUNK_ELEMENTS", 8)  # output-channel chunks of the gradients
+    _check(case, F64, lambda: mtgrad.PCGrad(order="fixed"))
+    assert seen
+
+
+def test_the_convolution_route_follows_the_cost():
+    assert lg._conv_route(R=10, N=32, cin=1152, out=256, groups=1, dims=4) == "kernel"  # 2×(4×4) late layer
+    assert lg._conv_route(R=3, N=2048, cin=1152, out=256, groups=1, dims=4) == "grads"  # 128×(4×4)
+    assert lg._conv_route(R=10, N=32, cin=1152, out=256, groups=1, dims=5) == "grads"  # Conv3d: no unfold
+
+
+def test_a_layer_type_without_a_rule_takes_the_fallback_exactly():
+    prob = Problem("conv2d", F64)
+    prob.trunk.body.append(nn.PReLU(3).to(F64))  # PReLU's weight has no rule
+    ref, ref_grads = prob.run(mtgrad.MGDA(), "loop")
+    engine = mtgrad.GramianEngine(prob.trunk)
+    got, got_grads = prob.run(mtgrad.MGDA(), engine)
+    assert engine.last_fallback_numel == 3
+    torch.testing.assert_close(got.gramian, ref.gramian, **TOL[F64])
+    for a, b in zip(got_grads, ref_grads):
+        torch.testing.assert_close(a, b, **TOL[F64])
+
+
+def test_the_hooked_layers_are_the_supported_ones():
+    trunk = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.PReLU(), nn.Flatten(), nn.Linear(2, 2), nn.LayerNorm(2))
+    with mtgrad.GramianEngine(trunk) as engine:
+        assert [type(m) for m in engine.layers] == [nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.LayerNorm]
+
+
+def test_a_subclass_with_its_own_forward_is_not_read_by_the_rule():
+    class Scaled(nn.Conv2d):
+        def forward(self, x: Tensor) -> Tensor:
+            return 2 * super().forward(x)
+
+    prob = Problem("conv2d", F64)
+    prob.trunk.body[0] = Scaled(2, 3, 3).to(F64)
+    ref, _ = prob.run(mtgrad.Mean(), "loop")
+    engine = mtgrad.GramianEngine(prob.trunk, nn.Linear(1, 1))
+    assert not any(isinstance(m, Scaled) for m in engine.layers)
+    got, _ = prob.run(mtgrad.Mean(), engine)
+    assert engine.last_fallback_numel == 3 * 2 * 9 + 3
+    torch.testing.assert_close(got.gramian, ref.gramian, **TOL[F64])
+
+
+def test_half_precision_convolutions_do_not_overflow():
+    # bf16 activations of size ~100: products overflow nothing in the ≥ fp32 pieces.
+    prob = Problem("cnn", torch.bfloat16)
+    prob.x = prob.x * 100
+    ref, _ = prob.run(mtgrad.Mean(), "loop")
+    got, _ = prob.run(mtgrad.Mean(), mtgrad.GramianEngine(prob.trunk))
+    assert bool(torch.isfinite(got.gramian).all())
+    torch.testing.assert_close(got.gramian, ref.gramian, rtol=5e-2, atol=1e-3 * float(ref.gramian.abs().max()))
+
+
+def test_an_embedding_input_changed_in_place_after_the_forward_raises():
+    prob = Problem("embedding", F64)
+    engine = mtgrad.GramianEngine(prob.trunk)
+    losses = prob.losses()
+    prob.x[0, 0] = (prob.x[0, 0] + 1) % 9
+    with pytest.raises(ValueError, match="hooked Embedding was modified in place"):
+        mtgrad.backward(losses, list(prob.trunk.parameters()), mtgrad.Mean(), engine=engine)
