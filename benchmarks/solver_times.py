@@ -1,13 +1,18 @@
-"""Per-call time of every Gramian weighting (Gramian → weights) on the CPU.
+"""Per-call time and op count of every Gramian weighting (Gramian → weights) on the CPU.
 
-For T = 2, 10, 40 tasks: a random Jacobian J (T × 1000, float64) — iid Gaussian rows, or with
+For T = 2, 10, 40, 64 tasks: a random Jacobian J (T × 1000, float64) — iid Gaussian rows, or with
 ``--skewed`` rows whose norms are log-spaced over 1e-3…1e3 — G = J Jᵀ, and the median over
 ``--calls`` calls of ``method.weights(G)`` after 5 warm-up calls, with ``torch.set_num_threads(1)``.
 Two clocks: wall time (``perf_counter``) and the calling thread's CPU time (``thread_time``), which
 is less disturbed by other processes on a shared machine. Stateful methods (Nash-MTL's warm
 start, GradVac's targets) are timed on one instance called repeatedly, as in training.
 
-    python benchmarks/solver_times.py [--calls 50] [--tasks 2 10 40] [--skewed]
+Ops per call: the ATen operators one call dispatches (counted by a ``TorchDispatchMode`` on the
+next call of the same instance, outside the timed calls), i.e. what becomes a chain of kernel
+launches on a GPU (views included, so it is an upper bound there); in brackets the host reads
+among them (``aten._local_scalar_dense``: ``bool(t)``, ``.item()``), each a sync on a GPU.
+
+    python benchmarks/solver_times.py [--calls 50] [--tasks 2 10 40 64] [--skewed] [--methods UPGrad PCGrad]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mtgrad
 
@@ -39,6 +45,27 @@ METHODS: dict[str, Callable[[], mtgrad.Weighting]] = {
 }
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched while active, and the host reads among them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops += 1
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.syncs += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], object]) -> tuple[int, int]:
+    with OpCounter() as counter:
+        fn()
+    return counter.ops, counter.syncs
+
+
 def medians_ms(fn: Callable[[], object], calls: int, warmup: int = 5) -> tuple[float, float]:
     for _ in range(warmup):
         fn()
@@ -54,9 +81,10 @@ def medians_ms(fn: Callable[[], object], calls: int, warmup: int = 5) -> tuple[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=50)
-    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40, 64])
     parser.add_argument("--dim", type=int, default=1000)
     parser.add_argument("--skewed", action="store_true", help="row norms log-spaced over 1e-3…1e3")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="NAME")
     args = parser.parse_args()
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(1234)
@@ -68,16 +96,19 @@ def main() -> None:
         grams[T] = J @ J.T
     kind = "skewed (norms 1e-3…1e3)" if args.skewed else "iid Gaussian"
     print(f"torch {torch.__version__}, 1 thread, J: T × {args.dim} float64 {kind}, median of {args.calls} calls")
-    print("ms per call, wall / thread CPU\n")
-    print("| method | " + " | ".join(f"T = {T}" for T in args.tasks) + " |")
-    print("|---|" + "---:|" * len(args.tasks))
-    for name, make in METHODS.items():
-        cells = []
+    print("ms per call, wall / thread CPU; ATen ops per call (host reads among them)\n")
+    print("| method | " + " | ".join(f"T = {T}" for T in args.tasks) + " | " + " | ".join(f"ops T = {T}" for T in args.tasks) + " |")
+    print("|---|" + "---:|" * (2 * len(args.tasks)))
+    for name in args.methods:
+        make = METHODS[name]
+        cells, ops = [], []
         for T in args.tasks:
             method, G = make(), grams[T]
             wall, cpu = medians_ms(lambda m=method, G=G: m.weights(G), args.calls)
+            n, syncs = count_ops(lambda m=method, G=G: m.weights(G))
             cells.append(f"{wall:.3f} / {cpu:.3f}")
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+            ops.append(f"{n} ({syncs})")
+        print(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ops) + " |", flush=True)
 
 
 if __name__ == "__main__":
