@@ -23,8 +23,10 @@ from .engine import (
     reaches,
     representation_gradients,
     sampled_gradients,
+    sum_gradients,
     task_gradients,
     through_representation,
+    through_tensor_hooks,
     weighted_gradients,
 )
 from .gramian import combine
@@ -321,23 +323,28 @@ def _gramian_step(
     retain_graph: bool,
     policy: GramianPolicy,
 ) -> _Step:
-    """``G`` without ``J`` (:mod:`mtgrad.autogram`), the weights, then one weighted backward.
+    """``G`` without ``J`` (:mod:`mtgrad.autogram`), the weights, then the update from the same
+    layer output gradients (no second backward through the trunk); the heads get ``∇ Σ_i L_i``.
 
     CAGrad-Fast's rows ``[g_i, i ∈ S] + [g̃]`` are gradients of ``C L`` for the cotangents ``C``
     of :func:`_sampled_cotangents`, so their Gramian costs |S| + 1 batched cotangents, not K.
     Under data parallelism the engine gathers every rank's rows for ``G`` of the global batch;
-    each rank's ``∇ Σ_i w_i L_i^r`` is then what DDP averages into the global update.
+    each rank's ``∇ Σ_i w_i L_i^r`` (from its own output gradients) is then what DDP averages
+    into the global update.
     """
     T = len(losses)
     ranks = policy.replicas
     sampled = ranks.agree_indices(method.sample(T), T) if isinstance(method, CAGradFast) else list(range(T))
     C = None if len(sampled) == T else _sampled_cotangents(sampled, T, values)
-    G = policy.prepared(engine.gramian(losses, params, C, retain_graph=True, replicas=ranks))
+    measured = engine.measure(losses, params, C, retain_graph=True, replicas=ranks)
+    G = policy.prepared(measured.gramian)
     if isinstance(method, CAGradFast):
         weights = policy.solve(G, lambda G: method.task_weights(G, sampled, T))
     else:
         weights = policy.solve(G, lambda G: method.weights(G, values if method.needs_losses else None, validate=False))
-    shared, heads = weighted_gradients(losses, params, others, weights, retain_graph)
+    rows = weights if C is None else _row_weights(weights, sampled)
+    shared = through_tensor_hooks(params, measured.update(rows, params))
+    heads = sum_gradients(losses, others, retain_graph)
     return _Step(BackwardResult(weights=weights, gramian=G if C is None else None), shared, heads)
 
 

@@ -14,8 +14,8 @@ reducer sees each parameter's gradient exactly once.
   for fewer kernel launches; worth it on accelerators. Every op in the graph needs a vmap rule.
 
 The Gramian-only engine, :class:`mtgrad.GramianEngine` (:mod:`mtgrad.autogram`), returns no
-blocks: it computes ``G`` from the linear layers' inputs and output gradients and
-:func:`mtgrad.backward` applies the weights with :func:`weighted_gradients`.
+blocks: it computes ``G`` from the layers' inputs and output gradients, and the update from the
+same output gradients.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "task_gradients",
     "sum_gradients",
     "weighted_gradients",
+    "through_tensor_hooks",
     "sampled_gradients",
     "representation_gradients",
     "batched_vjp",
@@ -166,6 +167,21 @@ def weighted_gradients(
         (weights.to(stacked.dtype) * stacked).sum(), params, retain_graph=True, allow_unused=True
     )
     return list(grads), sum_gradients(losses, others, retain_graph)
+
+
+def through_tensor_hooks(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+    """``grads`` as the parameters' tensor hooks (``p.register_hook``) turn them.
+
+    For gradients computed without an autograd pass to the parameters (the Gramian engine's
+    update, from the layers' output gradients): a pass of the identity on each leaf runs its
+    hooks exactly as a backward reaching it would.
+    """
+    pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+    if not pairs:
+        return list(grads)
+    leaves = [p for p, _ in pairs]
+    hooked = iter(torch.autograd.grad(leaves, leaves, grad_outputs=[g for _, g in pairs]))
+    return [None if g is None else next(hooked) for g in grads]
 
 
 def sampled_gradients(
