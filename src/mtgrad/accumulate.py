@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from .backward import (
     BackwardResult,
@@ -73,7 +73,7 @@ class TaskGradients:
 
 def accumulate_task_gradients(
     losses: Sequence[Tensor] | Tensor,
-    shared_params: Iterable[Tensor],
+    shared_params: Iterable[Tensor] | nn.Module,
     *,
     into: TaskGradients | None = None,
     engine: Engine = "loop",

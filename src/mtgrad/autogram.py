@@ -42,9 +42,8 @@ half-precision layers are computed on float32 copies.
 
 from __future__ import annotations
 
-import functools
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -59,7 +58,7 @@ from .engine import batched_vjp
 from .gramian import combine, gramian
 from .layer_gramians import Block, LayerRule, Saved, merged_gramian, rule_for
 
-__all__ = ["GramianEngine"]
+__all__ = ["GramianEngine", "engine_for"]
 
 
 @dataclass(frozen=True)
@@ -152,18 +151,21 @@ class GramianEngine:
             )
         self._layers = [layer for layer, _ in layers.values()]
         self._calls: list[_Call] = []
-        # Under torch.compile the hook runs eagerly between graphs (a graph break per hooked
-        # layer): it must see the real input and the output's place in the autograd graph, not a
-        # trace. Wrapped here rather than decorated: that would import torch._dynamo (1.4 s) with mtgrad.
-        record = torch.compiler.disable(self._record)
+        self._eager_record = _eager(self._record)
         self._handles: list[RemovableHandle] = [
-            layer.register_forward_hook(functools.partial(record, rule), with_kwargs=True) for layer, rule in layers.values()
+            layer.register_forward_hook(_Hook(self, rule), with_kwargs=True) for layer, rule in layers.values()
         ]
         self._warned = False
+        self.max_records: int | None = None
+        """Drop the oldest recorded calls beyond this many (``None``: keep all). The engine that
+        :func:`engine_for` installs bounds it from the calls each step consumes, so that forwards
+        no backward consumes (evaluation with grad on) cannot hold their graphs indefinitely."""
         self.vectorize = vectorize
         """One vmapped backward for the R output gradients (True), R backward passes (False), or
         by device (None: passes on the CPU, where they measured faster — 91 against 181 ms on the
         benchmark CNN, 216 against 273 ms on the MLP — vmapped elsewhere)."""
+        self.last_num_calls = 0
+        """Recorded calls the last call consumed."""
         self.last_fallback_numel = 0
         """Entries of the shared parameters held as blocks ``(T, *p.shape)`` by the last call."""
 
@@ -180,6 +182,19 @@ class GramianEngine:
     def reset(self) -> None:
         """Forget every recorded call (and release the inputs it holds)."""
         self._calls = []
+
+    def __getstate__(self) -> dict[str, object]:
+        # Pickled with its module (torch.save(model), copy.deepcopy): the hooks and layers, not
+        # the records of forwards (their graphs belong to this process) nor the compiled-region
+        # wrapper (rebuilt).
+        state = self.__dict__.copy()
+        state["_calls"] = []
+        del state["_eager_record"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._eager_record = _eager(self._record)
 
     def close(self) -> None:
         """Remove the hooks and forget the recorded calls."""
@@ -227,6 +242,8 @@ class GramianEngine:
         edge = get_gradient_edge(base)
         call = _Call(layer, rule, tuple(covered), saved, x._version, edge, source, tuple(base.shape), base.dtype)
         self._calls.append(call)
+        if self.max_records is not None and len(self._calls) > self.max_records:
+            del self._calls[: len(self._calls) - self.max_records]
 
     def gramian(
         self,
@@ -311,6 +328,7 @@ class GramianEngine:
         ]
         del grads
         self.last_fallback_numel = sum(p.numel() for p in plan.fallback)
+        self.last_num_calls = len(plan.calls)
         kept = _add_layer_gramians(G, plan.calls, deltas, plan.activation, replicas)
         replicas.mean_(blocks)
         for block in blocks:
@@ -437,6 +455,44 @@ def _row_by_row_vjp(outputs: Tensor, inputs: Sequence[Tensor | GradientEdge], co
                 stack = stacks[k] = g.new_zeros((R, *g.shape))
             stack[r].copy_(g)
     return stacks
+
+
+def _eager(record: Callable[..., None]) -> Callable[..., None]:
+    # Under torch.compile the hook runs eagerly between graphs (a graph break per hooked layer):
+    # it must see the real input and the output's place in the autograd graph, not a trace.
+    # Wrapped at run time rather than decorated: that would import torch._dynamo (1.4 s) with mtgrad.
+    return torch.compiler.disable(record)
+
+
+class _Hook:
+    """The forward hook of one layer: a picklable callable (a module saved whole keeps it)."""
+
+    def __init__(self, engine: GramianEngine, rule: LayerRule) -> None:
+        self.engine = engine
+        self.rule = rule
+
+    def __call__(self, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        self.engine._eager_record(self.rule, layer, args, kwargs, output)
+
+
+#: Where :func:`engine_for` keeps a module's engine: an attribute of the module itself, so that
+#: the engine lives, is copied and is saved exactly as long and as often as its module.
+_ATTRIBUTE = "_mtgrad_gramian_engine"
+
+
+def engine_for(module: nn.Module, *, create: bool = True) -> GramianEngine | None:
+    """The Gramian engine that :func:`mtgrad.backward` and :class:`mtgrad.MTLOptimizer` use for
+    a shared ``module`` when no engine is named: installed on the first call (``create``), or
+    ``None`` when none is installed or the module has no layer the engine can read."""
+    engine = module.__dict__.get(_ATTRIBUTE)
+    if engine is not None or not create:
+        return engine if isinstance(engine, GramianEngine) else None
+    if not any(rule_for(sub) is not None for sub in module.modules()):
+        module.__dict__[_ATTRIBUTE] = False  # checked once: the loop engine serves this module
+        return None
+    engine = GramianEngine(module)
+    module.__dict__[_ATTRIBUTE] = engine
+    return engine
 
 
 def _leaf(t: object) -> Tensor | None:

@@ -7,11 +7,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import torch.distributed as dist
 
-from .autogram import GramianEngine
+from .autogram import GramianEngine, engine_for
 from .diagnostics import Diagnostics, diagnose
 from .distributed import Replicas, replicas
 from .engine import (
@@ -66,12 +66,12 @@ class BackwardResult:
 
 def backward(
     losses: Sequence[Tensor] | Tensor,
-    shared_params: Iterable[Tensor],
+    shared_params: Iterable[Tensor] | nn.Module,
     method: Method,
     *,
     retain_graph: bool = False,
     check_finite: bool = True,
-    engine: Engine | GramianEngine = "loop",
+    engine: Engine | GramianEngine | None = None,
     representation: Tensor | None = None,
     scaler: torch.amp.GradScaler | None = None,
     data_parallel: bool | dist.ProcessGroup | None = None,
@@ -92,18 +92,23 @@ def backward(
 
     Args:
         losses: T scalar losses (a sequence, or a 1-D tensor of T losses).
-        shared_params: the parameters all tasks share (e.g. ``model.trunk.parameters()``).
+        shared_params: the parameters all tasks share: the shared module itself (``model.trunk``,
+            which lets mtgrad choose the Gramian-only engine, see ``engine``) or its parameters
+            (``model.trunk.parameters()``).
         method: e.g. ``mtgrad.PCGrad()`` or ``mtgrad.CAGrad(c=0.4)``.
         retain_graph: keep the graph after the call (as in ``Tensor.backward``).
         check_finite: raise on NaN/inf losses or gradients. This reads T values on the host once
             per call; switch it off to avoid that synchronisation on accelerators.
         engine: how the per-task gradients are computed (see :mod:`mtgrad.engine`): ``"loop"``
-            (T backward passes, lowest memory among the Jacobian engines, fastest on CPUs),
-            ``"batched"`` (one vmapped backward), or a :class:`~mtgrad.GramianEngine` created on
-            the trunk before the forward (the Gramian-only engine, :mod:`mtgrad.autogram`: ``G``
-            from the linear layers' inputs and output gradients, then one backward of
-            ``Σ_i w_i L_i``; never holds ``J``; Gramian weightings, ``Reuse`` and ``CAGradFast``
-            only). All give the same answer up to rounding.
+            (T backward passes, lowest memory among the Jacobian engines), ``"batched"`` (one
+            vmapped backward), or a :class:`~mtgrad.GramianEngine` created on the trunk before
+            the forward (the Gramian-only engine, :mod:`mtgrad.autogram`: ``G`` and the update
+            from the layers' inputs and output gradients; never holds ``J``; Gramian
+            weightings, ``Reuse`` and ``CAGradFast`` only). All give the same answer up to
+            rounding. ``None`` (the default): the Gramian-only engine when ``shared_params`` is
+            a module and the method can use it — installed on the module at the first call
+            (:func:`mtgrad.autogram.engine_for`), so from the second step on, once it has seen
+            a forward — else ``"loop"``.
         representation: the shared representation ``Z`` (the trunk's output the heads read). If
             given, the method works on the gradients ``∂L_i/∂Z`` instead of ``∂L_i/∂θ`` (MGDA-UB
             style, Sener & Koltun 2018, Sec. 3.3): T cheap passes through the heads, one through
@@ -127,21 +132,37 @@ def backward(
             (or one that recorded no forward of these losses).
         TypeError: a loss or parameter that is not a floating-point tensor, or a bad method.
     """
+    installed = engine_for(shared_params) if engine is None and isinstance(shared_params, nn.Module) else None
     try:
         _check_method(method)
+        if engine is None:
+            engine = _default_engine(installed, method, representation)
         _check_engine(engine, method, representation)
-        return _backward(
+        record = _backward(
             losses, shared_params, method, retain_graph, check_finite, engine, representation, scaler,
             replicas(data_parallel),
         )  # fmt: skip
+        if installed is not None and engine is installed:
+            # Forwards no backward consumes must not hold their graphs for long: a few steps' worth.
+            installed.max_records = max(256, 4 * installed.last_num_calls)
+        return record
     finally:
-        if isinstance(engine, GramianEngine) and not retain_graph:
-            engine.reset()  # the recorded calls belong to this graph, done with now (or abandoned)
+        for held in {id(e): e for e in (engine, installed) if isinstance(e, GramianEngine)}.values():
+            if not retain_graph:
+                held.reset()  # the recorded calls belong to this graph, done with now (or abandoned)
+
+
+def _default_engine(installed: GramianEngine | None, method: Method, representation: Tensor | None) -> Engine | GramianEngine:
+    """The engine ``backward(..., engine=None)`` uses: the module's installed Gramian engine once
+    it recorded a forward and when the method can use it, else the loop engine."""
+    inner = method.method if isinstance(method, Reuse) else method
+    usable = isinstance(inner, (Weighting, CAGradFast)) and representation is None
+    return installed if installed is not None and usable and installed.num_recorded > 0 else "loop"
 
 
 def _backward(
     losses: Sequence[Tensor] | Tensor,
-    shared_params: Iterable[Tensor],
+    shared_params: Iterable[Tensor] | nn.Module,
     method: Method,
     retain_graph: bool,
     check_finite: bool,
@@ -474,7 +495,9 @@ def _as_losses(losses: Sequence[Tensor] | Tensor) -> list[Tensor]:
     return [loss.reshape(()) for loss in items]
 
 
-def _as_params(shared_params: Iterable[Tensor]) -> list[Tensor]:
+def _as_params(shared_params: Iterable[Tensor] | nn.Module) -> list[Tensor]:
+    if isinstance(shared_params, nn.Module):
+        shared_params = shared_params.parameters()
     if isinstance(shared_params, Tensor):
         shared_params = [shared_params]
     params: list[Tensor] = []

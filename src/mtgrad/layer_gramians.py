@@ -188,7 +188,15 @@ class LayerRule(Protocol):
         ...
 
 
-class LinearRule:
+class _Singleton:
+    """A rule is stateless: one instance per type, which pickling and copying keep (the engine
+    checks a layer's rule by identity, and a module saved with its engine's hooks reloads)."""
+
+    def __reduce__(self) -> str:
+        return _INSTANCE_NAMES[type(self)]
+
+
+class LinearRule(_Singleton):
     """``y = x Wᵀ + b``: ``∇W = Dᵀ X``, ``∇b = Dᵀ 1`` over the rows of every leading dimension."""
 
     names: tuple[str, ...] = ("weight", "bias")
@@ -211,7 +219,7 @@ class LinearRule:
         return out
 
 
-class ConvRule:
+class ConvRule(_Singleton):
     """``y = W ⋆ x + b`` (Conv1d/2d/3d). ``∇W`` per group g is ``D_gᵀ X_g`` on the unfolded
     (im2col) padded input — the kernel route when ``(N)²`` is small, N = batch × output
     positions — or the per-task gradients from one convolution backward with the tasks folded
@@ -310,7 +318,7 @@ def _conv_weight_grads(layer: nn.modules.conv._ConvNd, x: Tensor, D: Tensor, row
     return out
 
 
-class EmbeddingRule:
+class EmbeddingRule(_Singleton):
     """``y = W[idx]``: ``∇W = Σ_n e_{idx_n} D[n]ᵀ``, without the ``padding_idx`` rows, each row
     divided by its index's count in the call under ``scale_grad_by_freq``."""
 
@@ -338,7 +346,7 @@ class EmbeddingRule:
         return [(weight, None, Indexed(idx, D, layer.num_embeddings))]
 
 
-class NormRule:
+class NormRule(_Singleton):
     """``y = x̂ ⊙ γ + β`` with x̂ the input normalised by LayerNorm, GroupNorm or BatchNorm:
     ``∇γ = Σ D ⊙ x̂`` and ``∇β = Σ D`` over every dimension but the parameters' own. x̂ is
     recomputed from the kept input (batch statistics when the call used them, else the
@@ -395,6 +403,7 @@ def _reduce_to(layer: nn.Module, t: Tensor, shape: torch.Size) -> Tensor:
 
 
 _LINEAR, _CONV, _EMBEDDING, _NORM = LinearRule(), ConvRule(), EmbeddingRule(), NormRule()
+_INSTANCE_NAMES = {LinearRule: "_LINEAR", ConvRule: "_CONV", EmbeddingRule: "_EMBEDDING", NormRule: "_NORM"}
 
 
 def rule_for(layer: nn.Module) -> LayerRule | None:

@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .accumulate import TaskGradients, accumulate_task_gradients, apply_task_gradients
+from .autogram import engine_for
 from .backward import BackwardResult, backward
 from .methods.base import LossWeighting, Method
 
@@ -26,9 +27,12 @@ class MTLOptimizer(torch.optim.Optimizer):
     Example::
 
         opt = mtgrad.MTLOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3),
-                                  shared_params=model.trunk.parameters(), method=mtgrad.PCGrad())
+                                  shared_params=model.trunk, method=mtgrad.PCGrad())
         opt.zero_grad()
         record = opt.step([loss_a, loss_b])   # record.weights, record.gramian
+
+    Given the shared module (not only its parameters), it installs the Gramian-only engine on
+    it at once, so every step uses it where the method can (see :func:`mtgrad.backward`).
 
     ``state_dict`` holds the inner optimizer's state and the method's (e.g. PCGrad's generator),
     so a run restored with ``load_state_dict`` continues identically.
@@ -37,7 +41,7 @@ class MTLOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        shared_params: Iterable[Tensor],
+        shared_params: Iterable[Tensor] | nn.Module,
         method: Method,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
@@ -50,7 +54,12 @@ class MTLOptimizer(torch.optim.Optimizer):
         self.optimizer = optimizer
         self.defaults = optimizer.defaults
         self._init_optimizer_hooks()
-        self.shared_params = list(shared_params)
+        #: The shared module, when given as one: then :meth:`step` lets :func:`mtgrad.backward`
+        #: choose the engine (the Gramian-only one, installed here, before the first forward).
+        self.shared_module = shared_params if isinstance(shared_params, nn.Module) else None
+        if self.shared_module is not None:
+            engine_for(self.shared_module)
+        self.shared_params = list(shared_params.parameters() if isinstance(shared_params, nn.Module) else shared_params)
         if not self.shared_params:
             raise ValueError("shared_params is empty: give the parameters all tasks share")
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -133,7 +142,12 @@ class MTLOptimizer(torch.optim.Optimizer):
         if isinstance(self.method, LossWeighting):
             self._last = backward(losses, self.shared_params, self.method, **kwargs)
             return
-        self._pending = accumulate_task_gradients(losses, self.shared_params, into=self._pending, **kwargs)
+        try:
+            self._pending = accumulate_task_gradients(losses, self.shared_params, into=self._pending, **kwargs)
+        finally:
+            engine = None if self.shared_module is None else engine_for(self.shared_module, create=False)
+            if engine is not None:
+                engine.reset()  # accumulated task gradients need no records: drop this forward's
 
     def apply(self, check_finite: bool = True) -> BackwardResult:
         """Write the method's update of the accumulated task gradients into ``.grad`` (e.g. to clip
@@ -172,7 +186,8 @@ class MTLOptimizer(torch.optim.Optimizer):
                 raise ValueError("step() needs the losses, or backward(losses) calls before it")
             if self.scaler is not None:
                 kwargs.setdefault("scaler", self.scaler)
-            record = backward(losses, self.shared_params, self.method, **kwargs)
+            shared = self.shared_params if self.shared_module is None else self.shared_module
+            record = backward(losses, shared, self.method, **kwargs)
         else:
             if losses is not None:
                 self.backward(losses, **kwargs)
