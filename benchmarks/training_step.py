@@ -72,6 +72,8 @@ from torch import Tensor, nn
 
 import mtgrad
 
+#: The models and their default timed rounds.
+ROUNDS = {"mlp": 9, "cnn": 15, "cnn10": 7, "transformer4": 7, "transformer10": 5, "resnet": 7}
 LR = 1e-5  # tiny: the benchmark runs hundreds of steps on random data and must not diverge
 
 
@@ -122,14 +124,75 @@ def build(name: str) -> Problem:
         model = MTLModel(trunk, [nn.Linear(94, 10) for _ in range(T)], F.cross_entropy)
         x = torch.randn(batch, 3, 32, 32)
         ys = [torch.randint(0, 10, (batch,)) for _ in range(T)]
+    elif name in ("cnn10",):
+        prob = build("cnn")
+        T = 10
+        heads = [nn.Linear(94, 10) for _ in range(T)]
+        model = MTLModel(prob.model.trunk, heads, F.cross_entropy)
+        return Problem(model, prob.x, [torch.randint(0, 10, (prob.batch,)) for _ in range(T)], T, prob.batch)
+    elif name in ("transformer4", "transformer10"):
+        T, batch, seq = (4 if name == "transformer4" else 10), 32, 64
+        trunk = TokenEncoder(vocabulary=1000, width=256, layers=4, heads=4)
+        model = MTLModel(trunk, [nn.Linear(256, 1) for _ in range(T)], _mse)
+        x = torch.randint(0, 1000, (batch, seq))
+        ys = [torch.randn(batch) for _ in range(T)]
+    elif name == "resnet":
+        T, batch = 3, 32
+        model = MTLModel(resnet18_trunk(width=32), [nn.Linear(256, 10) for _ in range(T)], F.cross_entropy)
+        x = torch.randn(batch, 3, 32, 32)
+        ys = [torch.randint(0, 10, (batch,)) for _ in range(T)]
     else:
         raise ValueError(f"unknown model {name!r}")
     return Problem(model, x, ys, T, batch)
 
 
+class TokenEncoder(nn.Module):
+    """Embedding → ``layers`` × nn.TransformerEncoderLayer (pre-norm, GELU, no dropout) → mean."""
+
+    def __init__(self, vocabulary: int, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, width)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.norm(self.encoder(self.embedding(tokens))).mean(dim=1)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3×3 conv–BN, a 1×1 conv–BN shortcut where the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet18_trunk(width: int) -> nn.Module:
+    """ResNet-18's layout ([2, 2, 2, 2] basic blocks, widths w…8w) for 32×32 inputs, → (B, 8w)."""
+    blocks: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+    cin = width
+    for k, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
+        for b in range(2):
+            blocks.append(BasicBlock(cin, cout, stride=2 if k > 0 and b == 0 else 1))
+            cin = cout
+    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
 def method_names(with_torchjd: bool) -> list[str]:
     names = ["plain", "loop"]
     names += [f"mtgrad-{m}-{e}" for m in ("pcgrad", "cagrad", "mgda") for e in ("loop", "batched", "gramian")]
+    names += ["mtgrad-pcgrad-default", "mtgrad-cagrad-default"]
     if with_torchjd:
         names.append("torchjd-pcgrad")
         if torchjd_cagrad_available():
@@ -141,7 +204,7 @@ def method_names(with_torchjd: bool) -> list[str]:
 def make_step(name: str, prob: Problem) -> Callable[[], None]:
     """A closure running one full training step of method ``name`` on ``prob``."""
     model = prob.model
-    if name == "torchjd-autogram-pcgrad" or name.endswith("-gramian"):
+    if name == "torchjd-autogram-pcgrad" or name.endswith("-gramian") or name.endswith("-default"):
         model = copy.deepcopy(prob.model)  # the engine hooks the trunk's modules: keep them off the others' steps
     trunk_params = list(model.trunk.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=LR)
@@ -172,6 +235,8 @@ def make_step(name: str, prob: Problem) -> Callable[[], None]:
             "cagrad": lambda: mtgrad.CAGrad(c=0.4),
             "mgda": lambda: mtgrad.MGDA(),
         }[m]()
+        if engine == "default":  # the module itself, no engine named: what mtgrad chooses
+            return run(lambda z, losses: mtgrad.backward(losses, model.trunk, method))
         how = mtgrad.GramianEngine(model.trunk) if engine == "gramian" else engine
         return run(lambda z, losses: mtgrad.backward(losses, trunk_params, method, engine=how))
     if name in ("torchjd-pcgrad", "torchjd-cagrad"):
@@ -229,17 +294,15 @@ def time_model(model_name: str, names: list[str], rounds: int) -> str:
     for name in names:
         row = [name, fmt_ms(median_ms(times[name])), fmt_ratio(median_ratio(times[name], times["plain"]))]
         row.append(fmt_ratio(median_ratio(times[name], times["loop"])))
-        if name.startswith("torchjd-") and name != "torchjd-autogram-pcgrad":
-            ref = "mtgrad-" + name.split("-")[1] + "-loop"
-            row.append(fmt_ratio(median_ratio(times[name], times[ref])))
-        elif name == "torchjd-autogram-pcgrad":
-            row.append(fmt_ratio(median_ratio(times[name], times["mtgrad-pcgrad-loop"])))
-        else:
-            row.append("")
+        method = "pcgrad" if name == "torchjd-autogram-pcgrad" else name.split("-")[1] if name.startswith("torchjd-") else None
+        for engine in ("loop", "default"):
+            ref = f"mtgrad-{method}-{engine}"
+            row.append(fmt_ratio(median_ratio(times[name], times[ref])) if method and ref in times else "")
         rows.append(row)
     head = f"### {model_name}: trunk {n_trunk:,} params, T = {prob.tasks}, batch {prob.batch}; {rounds} rounds\n\n"
     return head + markdown_table(
-        ["method", "median step (ms)", "÷ plain", "÷ bare loop", "torchjd ÷ mtgrad (loop engine)"], rows
+        ["method", "median step (ms)", "÷ plain", "÷ bare loop", "torchjd ÷ mtgrad (loop engine)", "torchjd ÷ mtgrad (default)"],
+        rows,
     )
 
 
@@ -279,8 +342,8 @@ def memory_model(model_name: str, names: list[str], steps: int, threads: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"])
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default: mlp 9, cnn 15)")
+    parser.add_argument("--model", nargs="+", choices=list(ROUNDS), default=["mlp", "cnn"])
+    parser.add_argument("--rounds", type=int, default=None, help=f"timed rounds (default: {ROUNDS})")
     parser.add_argument("--methods", nargs="+", default=None, help="subset of methods (plain and loop always run)")
     parser.add_argument("--memory", action="store_true", help="peak RSS per method, one subprocess each")
     parser.add_argument("--only", default=None, help="(child of --memory) run one method and print its peak RSS")
@@ -311,7 +374,7 @@ def main() -> None:
         if args.memory:
             print(memory_model(model_name, names, args.steps, args.threads) + "\n", flush=True)
         else:
-            rounds = args.rounds if args.rounds is not None else {"mlp": 9, "cnn": 15}[model_name]
+            rounds = args.rounds if args.rounds is not None else ROUNDS[model_name]
             print(time_model(model_name, names, rounds) + "\n", flush=True)
     print(
         "Targets (issue): exact PCGrad and CAGrad steps ≤ 1.1× the bare T-backward loop and "

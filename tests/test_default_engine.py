@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 import mtgrad
 from mtgrad.autogram import engine_for
+from mtgrad.backward import GRAMIAN_ENGINE_WORK_SHARE
 
 F64 = torch.float64
 
@@ -24,8 +25,12 @@ F64 = torch.float64
 class Model(nn.Module):
     def __init__(self, T: int = 3) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 8), nn.LayerNorm(8), nn.Tanh())
-        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(T))
+        # Few rows (7) next to the linear layers' widths: the engine's estimated work is below the loop's.
+        self.trunk = nn.Sequential(
+            nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 128), nn.LayerNorm(128), nn.Tanh(),
+            nn.Linear(128, 64), nn.Tanh(),
+        )  # fmt: skip
+        self.heads = nn.ModuleList(nn.Linear(64, 1) for _ in range(T))
 
     def losses(self, x: Tensor, ys: Tensor) -> list[Tensor]:
         z = self.trunk(x)
@@ -61,10 +66,32 @@ def test_a_module_gets_the_gramian_engine_from_its_second_step_with_the_same_ste
     model, _ = train("module", method)
     engine = engine_for(model.trunk, create=False)
     assert isinstance(engine, mtgrad.GramianEngine)
-    assert engine.last_num_calls == 3  # the conv, the linear and the LayerNorm: its last step ran on it
+    assert engine.last_num_calls == 4  # the conv, two linear layers, the LayerNorm: its last step ran on it
     assert engine.num_recorded == 0  # consumed
     reference, _ = train("params", method, engine="loop")
     assert_same_parameters(model, reference)
+
+
+def test_the_choice_follows_the_estimated_work():
+    torch.manual_seed(0)
+    model = Model().double()
+    engine = engine_for(model.trunk)
+    model.losses(*data(0))
+    loop, routes = engine.estimated_costs(3)
+    assert routes < GRAMIAN_ENGINE_WORK_SHARE * loop
+    # A convolution's rows are batch × positions: its Gramian route is its gradients, no saving.
+    conv = nn.Sequential(nn.Conv1d(2, 8, 3), nn.Tanh(), nn.Conv1d(8, 8, 3), nn.Flatten()).double()
+    x = torch.randn(7, 2, 9, dtype=F64)
+    for step in range(2):
+        z = conv(x)
+        record = mtgrad.backward([z.sum(), z.square().sum(), z.sin().sum()], conv, mtgrad.MGDA())
+    engine = engine_for(conv, create=False)
+    assert engine.last_num_calls == 0 and engine.num_recorded == 0  # the loop engine ran; records dropped
+    z = conv(x)
+    loop, routes = engine.estimated_costs(3)
+    assert routes >= loop
+    ref = mtgrad.backward([z.sum(), z.square().sum(), z.sin().sum()], conv.parameters(), mtgrad.MGDA(), engine="loop")
+    torch.testing.assert_close(record.gramian, ref.gramian)
 
 
 def test_parameters_alone_keep_the_loop_engine():
@@ -113,7 +140,7 @@ def test_the_optimizer_installs_the_engine_before_its_first_step():
     for step in range(2):
         opt.zero_grad()
         opt.step(model.losses(*data(step)))
-        assert engine.last_num_calls == 3
+        assert engine.last_num_calls == 4
     reference, _ = train("params", lambda: mtgrad.CAGrad(0.4), steps=2, engine="loop")
     assert_same_parameters(model, reference)
 
@@ -139,6 +166,6 @@ def test_a_module_with_its_engine_saves_and_copies_whole():
         assert engine is not None and engine.num_recorded == 0
         assert all(any(layer is m for m in clone.trunk.modules()) for layer in engine.layers)  # hooks its own layers
         losses = clone.losses(*data(6))
-        assert engine.num_recorded == 3
+        assert engine.num_recorded == 4
         mtgrad.backward(losses, clone.trunk, mtgrad.MGDA())
-        assert engine.last_num_calls == 3
+        assert engine.last_num_calls == 4

@@ -179,6 +179,23 @@ class GramianEngine:
         """Calls recorded and not yet consumed by a backward."""
         return len(self._calls)
 
+    def estimated_costs(self, num_tasks: int) -> tuple[int, int]:
+        """Multiply-adds of the recorded calls' weights for ``num_tasks`` tasks: ``(R weight
+        gradients, this engine's routes)`` (:meth:`mtgrad.layer_gramians.LayerRule.macs`).
+
+        T backward passes cost about ``2·L`` there (input and weight gradients alike) and this
+        engine ``L + E`` (the T passes to the layers' outputs, then its routes), for the returned
+        ``(L, E)``: it saves work only where ``E < L``, i.e. where the kernel route applies
+        (few rows next to the layer's width, as a large MLP's). This is what
+        :func:`mtgrad.backward` reads when no engine is named.
+        """
+        loop = routes = 0
+        for call in self._calls:
+            if call.saved.x is not None and call.covered[0] is not None:
+                a, b = call.rule.macs(call.layer, call.saved.x.shape, torch.Size(call.out_shape), num_tasks)
+                loop, routes = loop + a, routes + b
+        return loop, routes
+
     def reset(self) -> None:
         """Forget every recorded call (and release the inputs it holds)."""
         self._calls = []

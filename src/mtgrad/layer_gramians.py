@@ -187,6 +187,12 @@ class LayerRule(Protocol):
         this call is the parameter's only one (a piece then need not merge with others')."""
         ...
 
+    def macs(self, layer: nn.Module, x: torch.Size, out: torch.Size, R: int) -> tuple[int, int]:
+        """Multiply-adds of this call's weight for R tasks: its R weight gradients (what R
+        backward passes compute there) and the engine's route (its Gramian and its share of the
+        update). ``(0, 0)`` where both are negligible (biases, normalisation, embeddings)."""
+        ...
+
 
 class _Singleton:
     """A rule is stateless: one instance per type, which pickling and copying keep (the engine
@@ -217,6 +223,10 @@ class LinearRule(_Singleton):
             assert weight is not None and saved.x is not None
             out.append((weight, None, Rows(saved.x.reshape(-1, saved.x.shape[-1]), D2)))
         return out
+
+    def macs(self, layer: nn.Module, x: torch.Size, out: torch.Size, R: int) -> tuple[int, int]:
+        N, inp, width = math.prod(out[:-1]), x[-1], out[-1]
+        return R * N * inp * width, _rows_macs(R, N, inp, width) + N * inp * width  # + D_wᵀ X
 
 
 class ConvRule(_Singleton):
@@ -261,6 +271,28 @@ class ConvRule(_Singleton):
             else:
                 pieces.append((weight, None, Block(_conv_weight_grads(layer, x, D, weight))))
         return pieces
+
+    def macs(self, layer: nn.Module, x: torch.Size, out: torch.Size, R: int) -> tuple[int, int]:
+        assert isinstance(layer, nn.modules.conv._ConvNd)
+        g = layer.groups
+        N, cin, cout = out[0] * math.prod(out[2:]), layer.weight[0].numel(), out[1] // g
+        grads = R * g * N * cin * cout
+        if _conv_route(R, N, cin, out[1], g, len(x)) == "kernel":
+            return grads, g * (_rows_macs(R, N, cin, cout) + N * cin * cout)
+        chunked = layer.groups == 1 and R * layer.weight.numel() > CHUNK_ELEMENTS
+        return grads, grads + (N * cin * cout if chunked else 0)  # whole blocks: the update reuses them
+
+
+class _Negligible:
+    def macs(self, layer: nn.Module, x: torch.Size, out: torch.Size, R: int) -> tuple[int, int]:
+        return 0, 0
+
+
+def _rows_macs(R: int, N: int, inp: int, out: int) -> int:
+    """Multiply-adds of :func:`weight_gramian`'s route for D (R, N, out), X (N, in)."""
+    kernel = N * N * inp + R * N * N * out + R * R * N * out
+    direct = R * N * inp * out + R * R * inp * out
+    return kernel if kernel <= direct and N * N <= CHUNK_ELEMENTS else direct
 
 
 def _conv_route(R: int, N: int, cin: int, out: int, groups: int, dims: int) -> str:
@@ -318,7 +350,7 @@ def _conv_weight_grads(layer: nn.modules.conv._ConvNd, x: Tensor, D: Tensor, row
     return out
 
 
-class EmbeddingRule(_Singleton):
+class EmbeddingRule(_Negligible, _Singleton):
     """``y = W[idx]``: ``∇W = Σ_n e_{idx_n} D[n]ᵀ``, without the ``padding_idx`` rows, each row
     divided by its index's count in the call under ``scale_grad_by_freq``."""
 
@@ -346,7 +378,7 @@ class EmbeddingRule(_Singleton):
         return [(weight, None, Indexed(idx, D, layer.num_embeddings))]
 
 
-class NormRule(_Singleton):
+class NormRule(_Negligible, _Singleton):
     """``y = x̂ ⊙ γ + β`` with x̂ the input normalised by LayerNorm, GroupNorm or BatchNorm:
     ``∇γ = Σ D ⊙ x̂`` and ``∇β = Σ D`` over every dimension but the parameters' own. x̂ is
     recomputed from the kept input (batch statistics when the call used them, else the
