@@ -118,23 +118,65 @@ def _kkt_tolerance(Q: Tensor, p: Tensor, w: Tensor) -> Tensor:
 _PIVOT_TOL = 1e-13
 
 
+# Below this many tasks a face is solved in place (masked to the identity off the free set); from
+# it on, the CPU gathers each problem's free block into the smallest common size first.
+_COMPACT_MIN_T = 16
+
+
 def _masked_psd_solve(A: Tensor, rhs: Tensor, free: Tensor) -> Tensor:
     """``x`` with ``A_FF x_F = rhs_F`` and ``x = 0`` off ``F``, for PSD ``A`` with a unit-ish diagonal.
 
-    ``A`` (..., T, T), ``rhs`` and ``free`` (..., T). A well-conditioned block is factorised by
-    Cholesky; a (numerically) singular one — duplicate, colinear or T > rank gradients — gets the
-    minimum-norm solution through an eigendecomposition, exact when the system is consistent. On
-    the CPU the eigendecomposition runs only if some block needs it; on an accelerator it always
-    runs and ``torch.where`` picks per problem, so nothing is read on the host.
+    ``A`` (..., T, T) — or one matrix (T, T) shared by every problem —, ``rhs`` and ``free``
+    (..., T). A well-conditioned block is factorised by Cholesky; a (numerically) singular one —
+    duplicate, colinear or T > rank gradients — gets the minimum-norm solution through an
+    eigendecomposition, exact when the system is consistent. On the CPU the eigendecomposition
+    runs only if some block needs it; on an accelerator it always runs and ``torch.where`` picks
+    per problem, so nothing is read on the host.
+
+    On the CPU with ``T ≥ 16`` the free blocks are first gathered, free indices first, into
+    ``K × K`` matrices (``K`` the largest free set of the batch, padded with the identity): the
+    same solve at ``(K/T)³`` of the cost. It agrees with the in-place solve to rounding, not bit
+    for bit (the factorisation's summation order depends on the size).
     """
     T = A.shape[-1]
+    if _host_sync_is_free(A) and T >= _COMPACT_MIN_T and rhs.dim() == 2:
+        K = int(free.sum(-1).max())
+        if K < T:
+            return _compact_psd_solve(A, rhs, free, K)
     eye = torch.eye(T, dtype=A.dtype, device=A.device)
     M = torch.where(free.unsqueeze(-1) & free.unsqueeze(-2), A, eye)
     b = torch.where(free, rhs, torch.zeros_like(rhs)).unsqueeze(-1)
+    return torch.where(free, _psd_solve(M, b).squeeze(-1), 0.0)
+
+
+def _psd_solve(M: Tensor, b: Tensor) -> Tensor:
+    """``M⁻¹b`` by Cholesky, the minimum-norm solution where ``M`` is (numerically) singular."""
     L, info = torch.linalg.cholesky_ex(M)
     good = (info == 0) & (L.diagonal(dim1=-2, dim2=-1).square() > _PIVOT_TOL).all(-1)
-    x = torch.cholesky_solve(b, L).squeeze(-1)
-    if not _host_sync_is_free(A) or not bool(good.all()):
-        xp = (torch.linalg.pinv(M, rtol=_PINV_RTOL, hermitian=True) @ b).squeeze(-1)
-        x = torch.where(good.unsqueeze(-1), x, xp)
-    return torch.where(free, x, torch.zeros_like(x))
+    x = torch.cholesky_solve(b, L)
+    if not _host_sync_is_free(M) or not bool(good.all()):
+        xp = torch.linalg.pinv(M, rtol=_PINV_RTOL, hermitian=True) @ b
+        x = torch.where(good[..., None, None], x, xp)
+    return x
+
+
+def _compact_psd_solve(A: Tensor, rhs: Tensor, free: Tensor, K: int) -> Tensor:
+    """:func:`_masked_psd_solve` on ``N`` problems (``rhs`` (N, T)) with free sets of at most ``K``."""
+    N, T = rhs.shape
+    if K == 0:
+        return torch.zeros_like(rhs)
+    # Free indices first (ascending), then the others; the first K of each row.
+    order = torch.sort(free.logical_not().to(torch.uint8), dim=-1, stable=True).indices[:, :K]
+    valid = torch.arange(K, device=A.device) < free.sum(-1, keepdim=True)  # (N, K)
+    if A.dim() == 2 or A.shape[0] == 1:
+        rows = A.reshape(T, T).index_select(0, order.reshape(-1)).view(N, K, T)
+    else:
+        rows = A.gather(-2, order.unsqueeze(-1).expand(N, K, T))
+    M = rows.gather(-1, order.unsqueeze(-2).expand(N, K, K))
+    # The padding: identity rows and columns (in place: fewer large temporaries).
+    M.masked_fill_((valid.unsqueeze(-1) & valid.unsqueeze(-2)).logical_not_(), 0.0)
+    M.diagonal(dim1=-2, dim2=-1).masked_fill_(valid.logical_not(), 1.0)
+    b = torch.where(valid, rhs.gather(-1, order), 0.0).unsqueeze(-1)
+    xc = torch.where(valid, _psd_solve(M, b).squeeze(-1), 0.0)
+    # Padding positions point at indices off the free set, where x is 0 anyway.
+    return torch.zeros_like(rhs).scatter_(-1, order, xc)

@@ -31,7 +31,7 @@ def _pivot_round(
     ``any_primal=False`` promises that no problem is in its primal active-set phase.
     """
     zf = _masked_psd_solve(Gs, -q, free)
-    y = (Gs @ zf.unsqueeze(-1)).squeeze(-1) + q
+    y = _matvec(Gs, zf) + q
     tol = _KKT_TOL * (scale + zf.abs().sum(-1, keepdim=True))
     negative = free & (zf < -tol)
     violated = ~free & (y < -tol)
@@ -58,6 +58,11 @@ def _pivot_round(
         z = torch.where(sw, 0.0, z)
         primal = primal | sw.squeeze(-1)
     return optimal, zf.clamp_min(0.0), last, free, z, best, backup, primal
+
+
+def _matvec(Gs: Tensor, z: Tensor) -> Tensor:
+    """``Gs z`` per problem: ``Gs`` (N, T, T), or one symmetric (T, T) shared by the N problems."""
+    return z @ Gs if Gs.dim() == 2 else (Gs @ z.unsqueeze(-1)).squeeze(-1)
 
 
 def _primal_step(
@@ -116,12 +121,19 @@ def dual_cone_qp(
     T = G.shape[-1]
     G = 0.5 * (G + G.mT)
     batch = torch.broadcast_shapes(G.shape[:-2], lower.shape[:-1])
-    G = G.expand(*batch, T, T).reshape(-1, T, T)
     lower = lower.to(dtype=G.dtype, device=G.device).expand(*batch, T).reshape(-1, T)
-    N = G.shape[0]
-    D = _diag_scale(G)
-    Gs = _equilibrate(G, D)
-    q = D * (G @ lower.unsqueeze(-1)).squeeze(-1)  # the objective's gradient at z = 0
+    N = lower.shape[0]
+    if G.shape[:-2].numel() == 1:
+        # One Gramian for every problem (UPGrad's T bounds): kept (T, T), never copied N times.
+        G = G.reshape(T, T)
+        D = _diag_scale(G)
+        Gs = _equilibrate(G, D)
+        q = D * (lower @ G)  # the objective's gradient at z = 0 (G is exactly symmetric)
+    else:
+        G = G.expand(*batch, T, T).reshape(-1, T, T)
+        D = _diag_scale(G)
+        Gs = _equilibrate(G, D)
+        q = D * (G @ lower.unsqueeze(-1)).squeeze(-1)
     # Size of the problem in the units of z (weight × ‖g‖): rounding is relative to it.
     scale = (lower.abs() * G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()).sum(-1, keepdim=True)
 
@@ -143,8 +155,8 @@ def dual_cone_qp(
             if idx.numel() == 0:
                 break
             opt, zf, last, f2, z2, b2, k2, p2 = _pivot_round(
-                Gs[idx], q[idx], scale[idx], free[idx], z[idx], best[idx], backup[idx], primal[idx], switch,
-                any_primal,
+                Gs if Gs.dim() == 2 else Gs[idx], q[idx], scale[idx], free[idx], z[idx], best[idx], backup[idx],
+                primal[idx], switch, any_primal,
             )
             result[idx] = torch.where(opt.unsqueeze(-1), zf, last)
             done[idx] = opt
