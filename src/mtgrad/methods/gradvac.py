@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._state import check_state_keys, generator_state, load_generator_state
 from .base import Weighting
-from .pcgrad import PCGrad
+from .pcgrad import PCGrad, _partner_layout
 
 __all__ = ["GradVac"]
 
@@ -108,16 +108,15 @@ class GradVac(Weighting):
         if R == 0:
             self.targets = targets
             return gramian.new_ones(T)
-        # Everything about the partners is known before the rounds; lay it out round-major (R, T),
+        # Everything about the partners is known before the rounds; laid out round-major (R, T),
         # so that round r reads contiguous slices.
-        part = orders.t().contiguous()  # (R, T): the partner j of row i in round r
+        rows_j, sq_j, flat = _partner_layout(gramian.unsqueeze(0), orders.unsqueeze(0))
+        rows_j, sq_j = rows_j.squeeze(1), sq_j.squeeze(1)  # G_j· (R, T, T), ‖g_j‖² (R, T)
+        part = orders.t()  # (R, T): the partner j of row i in round r
         sq = gramian.diagonal()
-        sq_j = sq[part]  # ‖g_j‖²
         has_j = sq_j > 0
-        safe_sq_j = torch.where(has_j, sq_j, 1.0)
-        inv_root_j = torch.where(has_j, safe_sq_j.rsqrt(), 0.0)
-        rows_j = gramian.index_select(0, part.reshape(-1)).view(R, T, T)  # G_j· for each (r, i)
-        onehot = torch.zeros_like(rows_j).scatter_(-1, part.unsqueeze(-1), 1.0)  # e_j for each (r, i)
+        neg_sq_j = torch.where(has_j, sq_j, 1.0).neg_()
+        inv_root_j = torch.where(has_j, sq_j.rsqrt(), 0.0)
         target = targets.t().gather(0, part)  # φ̂_ij, read once per call
         root_target = (1.0 - target.square()).clamp_min(0.0).sqrt()
         reachable = has_j & (root_target > 0)  # a target of exactly ±1 cannot be reached
@@ -125,26 +124,31 @@ class GradVac(Weighting):
         bar = torch.where(reachable, target, -2.0)  # correct iff φ < bar
 
         coef = torch.eye(T, dtype=dtype, device=device)  # g_i' = Σ_k C_ik g_k
+        cflat = coef.view(-1)
         norm_sq = sq.clone()  # ‖g_i'‖², updated exactly along with C
         level = sq * (16 * T * _EPS)  # rounding level of norm_sq: ∝ the largest ‖g_i'‖² so far
         zero = gramian.new_zeros(T)
-        phis = []
-        for rows, e_j, sqj, safe_sqj, inv_rj, b, k in zip(
-            rows_j, onehot, sq_j, safe_sq_j, inv_root_j, bar, slope
+        phis, valids = [], []
+        for rows, flat_r, sqj, neg_sqj, inv_rj, b, k in zip(
+            rows_j, flat, sq_j, neg_sq_j, inv_root_j, bar, slope
         ):
             dots = (coef * rows).sum(-1)  # g_i'·g_j, summed exactly as PCGrad does
             valid = norm_sq > level
-            phi = torch.where(valid, dots * norm_sq.rsqrt() * inv_rj, zero)
+            phi = (dots * norm_sq.rsqrt()).mul_(inv_rj)  # φ_ij where valid
             # ‖g_i'‖(φ̂√(1−φ²) − φ√(1−φ̂²)) / (‖g_j‖√(1−φ̂²))
             #   = (φ̂/√(1−φ̂²) · √(‖g_i'‖²‖g_j‖² − (g_i'·g_j)²) − g_i'·g_j) / ‖g_j‖²;
             # with φ̂ = 0 it is −(g_i'·g_j)/‖g_j‖², PCGrad's projection step bit for bit.
             gap = torch.addcmul(norm_sq * sqj, dots, dots, value=-1.0).clamp_min_(0.0).sqrt_()
-            step = torch.where(valid & (phi < b), torch.addcmul(dots.neg(), k, gap).div_(safe_sqj), zero)
-            coef.addcmul_(step.unsqueeze(-1), e_j)
+            step = torch.where(
+                (phi < b).logical_and_(valid), torch.addcmul(dots, k, gap, value=-1.0).div_(neg_sqj), zero
+            )
+            cflat.index_add_(0, flat_r, step)
             norm_sq.addcmul_(step, torch.addcmul(dots, step, sqj, value=0.5), value=2.0)
             torch.maximum(level, norm_sq * (16 * T * _EPS), out=level)
             phis.append(phi)
-        phi = torch.stack(phis).clamp_(-1.0, 1.0)  # (R, T): φ_ij at the visit
+            valids.append(valid)
+        # (R, T): φ_ij at the visit (0 where g_i' had cancelled).
+        phi = torch.where(torch.stack(valids), torch.stack(phis), 0.0).clamp_(-1.0, 1.0)
         moved = torch.lerp(target, phi, self.beta)
         if self.target_update == "below_target":
             moved = torch.where(phi < target, moved, target)

@@ -67,17 +67,8 @@ class PCGrad(Weighting):
             return w / 2 if self.reduction == "mean" else w
         batch = gramian.shape[:-2]
         orders = self.visit_orders(batch, T, gramian.device)
-        coef = torch.eye(T, dtype=gramian.dtype, device=gramian.device).expand(*batch, T, T).clone()
-        sq_norms = gramian.diagonal(dim1=-2, dim2=-1)
-        for r in range(orders.shape[-1]):
-            partner = orders[..., r]  # (..., T): the task that row i visits in round r
-            partner_rows = gramian.gather(-2, partner.unsqueeze(-1).expand(*batch, T, T))
-            dots = (coef * partner_rows).sum(-1)  # g_i^PC · g_partner(i)
-            norm = sq_norms.gather(-1, partner)
-            conflict = dots < 0  # implies ‖g_partner‖ > 0
-            step = torch.where(conflict, dots / torch.where(conflict, norm, 1.0), 0.0)
-            coef = coef.scatter_add(-1, partner.unsqueeze(-1), -step.unsqueeze(-1))
-        w = coef.sum(-2)
+        coef = _project_rounds(gramian.reshape(-1, T, T), orders.reshape(-1, T, orders.shape[-1]))
+        w = coef.sum(-2).reshape(*batch, T)
         return w / T if self.reduction == "mean" else w
 
     def visit_orders(self, batch: torch.Size | tuple[int, ...], T: int, device: torch.device) -> Tensor:
@@ -108,6 +99,39 @@ class PCGrad(Weighting):
 
     def _config(self) -> dict[str, Any]:
         return {"reduction": self.reduction, "order": self.order, "include_self": self.include_self}
+
+
+def _partner_layout(G: Tensor, orders: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """What every round needs about the partners, laid out round-major (R, N, T) so that round r
+    reads contiguous slices: the partner rows ``G_j·`` (R, N, T, T), ``‖g_j‖²`` (R, N, T) and the
+    flat index of the coefficient ``C_ij`` in an (N, T, T) tensor (R, N·T)."""
+    N, T, R = orders.shape
+    part = orders.permute(2, 0, 1)  # (R, N, T): the partner j of row i in round r
+    row_of = (torch.arange(N, device=G.device) * T).view(1, N, 1) + part  # row (n, j) of G viewed (N·T, T)
+    rows = G.reshape(N * T, T).index_select(0, row_of.reshape(-1)).view(R, N, T, T)
+    sq_j = G.diagonal(dim1=-2, dim2=-1).reshape(-1)[row_of]
+    flat = (torch.arange(N * T, device=G.device) * T).view(1, N, T) + part
+    return rows, sq_j, flat.reshape(R, N * T)
+
+
+def _project_rounds(G: Tensor, orders: Tensor) -> Tensor:
+    """PCGrad's coefficient rows ``C`` (N, T, T) for Gramians ``G`` (N, T, T) and visit orders (N, T, R).
+
+    Round r projects every row i against its partner ``j = orders[n, i, r]`` at once:
+    ``C_ij −= min(C_i·G_j, 0)/‖g_j‖²`` (a zero ``g_j`` has ``C_i·G_j = 0``, no step). Five
+    tensor ops a round, the partners' data gathered before the rounds.
+    """
+    N, T, R = orders.shape
+    coef = torch.eye(T, dtype=G.dtype, device=G.device).expand(N, T, T).contiguous()
+    if R == 0:
+        return coef
+    rows, sq_j, flat = _partner_layout(G, orders)
+    safe = torch.where(sq_j > 0, sq_j, 1.0)
+    cflat = coef.view(-1)
+    for rows_r, safe_r, flat_r in zip(rows.unbind(0), safe.unbind(0), flat.unbind(0)):
+        dots = (coef * rows_r).sum(-1)  # g_i^PC · g_partner(i)
+        cflat.index_add_(0, flat_r, dots.clamp_max_(0.0).div_(safe_r).view(-1), alpha=-1.0)
+    return coef
 
 
 def _two_tasks(G: Tensor) -> Tensor:
