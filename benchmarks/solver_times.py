@@ -10,7 +10,7 @@ start, GradVac's targets) are timed on one instance called repeatedly, as in tra
 Ops per call: the ATen operators one call dispatches (counted by a ``TorchDispatchMode`` on the
 next call of the same instance, outside the timed calls), i.e. what becomes a chain of kernel
 launches on a GPU (views included, so it is an upper bound there); in brackets the host reads
-among them (``aten._local_scalar_dense``: ``bool(t)``, ``.item()``), each a sync on a GPU.
+among them (``aten._local_scalar_dense``: ``bool(t)``, ``.item()``; and ``.tolist()``), each a sync on a GPU.
 
     python benchmarks/solver_times.py [--calls 50] [--tasks 2 10 40 64] [--skewed] [--methods UPGrad PCGrad]
 """
@@ -61,8 +61,19 @@ class OpCounter(TorchDispatchMode):
 
 
 def count_ops(fn: Callable[[], object]) -> tuple[int, int]:
+    """ATen ops of one call, and its host reads (``.tolist()`` reads without an ATen op on the CPU)."""
+    tolist = torch.Tensor.tolist
     with OpCounter() as counter:
-        fn()
+
+        def counted(self: torch.Tensor) -> object:
+            counter.syncs += 1
+            return tolist(self)
+
+        torch.Tensor.tolist = counted  # type: ignore[method-assign]
+        try:
+            fn()
+        finally:
+            torch.Tensor.tolist = tolist  # type: ignore[method-assign]
     return counter.ops, counter.syncs
 
 

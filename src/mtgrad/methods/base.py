@@ -127,19 +127,32 @@ def _check_psd(G: Tensor, eps: float) -> None:
     Rounding means that of ``eps`` (the Gramian's dtype) and at least float32's: a float64 ``G``
     is often formed from fp32 gradients, indefinite by ~1e-8 relative where they are degenerate.
     """
-    if not bool(torch.isfinite(G).all()):
-        raise ValueError("gramian has NaN or inf entries (an overflow in the task gradients?)")
     T = G.shape[-1]
     diag = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
-    bound = diag.unsqueeze(-1).sqrt() * diag.unsqueeze(-2).sqrt()  # |G_ij| ≤ √(G_ii G_jj)
+    root = diag.sqrt()
+    bound = root.unsqueeze(-1) * root.unsqueeze(-2)  # |G_ij| ≤ √(G_ii G_jj)
     tol = 64 * T * max(eps, torch.finfo(torch.float32).eps)
-    asym = (G - G.transpose(-1, -2)).abs()
-    if bool((asym > tol * bound + torch.finfo(torch.float64).tiny).any()):
+    asym = (G - G.mT).abs()
+    top = diag.amax(dim=-1)
+    sym = 0.5 * (G + G.mT)
+    # λ_min(G) ≥ −tol·top iff G + tol·top·I is positive definite: a Cholesky factorisation (a
+    # fraction of an eigendecomposition's cost) decides it up to rounding far below tol·top;
+    # only where it fails are the eigenvalues computed, and they decide as before.
+    shifted = sym.clone()
+    shifted.diagonal(dim1=-2, dim2=-1).add_((tol * top).unsqueeze(-1))
+    info = torch.linalg.cholesky_ex(shifted)[1]
+    finite, symmetric, factorised = torch.stack(
+        [torch.isfinite(G).all(), (asym <= tol * bound + torch.finfo(torch.float64).tiny).all(), (info == 0).all()]
+    ).tolist()  # one read on the host
+    if not finite:
+        raise ValueError("gramian has NaN or inf entries (an overflow in the task gradients?)")
+    if not symmetric:
         raise ValueError(
             f"gramian is not symmetric (max |G - Gᵀ| = {float(asym.max()):.3g}): pass G = J Jᵀ of the task gradients"
         )
-    top = diag.amax(dim=-1)
-    lowest = torch.linalg.eigvalsh(0.5 * (G + G.transpose(-1, -2)))[..., 0]
+    if factorised:
+        return
+    lowest = torch.linalg.eigvalsh(sym)[..., 0]
     if bool((lowest < -tol * top).any()):
         raise ValueError(
             f"gramian is not positive semi-definite (eigenvalue {float(lowest.min()):.3g} against a largest "
