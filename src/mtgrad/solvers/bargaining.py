@@ -83,16 +83,21 @@ def bargaining_weights(
     steps = 0.5 ** torch.arange(12, dtype=G.dtype, device=G.device)  # backtracking candidates
     done = torch.zeros(G.shape[:-2] + (1,), dtype=torch.bool, device=G.device)
     cpu = _common._host_sync_is_free(G)
+    pc = p * c
     for _ in range(max_iter):
         Cb = (C @ beta.unsqueeze(-1)).squeeze(-1)
         inv = beta.reciprocal()
-        bp = inv if p == 1.0 else torch.exp(-p * torch.log(beta))  # β^{-p}
-        grad = Cb - c * bp
-        L, _ = torch.linalg.cholesky_ex(C + torch.diag_embed(p * c * bp * inv))
+        log_beta = None if p == 1.0 else torch.log(beta)
+        bp = inv if log_beta is None else torch.exp(-p * log_beta)  # β^{-p}
+        cbp = c * bp
+        grad = Cb - cbp
+        H = C.clone()  # C + diag(p c β^{-p-1}), the Hessian
+        H.diagonal(dim1=-2, dim2=-1).add_(pc * bp * inv)
+        L, _ = torch.linalg.cholesky_ex(H)
         # The gradient's rounding error is ~ε·s_i, s_i = (|C|β)_i + c_i β_i^{-p} (its terms'
         # sizes); H⁻¹s maps it to the attainable accuracy of each weight.
         absCb = (absC @ beta.unsqueeze(-1)).squeeze(-1)
-        sol = torch.cholesky_solve(torch.stack([grad, absCb + c * bp], dim=-1), L)
+        sol = torch.cholesky_solve(torch.stack([grad, absCb + cbp], dim=-1), L)
         delta, reach = -sol[..., 0], sol[..., 1].abs()
         dec = -(grad * delta).sum(-1, keepdim=True)  # Newton decrement², ≥ 0
         # Longest step keeping β > 0 (99% of the way to the boundary), then Armijo backtracking
@@ -103,18 +108,19 @@ def bargaining_weights(
         rel = delta * inv
         t = (0.99 / (-rel).amax(-1, keepdim=True).clamp_min(0.99)) * steps  # (..., K)
         log_ratio = torch.log1p(t.unsqueeze(-1) * rel.unsqueeze(-2))  # log((β + tδ)/β)
-        if p == 1.0:
+        if log_beta is None:
             dh = log_ratio
         else:
-            dh = torch.exp((1.0 - p) * torch.log(beta)).unsqueeze(-2) * torch.expm1((1.0 - p) * log_ratio) / (1.0 - p)
+            dh = torch.exp((1.0 - p) * log_beta).unsqueeze(-2) * torch.expm1((1.0 - p) * log_ratio) / (1.0 - p)
         df = t * ((Cb * delta).sum(-1, keepdim=True) + 0.5 * t * (delta * Cd).sum(-1, keepdim=True))
         df = df - (c.unsqueeze(-2) * dh).sum(-1)
         ok = df <= -0.1 * t * dec
         # The rounding of df is ~t·ε·Σ|δ_i|(|C|β)_i (the error of Cβ): once the decrement is within
         # 1e3 of it the line search cannot judge a step any more, and the full step is taken.
         noisy = dec <= 1e3 * _EPS * (delta.abs() * absCb).sum(-1, keepdim=True)
-        pick = torch.where(ok.any(-1, keepdim=True), ok.to(torch.int8).argmax(-1, keepdim=True), steps.shape[0] - 1)
-        step = torch.where(noisy & ~ok.any(-1, keepdim=True), t[..., :1], t.gather(-1, pick))
+        any_ok = ok.any(-1, keepdim=True)
+        pick = torch.where(any_ok, ok.to(torch.int8).argmax(-1, keepdim=True), steps.shape[0] - 1)
+        step = torch.where(noisy & ~any_ok, t[..., :1], t.gather(-1, pick))
         beta = beta + torch.where(done, 0.0, step) * delta
         # Converged once the Newton step moves no weight by more than 1e-9 relative (the step just
         # taken then leaves errors of order 1e-18) or than its rounding floor 1e3·ε·(H⁻¹s)_i
