@@ -67,7 +67,8 @@ class PCGrad(Weighting):
             return w / 2 if self.reduction == "mean" else w
         batch = gramian.shape[:-2]
         orders = self.visit_orders(batch, T, gramian.device)
-        coef = _project_rounds(gramian.reshape(-1, T, T), orders.reshape(-1, T, orders.shape[-1]))
+        flat = gramian.reshape(-1, T, T)
+        coef = _project_rounds(flat, orders.reshape(flat.shape[0], T, orders.shape[-1]))
         w = coef.sum(-2).reshape(*batch, T)
         return w / T if self.reduction == "mean" else w
 
