@@ -147,6 +147,25 @@ def test_half_precision_weights_above_65504_still_combine():
     torch.testing.assert_close(d.double(), combine(w, J.double()), rtol=2e-3, atol=1e-6)
 
 
+
+@pytest.mark.parametrize("device_rule", ["host", "branch-free"])
+@pytest.mark.parametrize("log10_w, log10_j", [(-40, 30), (-44, 34), (40, -36), (-20, 10)])
+def test_float64_weights_outside_float32_range_combine_exactly(log10_w, log10_j, device_rule, monkeypatch):
+    # FairGrad on gradients of norm ~1e30 has weights ~1e-40: subnormal in float32. The update
+    # (~1e-10) is a normal float32 number and must be the float64 one rounded once.
+    import mtgrad.gramian as gramian_module
+
+    if device_rule == "branch-free":
+        monkeypatch.setattr(gramian_module, "_host_sync_is_free", lambda t: False)
+    g = torch.Generator().manual_seed(log10_w + 100)
+    w = torch.rand(3, generator=g, dtype=torch.float64) * 10.0**log10_w
+    J = (torch.randn(3, 50, generator=g, dtype=torch.float64) * 10.0**log10_j).float()
+    exact = torch.tensordot(w, J.double(), dims=1)
+    got = combine(w, J)
+    assert got.dtype == torch.float32
+    size = torch.tensordot(w.abs(), J.double().abs(), dims=1)
+    assert bool(((got.double() - exact).abs() <= 4 * torch.finfo(torch.float32).eps * size).all())
+
 @pytest.mark.parametrize("name", ["pcgrad", "cagrad", "gradvac", "nashmtl", "upgrad"])
 def test_a_jacobian_that_requires_grad_is_accepted(name):
     J = _jacobian(2).requires_grad_(True)

@@ -53,6 +53,25 @@ def combine(weights: Tensor, block: Tensor) -> Tensor:
 
     Computed in at least float32: a half-precision weight overflows at 65504 (PCGrad's
     coefficients ``⟨g_i, g_j⟩/‖g_j‖²`` reach that at a norm ratio of ~1e5) while the update fits.
+    Float64 weights outside float32's normal range (a method homogeneous of degree −1 such as
+    FairGrad on gradients of norm ~1e30 has weights ~1e-40, subnormal in float32, where they keep
+    only a few digits) are first scaled by the power of two ``2^e`` that brings the largest into
+    [0.5, 1): an exact rescaling, undone on the result (exact too while it is a normal number).
     """
     dtype = torch.promote_types(block.dtype, torch.float32)
-    return torch.tensordot(weights.to(dtype), block.to(dtype), dims=1).to(block.dtype)
+    w = weights.to(dtype) if weights.dtype == dtype else None
+    if w is None:
+        _, e = torch.frexp(weights.abs().max())
+        if _host_sync_is_free(weights) and -100 <= int(e) <= 100:
+            w = weights.to(dtype)  # in range: no rescaling pass over the result
+        else:
+            scale = torch.ldexp(torch.ones((), dtype=weights.dtype, device=weights.device), e.clamp(-149, 127))
+            out = torch.tensordot((weights / scale).to(dtype), block.to(dtype), dims=1)
+            return (out * scale.to(dtype)).to(block.dtype)
+    return torch.tensordot(w, block.to(dtype), dims=1).to(block.dtype)
+
+
+def _host_sync_is_free(t: Tensor) -> bool:
+    # The solvers' rule (mtgrad.solvers._common): read a flag on the host only on the CPU and
+    # outside torch.compile's tracing; elsewhere take the branch-free route.
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
