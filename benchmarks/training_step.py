@@ -17,6 +17,9 @@ Each timed step is ``opt.zero_grad(); forward; <method>; opt.step()`` (SGD) for:
   params, method, engine=...)``; PCGrad(), CAGrad(c=0.4), MGDA(); ``gramian`` is
   ``engine=mtgrad.GramianEngine(trunk)`` (the Gramian-only engine, on its own copy of the model
   since it hooks the trunk);
+* ``mtgrad-{pcgrad,cagrad}-default`` — ``mtgrad.backward(losses, trunk, method)``: the module,
+  no engine named, so mtgrad chooses (``docs/design.md``, *Which engine*); the engine is
+  installed before the first forward, as ``MTLOptimizer(opt, trunk, method)`` does;
 * ``torchjd-{pcgrad,cagrad}`` — ``torchjd.autojac.mtl_backward(losses, features=z, ...)`` then
   ``jac_to_grad(trunk params, PCGrad() / CAGrad(c=0.4))`` (torchjd 0.18), when installed;
 * ``torchjd-autogram-pcgrad`` — torchjd's Gramian engine (``autogram.Engine(trunk,
@@ -71,6 +74,7 @@ from _common import (
 from torch import Tensor, nn
 
 import mtgrad
+from mtgrad.autogram import engine_for
 
 #: The models and their default timed rounds.
 ROUNDS = {"mlp": 9, "cnn": 15, "cnn10": 7, "transformer4": 7, "transformer10": 5, "resnet": 7}
@@ -236,6 +240,10 @@ def make_step(name: str, prob: Problem) -> Callable[[], None]:
             "mgda": lambda: mtgrad.MGDA(),
         }[m]()
         if engine == "default":  # the module itself, no engine named: what mtgrad chooses
+            # Installed before the first forward, as MTLOptimizer(opt, trunk, method) does: else
+            # backward's first call installs it and runs that step on the loop engine, whose
+            # peak (J) a high-water mark of RSS would keep.
+            engine_for(model.trunk)
             return run(lambda z, losses: mtgrad.backward(losses, model.trunk, method))
         how = mtgrad.GramianEngine(model.trunk) if engine == "gramian" else engine
         return run(lambda z, losses: mtgrad.backward(losses, trunk_params, method, engine=how))

@@ -8,9 +8,11 @@ whatever device ``G`` lives, with torch operations only (no numpy, scipy or cvxp
   set exactly, so the answer is exact up to rounding once the support is found (finite
   termination), however badly the task-gradient norms are scaled.
 * :func:`min_norm_weights` — MGDA's min-norm point of the convex hull (``Q = G, p = 0``).
-* :func:`cagrad_weights` — CAGrad's dual (Liu et al. 2021, Alg. 1), reduced to a one-dimensional
-  root search over a family of simplex QPs whose solution is affine in the root variable on a
-  fixed support, which makes the final step exact.
+* :func:`cagrad_weights` — CAGrad (Liu et al. 2021, Alg. 1): a support search on the primal
+  (eq. 3) in unit-norm gradients — on a support every task in it has the same value and the
+  update lies on the ball, one Cholesky solve and a quadratic — settled by block pivoting and
+  certified by an exact optimality test; problems it cannot certify (zero or duplicate rows,
+  Pareto-stationary points) take the exact root search over the dual (eq. 11).
 * :func:`dual_cone_qp` — ``min vᵀGv`` s.t. ``v ≥ lower`` (projections onto the dual cone of the
   task gradients: UPGrad, DualProj), block principal pivoting with an active-set fallback.
 * :func:`bargaining_weights` — positive ``w`` with ``(Gw)_i = w_i^{−1/α}`` (Nash-MTL for α = 1,
