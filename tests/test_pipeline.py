@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import mtgrad
+from mtgrad.autogram import engine_for
 
 T, B, D_IN, D_HID = 3, 8, 5, 6
 NAMES = sorted(mtgrad.REGISTRY) + ["reuse"]
@@ -55,6 +56,8 @@ def _run(name: str, entry: str) -> list[torch.Tensor] | str:
     method = make_method(name)
     x, y = _data()
     engine = mtgrad.GramianEngine(model.trunk) if entry == "gramian" else None
+    if entry == "default":
+        engine_for(model.trunk)
     try:
         if entry == "aggregate":
             losses, _ = model.losses(x, y)
@@ -76,6 +79,11 @@ def _run(name: str, entry: str) -> list[torch.Tensor] | str:
         if entry == "optimizer":
             opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model.trunk.parameters(), method)
             opt.step(losses, closure=lambda: model.losses(x, y)[0])
+        elif entry == "default":  # the module, no engine: mtgrad chooses (installed before the forward)
+            mtgrad.backward(losses, model.trunk, method)
+        elif entry == "optimizer-module":
+            opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), model.trunk, method)
+            opt.step(losses, closure=lambda: model.losses(x, y)[0])
         elif entry == "representation":
             mtgrad.backward(losses, model.trunk.parameters(), method, representation=z)
         else:
@@ -88,7 +96,7 @@ def _run(name: str, entry: str) -> list[torch.Tensor] | str:
             engine.close()
 
 
-ENTRIES = ["aggregate", "loop", "batched", "gramian", "representation", "grouped", "optimizer"]
+ENTRIES = ["aggregate", "loop", "batched", "gramian", "default", "representation", "grouped", "optimizer", "optimizer-module"]
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
@@ -99,12 +107,12 @@ def test_every_combination_works_or_refuses_naming_the_method(name, entry):
         kind = type(make_method(name)).__name__
         assert kind in result, f"{name} × {entry}: refusal does not name {kind}: {result}"
         # What must work: every gradient method on stored task gradients, every method via backward.
-        assert entry not in ("loop", "batched", "optimizer", "grouped"), f"{name} × {entry} refused: {result}"
+        assert entry not in ("loop", "batched", "default", "optimizer", "optimizer-module", "grouped"), f"{name} × {entry} refused: {result}"
         return
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in result), f"{name} × {entry}"
 
 
-@pytest.mark.parametrize("entry", ["batched", "gramian", "optimizer"])
+@pytest.mark.parametrize("entry", ["batched", "gramian", "default", "optimizer", "optimizer-module"])
 @pytest.mark.parametrize("name", ["mean", "mgda", "pcgrad", "cagrad", "cagrad_fast", "nashmtl", "upgrad", "reuse"])
 def test_engines_agree_with_the_loop_engine(name, entry):
     loop, other = _run(name, "loop"), _run(name, entry)
