@@ -87,56 +87,73 @@ def bargaining_weights(
     # 12 -> 6 Newton steps. Only a start: Newton's line search keeps the descent and the answer.
     # A warm start (Nash-MTL's previous weights) is usually in Newton's quadratic region already.
     for _ in range(_FIXED_POINT_STEPS if w0 is None else 0):
-        Cb = (C @ beta.unsqueeze(-1)).squeeze(-1)
+        Cb = _mv(C, beta)
         ratio = (c * beta.pow(-p) / Cb).clamp_(1e-2, 1e2).pow_(1.0 / (1.0 + p))
         beta = torch.where(Cb > 0, beta * ratio, beta)
     absC = C.abs()
-    steps = 0.5 ** torch.arange(12, dtype=G.dtype, device=G.device)  # backtracking candidates
+    C_diag = C.diagonal(dim1=-2, dim2=-1)
+    K = 12
+    neg_steps = -0.99 * 0.5 ** torch.arange(K, dtype=G.dtype, device=G.device)  # backtracking candidates
+    # The last candidate is taken when none passes, unless the line search is noisy (then the first).
+    last = torch.arange(K, device=G.device) == K - 1
     done = torch.zeros(G.shape[:-2] + (1,), dtype=torch.bool, device=G.device)
     cpu = _common._host_sync_is_free(G)
     pc = p * c
     for _ in range(max_iter):
-        Cb = (C @ beta.unsqueeze(-1)).squeeze(-1)
+        Cb = _mv(C, beta)
         inv = beta.reciprocal()
-        log_beta = None if p == 1.0 else torch.log(beta)
-        bp = inv if log_beta is None else torch.exp(-p * log_beta)  # β^{-p}
+        bp = inv if p == 1.0 else torch.exp(torch.log(beta).mul_(-p))  # β^{-p}
         cbp = c * bp
         grad = Cb - cbp
-        H = C.clone()  # C + diag(p c β^{-p-1}), the Hessian
-        H.diagonal(dim1=-2, dim2=-1).add_(pc * bp * inv)
+        # C + diag(p c β^{-p-1}), the Hessian
+        H = torch.diagonal_scatter(C, C_diag + pc * bp * inv, dim1=-2, dim2=-1)
         L, _ = torch.linalg.cholesky_ex(H)
         # The gradient's rounding error is ~ε·s_i, s_i = (|C|β)_i + c_i β_i^{-p} (its terms'
         # sizes); H⁻¹s maps it to the attainable accuracy of each weight.
-        absCb = (absC @ beta.unsqueeze(-1)).squeeze(-1)
+        absCb = _mv(absC, beta)
         sol = torch.cholesky_solve(torch.stack([grad, absCb + cbp], dim=-1), L)
-        delta, reach = -sol[..., 0], sol[..., 1].abs()
-        dec = -(grad * delta).sum(-1, keepdim=True)  # Newton decrement², ≥ 0
+        neg_delta = sol[..., 0]
+        delta, reach = neg_delta.neg(), sol[..., 1].abs()
+        dec = _dot(grad, neg_delta)  # Newton decrement², ≥ 0
         # Longest step keeping β > 0 (99% of the way to the boundary), then Armijo backtracking
         # over a batch of candidate steps. The decrease f(β + tδ) − f(β) is evaluated as
         # t·(Cβ)ᵀδ + ½t²δᵀCδ − Σ c_i [h(β_i + tδ_i) − h(β_i)], with log1p/expm1 for the h terms,
         # so it stays accurate when f itself is a cancellation of huge terms.
-        Cd = (C @ delta.unsqueeze(-1)).squeeze(-1)
         rel = delta * inv
-        t = (0.99 / (-rel).amax(-1, keepdim=True).clamp_min(0.99)) * steps  # (..., K)
-        log_ratio = torch.log1p(t.unsqueeze(-1) * rel.unsqueeze(-2))  # log((β + tδ)/β)
-        if log_beta is None:
-            dh = log_ratio
-        else:
-            dh = torch.exp((1.0 - p) * log_beta).unsqueeze(-2) * torch.expm1((1.0 - p) * log_ratio) / (1.0 - p)
-        df = t * ((Cb * delta).sum(-1, keepdim=True) + 0.5 * t * (delta * Cd).sum(-1, keepdim=True))
-        df = df - (c.unsqueeze(-2) * dh).sum(-1)
-        ok = df <= -0.1 * t * dec
+        t = neg_steps / rel.amin(-1, keepdim=True).clamp_max(-0.99)  # (..., K)
+        log_ratio = torch.log1p(_outer(t, rel))  # log((β + tδ)/β)
+        if p == 1.0:
+            dh_sum = _mv(log_ratio, c)
+        else:  # c_i [h(β_i + tδ_i) − h(β_i)] = c_i β_i^{1-p} expm1((1 − p) log_ratio) / (1 − p)
+            dh_sum = _mv(torch.expm1(log_ratio.mul_(1.0 - p)), cbp * beta * (1.0 / (1.0 - p)))
+        half_dCd = 0.5 * _dot(delta, _mv(C, delta))
+        df = t * (_dot(Cb, delta) + t * half_dCd) - dh_sum
+        ok = df <= t * (-0.1 * dec)
         # The rounding of df is ~t·ε·Σ|δ_i|(|C|β)_i (the error of Cβ): once the decrement is within
         # 1e3 of it the line search cannot judge a step any more, and the full step is taken.
-        noisy = dec <= 1e3 * _EPS * (delta.abs() * absCb).sum(-1, keepdim=True)
-        any_ok = ok.any(-1, keepdim=True)
-        pick = torch.where(any_ok, ok.to(torch.int8).argmax(-1, keepdim=True), steps.shape[0] - 1)
-        step = torch.where(noisy & ~any_ok, t[..., :1], t.gather(-1, pick))
-        beta = beta + torch.where(done, 0.0, step) * delta
+        quiet = (dec <= 1e3 * _EPS * _dot(delta.abs(), absCb)).logical_not_()
+        pick = (ok | (last & quiet)).to(torch.int8).argmax(-1, keepdim=True)  # the first passing step
+        step = t.gather(-1, pick).masked_fill_(done, 0.0)
+        beta = torch.addcmul(beta, step, delta)
         # Converged once the Newton step moves no weight by more than 1e-9 relative (the step just
         # taken then leaves errors of order 1e-18) or than its rounding floor 1e3·ε·(H⁻¹s)_i
         # (reached only by degenerate problems).
-        done = done | (delta.abs() <= 1e-9 * beta + 1e3 * _EPS * reach).all(-1, keepdim=True)
+        done = done | (delta.abs() <= torch.add(1e-9 * beta, reach, alpha=1e3 * _EPS)).all(-1, keepdim=True)
         if cpu and bool(done.all()):
             break
     return torch.where(live, d * beta, torch.zeros_like(beta))
+
+
+def _mv(A: Tensor, x: Tensor) -> Tensor:
+    """``A x`` over the last dimension: one ``mv`` for an unbatched ``x`` (T,), else batched."""
+    return A @ x if x.dim() == 1 else (A @ x.unsqueeze(-1)).squeeze(-1)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``Σ_i a_i b_i`` over the last dimension, kept as a size-1 dimension (a scalar if unbatched)."""
+    return torch.dot(a, b) if a.dim() == 1 else (a * b).sum(-1, keepdim=True)
+
+
+def _outer(t: Tensor, x: Tensor) -> Tensor:
+    """``t_k x_i`` (..., K, T) from ``t`` (..., K) and ``x`` (..., T)."""
+    return torch.outer(t, x) if x.dim() == 1 else t.unsqueeze(-1) * x.unsqueeze(-2)
