@@ -140,6 +140,8 @@ def _masked_psd_solve(A: Tensor, rhs: Tensor, free: Tensor) -> Tensor:
     """
     T = A.shape[-1]
     if _host_sync_is_free(A) and T >= _COMPACT_MIN_T and rhs.dim() == 2:
+        if rhs.shape[0] == 1:  # one problem (DualProj): its free block by index, no padding
+            return _single_psd_solve(A, rhs, free)
         K = int(free.sum(-1).max())
         if K < T:
             return _compact_psd_solve(A, rhs, free, K)
@@ -158,6 +160,18 @@ def _psd_solve(M: Tensor, b: Tensor) -> Tensor:
         xp = torch.linalg.pinv(M, rtol=_PINV_RTOL, hermitian=True) @ b
         x = torch.where(good[..., None, None], x, xp)
     return x
+
+
+def _single_psd_solve(A: Tensor, rhs: Tensor, free: Tensor) -> Tensor:
+    """:func:`_compact_psd_solve` for one problem (``rhs`` (1, T)): the same K × K block (free
+    indices ascending), taken by index; bit for bit the same solution, in fewer ops."""
+    T = rhs.shape[-1]
+    idx = free.reshape(T).nonzero().squeeze(-1)
+    if idx.numel() == 0:
+        return torch.zeros_like(rhs)
+    M = A.reshape(T, T).index_select(0, idx).index_select(1, idx).unsqueeze(0)
+    b = rhs.index_select(-1, idx).unsqueeze(-1)
+    return torch.zeros_like(rhs).index_copy_(-1, idx, _psd_solve(M, b).squeeze(-1))
 
 
 def _compact_psd_solve(A: Tensor, rhs: Tensor, free: Tensor, K: int) -> Tensor:

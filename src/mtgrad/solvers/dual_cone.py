@@ -161,6 +161,13 @@ def dual_cone_qp(
             result[idx] = torch.where(opt.unsqueeze(-1), zf, last)
             done[idx] = opt
             free[idx], z[idx], best[idx], backup[idx], primal[idx] = f2, z2, b2, k2, p2
+        elif cpu and N == 1:  # one problem: nothing to freeze, it ends when solved
+            opt, zf, last, free, z, best, backup, primal = _pivot_round(
+                Gs, q, scale, free, z, best, backup, primal, switch, any_primal
+            )
+            result = torch.where(opt.unsqueeze(-1), zf, last)
+            if bool(opt.all()):
+                break
         else:
             opt, zf, last, f2, z2, b2, k2, p2 = _pivot_round(
                 Gs, q, scale, free, z, best, backup, primal, switch, any_primal
