@@ -18,11 +18,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 import mtgrad
+from mtgrad.autogram import engine_for
 
 TASKS = 3
 GLOBAL_BATCH = 8
 STEPS = 3
-ENTRIES = ("loop", "batched", "gramian", "representation", "grouped", "accumulate", "optimizer")
+ENTRIES = ("loop", "batched", "gramian", "default", "representation", "grouped", "accumulate", "optimizer")
 METHODS: dict[str, Callable[[int], mtgrad.Method]] = {
     # Rank 1 gets another seed: the ranks must still agree on PCGrad's task order.
     "pcgrad": lambda seed: mtgrad.PCGrad(generator=torch.Generator().manual_seed(seed)),
@@ -91,6 +92,8 @@ def run_case(
     method = METHODS[method_name](seed)
     sgd = torch.optim.SGD(model.parameters(), lr=0.3)
     engine = mtgrad.GramianEngine(model.trunk) if entry == "gramian" else None
+    if entry == "default":
+        engine_for(model.trunk)
     opt = mtgrad.MTLOptimizer(sgd, model.trunk.parameters(), method) if entry == "optimizer" else None
     gramians: list[Tensor | None] = []
     for step in range(STEPS):
@@ -123,13 +126,18 @@ def run_case(
         else:
             losses, z = net(x, y)
             kwargs: dict = {"data_parallel": data_parallel}
+            shared: nn.Module | list[Tensor] = list(model.trunk.parameters())
             if entry == "gramian":
                 kwargs["engine"] = engine
             elif entry == "representation":
                 kwargs["representation"] = z
+            elif entry == "default":
+                # The module, no engine named; installed before the first forward so that it could
+                # serve: under data parallelism every rank must still take the same engine.
+                shared = model.trunk
             else:
                 kwargs["engine"] = entry
-            record = mtgrad.backward(losses, model.trunk.parameters(), method, **kwargs)
+            record = mtgrad.backward(losses, shared, method, **kwargs)
         gramians.append(record.gramian)
         sgd.step()
     return [p.detach().clone() for p in model.parameters()], gramians

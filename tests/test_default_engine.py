@@ -125,10 +125,18 @@ def test_an_explicit_engine_is_respected():
 def test_forwards_no_backward_consumes_are_bounded():
     model, _ = train("module", mtgrad.MGDA, steps=2)
     engine = engine_for(model.trunk, create=False)
-    assert engine.max_records == 256
-    for step in range(300):  # an evaluation loop with grad enabled
+    assert engine.max_records == 1024  # from installation on; a step raises it to 4× its calls
+    for step in range(300):  # an evaluation loop with grad enabled: 4 calls each
         model.losses(*data(step))
-    assert engine.num_recorded == 256
+    assert engine.num_recorded == 1024
+
+
+def test_a_step_that_names_another_engine_still_drops_the_records():
+    model, _ = train("module", mtgrad.MGDA, steps=1)
+    engine = engine_for(model.trunk, create=False)
+    for step in range(3):
+        mtgrad.backward(model.losses(*data(step)), model.trunk, mtgrad.MGDA(), engine="loop")
+        assert engine.num_recorded == 0
 
 
 def test_the_optimizer_installs_the_engine_before_its_first_step():

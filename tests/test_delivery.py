@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import mtgrad
+import mtgrad.autogram
 
 ENGINES = ["loop", "batched", "gramian"]
 
@@ -81,20 +82,36 @@ def test_gradients_follow_the_parameters_memory_layout():
     assert conv.weight.grad.stride() == conv.weight.stride()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ["loop", "batched", "default"])
 def test_tensor_hooks_apply_once_as_with_loss_backward(engine):
     def run(use_mtgrad: bool) -> list[torch.Tensor]:
         torch.manual_seed(0)
         trunk, heads = nn.Linear(3, 4), [nn.Linear(4, 1), nn.Linear(4, 1)]
         trunk.weight.register_hook(lambda g: 2 * g)
         heads[0].weight.register_hook(lambda g: 3 * g)
-        eng = mtgrad.GramianEngine(trunk) if engine == "gramian" else engine
+        if engine == "default":  # the module: mtgrad keeps the loop engine for hooked parameters
+            mtgrad.autogram.engine_for(trunk)
         losses = [out.mean() for out in _losses(trunk, heads, torch.randn(5, 3, generator=torch.Generator().manual_seed(1)))]
-        if use_mtgrad:
-            mtgrad.backward(losses, trunk.parameters(), mtgrad.Sum(), engine=eng)
+        if use_mtgrad and engine == "default":
+            mtgrad.backward(losses, trunk, mtgrad.Sum())
+            assert mtgrad.autogram.engine_for(trunk, create=False).last_num_calls == 0
+        elif use_mtgrad:
+            mtgrad.backward(losses, trunk.parameters(), mtgrad.Sum(), engine=engine)
         else:
             sum(losses).backward()
         return [trunk.weight.grad, heads[0].weight.grad]
 
     for a, b in zip(run(True), run(False)):
         torch.testing.assert_close(a, b)
+
+
+def test_the_gramian_engine_refuses_tensor_hooks_on_shared_parameters():
+    # It never forms the per-task gradients a hook would transform: its weights would differ.
+    torch.manual_seed(0)
+    trunk, heads = nn.Linear(3, 4), [nn.Linear(4, 1), nn.Linear(4, 1)]
+    trunk.weight.register_hook(lambda g: 2 * g)
+    engine = mtgrad.GramianEngine(trunk)
+    losses = [out.mean() for out in _losses(trunk, heads, torch.randn(5, 3))]
+    with pytest.raises(ValueError, match=r"shared_params \[0\] have tensor hooks"):
+        mtgrad.backward(losses, trunk.parameters(), mtgrad.MGDA(), engine=engine)
+    assert all(p.grad is None for p in [*trunk.parameters(), *(q for h in heads for q in h.parameters())])

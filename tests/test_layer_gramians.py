@@ -241,3 +241,20 @@ def test_an_embedding_input_changed_in_place_after_the_forward_raises():
     prob.x[0, 0] = (prob.x[0, 0] + 1) % 9
     with pytest.raises(ValueError, match="hooked Embedding was modified in place"):
         mtgrad.backward(losses, list(prob.trunk.parameters()), mtgrad.Mean(), engine=engine)
+
+
+@pytest.mark.parametrize("log10", [19, -25])
+@pytest.mark.parametrize("route", ["_kernel_route", "_direct_route"])
+def test_float32_routes_neither_overflow_nor_underflow(log10, route, monkeypatch):
+    # Output gradients of ~1e19 square to ~1e38 in float32; ~1e-25 to ~1e-50, below its range.
+    # The routes rescale by powers of two and take their inner products in float64.
+    chosen = getattr(lg, route)
+    monkeypatch.setattr(lg, "_kernel_route", chosen)
+    monkeypatch.setattr(lg, "_direct_route", chosen)
+    g = torch.Generator().manual_seed(0)
+    D = (torch.randn(3, 16, 8, generator=g, dtype=F64) * 10.0**log10).float()
+    X = torch.randn(16, 6, generator=g, dtype=F64).float()
+    grads = torch.einsum("tbo,bi->toi", D.double(), X.double()).reshape(3, -1)
+    G = lg.weight_gramian(D, X)
+    assert bool(torch.isfinite(G).all())
+    torch.testing.assert_close(G, grads @ grads.T, rtol=1e-5, atol=0.0)

@@ -16,12 +16,14 @@ gradients: the calls' pieces are merged (rows concatenated, blocks added) before
 which gives the cross terms between calls.
 
 :class:`GramianEngine` hooks the supported layers of a module to record each call's input and
-where its output gradient enters the graph. :meth:`GramianEngine.gramian` then runs **one**
-vmapped backward (``autograd.grad(..., is_grads_batched=True)`` over T cotangents) to those
-outputs — the ``D_i`` — and directly to every shared parameter that no recorded call covers
-(a layer type without a rule, a weight also used functionally): those *fallback* parameters
-are held as blocks ``(T, *p.shape)`` and enter through :func:`mtgrad.gramian.gramian`, so any
-model works, with less saving.
+where its output gradient enters the graph. :meth:`GramianEngine.measure` then computes the
+``D_i`` at those outputs — T backward passes on the CPU, one vmapped backward
+(``autograd.grad(..., is_grads_batched=True)``) elsewhere — and the gradients of every shared
+parameter that no recorded call covers (a layer type without a rule, a weight also used
+functionally): those *fallback* parameters are held as blocks ``(T, *p.shape)`` and enter through
+:func:`mtgrad.gramian.gramian`, so any model works, with less saving. The update
+``Σ_i w_i ∇L_i`` then comes from the same ``D_i`` (:meth:`Measured.update`), without a second
+backward through the trunk.
 
 Cost per linear weight (T tasks, B rows, ``in``/``out`` features), the cheaper route is taken:
 
@@ -97,9 +99,12 @@ class GramianEngine:
             opt.step()
 
     ``backward`` then computes the Gramian from each layer's inputs and output gradients (see
-    :mod:`mtgrad.autogram`), applies the method's weights with one ordinary backward of
-    ``Σ_i w_i L_i`` for the shared parameters, and gives every other leaf ``∇ Σ_i L_i``, as the
-    other engines do. Only Gramian weightings (and ``Reuse``, ``CAGradFast``) can use it.
+    :mod:`mtgrad.autogram`), the shared parameters' update ``Σ_i w_i ∇L_i`` from the same output
+    gradients, and gives every other leaf ``∇ Σ_i L_i``, as the other engines do. Only Gramian
+    weightings (and ``Reuse``, ``CAGradFast``) can use it, and shared parameters must have no
+    tensor hooks (``register_hook``: they would transform per-task gradients it never forms).
+    The hooks hold the engine: saving or copying a hooked layer alone carries the engine and its
+    other layers along (save the model's ``state_dict``, or the whole model, instead).
 
     Every layer inside ``modules`` of a supported type is hooked: ``nn.Linear``, ``nn.Conv1d/2d/3d``,
     ``nn.Embedding``, ``nn.LayerNorm``, ``nn.GroupNorm``, ``nn.BatchNorm1d/2d/3d`` (and subclasses
@@ -441,8 +446,8 @@ class Measured:
         for call, D in zip(plan.calls, self.deltas):
             if D is None or not any(wanted(t) for t in call.covered):
                 continue
-            dtype = torch.promote_types(D.dtype, torch.float32)
-            Dw = torch.tensordot(weights.to(dtype), D.to(dtype), dims=1).unsqueeze(0)
+            # combine: float64 weights outside float32's range are rescaled exactly first.
+            Dw = combine(weights, D, dtype=torch.promote_types(D.dtype, torch.float32)).unsqueeze(0)
             for param, _, piece in call.rule.pieces(call.layer, call.saved, Dw, call.covered, wanted, False):
                 g = piece.block().reshape(param.shape)
                 grads[id(param)] = g if id(param) not in grads else grads[id(param)] + g
@@ -508,6 +513,11 @@ def engine_for(module: nn.Module, *, create: bool = True) -> GramianEngine | Non
         module.__dict__[_ATTRIBUTE] = False  # checked once: the loop engine serves this module
         return None
     engine = GramianEngine(module)
+    # Bounded from the start: records of forwards no backward consumes (an evaluation with grad
+    # on, steps that name another engine) are dropped oldest first. backward raises the bound
+    # to 4× the calls a step consumes; a record dropped too early only costs that layer the
+    # (exact) fallback.
+    engine.max_records = max(1024, 8 * len(engine.layers))
     module.__dict__[_ATTRIBUTE] = engine
     return engine
 

@@ -26,7 +26,6 @@ from .engine import (
     sum_gradients,
     task_gradients,
     through_representation,
-    through_tensor_hooks,
     weighted_gradients,
 )
 from .gramian import combine
@@ -135,20 +134,24 @@ def backward(
             (or one that recorded no forward of these losses).
         TypeError: a loss or parameter that is not a floating-point tensor, or a bad method.
     """
-    installed = engine_for(shared_params) if engine is None and isinstance(shared_params, nn.Module) else None
+    # The module's engine: installed when mtgrad chooses the engine; reset after every call that
+    # names the module, whichever engine ran, so that its records never outlive their step.
+    module = shared_params if isinstance(shared_params, nn.Module) else None
+    installed = None if module is None else engine_for(module, create=engine is None)
     try:
         _check_method(method)
         losses = _as_losses(losses)
+        params = _as_params(shared_params)  # once: shared_params may be a generator
+        ranks = replicas(data_parallel)
         if engine is None:
-            engine = _default_engine(installed, method, representation, len(losses))
+            engine = _default_engine(installed, method, representation, len(losses), params, ranks)
         _check_engine(engine, method, representation)
         record = _backward(
-            losses, shared_params, method, retain_graph, check_finite, engine, representation, scaler,
-            replicas(data_parallel),
+            losses, params, method, retain_graph, check_finite, engine, representation, scaler, ranks,
         )  # fmt: skip
         if installed is not None and engine is installed:
             # Forwards no backward consumes must not hold their graphs for long: a few steps' worth.
-            installed.max_records = max(256, 4 * installed.last_num_calls)
+            installed.max_records = max(installed.max_records or 0, 4 * installed.last_num_calls)
         return record
     finally:
         for held in {id(e): e for e in (engine, installed) if isinstance(e, GramianEngine)}.values():
@@ -164,14 +167,23 @@ GRAMIAN_ENGINE_WORK_SHARE = 0.7
 
 
 def _default_engine(
-    installed: GramianEngine | None, method: Method, representation: Tensor | None, num_tasks: int
+    installed: GramianEngine | None,
+    method: Method,
+    representation: Tensor | None,
+    num_tasks: int,
+    params: list[Tensor],
+    ranks: Replicas,
 ) -> Engine | GramianEngine:
     """The engine ``backward(..., engine=None)`` uses: the module's installed Gramian engine once
     it recorded a forward, when the method can use it and it is estimated faster; else the loop
-    engine."""
+    engine. Also the loop engine under data parallelism (every rank must take the same engine,
+    and the estimate reads each rank's own batch) and when a shared parameter has tensor hooks
+    (the Gramian engine refuses them, see :func:`_gramian_step`)."""
     inner = method.method if isinstance(method, Reuse) else method
     usable = isinstance(inner, (Weighting, CAGradFast)) and representation is None
-    if installed is None or not usable or installed.num_recorded == 0:
+    if installed is None or not usable or installed.num_recorded == 0 or ranks.parallel:
+        return "loop"
+    if _tensor_hooked(params):
         return "loop"
     loop, routes = installed.estimated_costs(num_tasks)
     return installed if routes < GRAMIAN_ENGINE_WORK_SHARE * loop else "loop"
@@ -370,6 +382,13 @@ def _gramian_step(
     each rank's ``∇ Σ_i w_i L_i^r`` (from its own output gradients) is then what DDP averages
     into the global update.
     """
+    hooked = _tensor_hooked(params)
+    if hooked:
+        raise ValueError(
+            f"shared_params {hooked} have tensor hooks (register_hook): the Gramian-only engine never forms "
+            "the per-task gradients they would transform, so its weights would differ from the loop engine's; "
+            "remove the hooks or use engine='loop'"
+        )
     T = len(losses)
     ranks = policy.replicas
     sampled = ranks.agree_indices(method.sample(T), T) if isinstance(method, CAGradFast) else list(range(T))
@@ -381,9 +400,14 @@ def _gramian_step(
     else:
         weights = policy.solve(G, lambda G: method.weights(G, values if method.needs_losses else None, validate=False))
     rows = weights if C is None else _row_weights(weights, sampled)
-    shared = through_tensor_hooks(params, measured.update(rows, params))
+    shared = measured.update(rows, params)
     heads = sum_gradients(losses, others, retain_graph)
     return _Step(BackwardResult(weights=weights, gramian=G if C is None else None), shared, heads)
+
+
+def _tensor_hooked(params: list[Tensor]) -> list[int]:
+    """Positions of the parameters with tensor hooks (``p.register_hook``)."""
+    return [k for k, p in enumerate(params) if p._backward_hooks]
 
 
 def _sampled_cotangents(sampled: list[int], num_tasks: int, like: Tensor) -> Tensor:

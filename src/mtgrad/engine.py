@@ -32,7 +32,6 @@ __all__ = [
     "task_gradients",
     "sum_gradients",
     "weighted_gradients",
-    "through_tensor_hooks",
     "sampled_gradients",
     "representation_gradients",
     "batched_vjp",
@@ -167,21 +166,6 @@ def weighted_gradients(
         (weights.to(stacked.dtype) * stacked).sum(), params, retain_graph=True, allow_unused=True
     )
     return list(grads), sum_gradients(losses, others, retain_graph)
-
-
-def through_tensor_hooks(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> list[Tensor | None]:
-    """``grads`` as the parameters' tensor hooks (``p.register_hook``) turn them.
-
-    For gradients computed without an autograd pass to the parameters (the Gramian engine's
-    update, from the layers' output gradients): a pass of the identity on each leaf runs its
-    hooks exactly as a backward reaching it would.
-    """
-    pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
-    if not pairs:
-        return list(grads)
-    leaves = [p for p, _ in pairs]
-    hooked = iter(torch.autograd.grad(leaves, leaves, grad_outputs=[g for _, g in pairs]))
-    return [None if g is None else next(hooked) for g in grads]
 
 
 def sampled_gradients(

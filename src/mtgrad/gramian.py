@@ -40,16 +40,18 @@ def gramian(blocks: Iterable[Tensor]) -> Tensor:
 def cross_gramian(left: Tensor, right: Tensor) -> Tensor:
     """``L Rᵀ`` (float64) for ``left`` and ``right`` of shape (T, n): ``[i, j] = ⟨L_i, R_j⟩``.
 
-    Accumulated over ``BLOCK_COLUMNS`` chunks of the n columns in float64, as :func:`gramian`.
+    Every ``BLOCK_COLUMNS`` chunk of the n columns is promoted to float64 before its product, as
+    in :func:`gramian`: the products are exact, and the sums carry float64 rounding only.
     """
     total = left.new_zeros((left.shape[0], right.shape[0]), dtype=torch.float64)
     for a, b in zip(left.split(BLOCK_COLUMNS, dim=1), right.split(BLOCK_COLUMNS, dim=1)):
-        total += (a @ b.T).to(torch.float64)
+        total += a.to(torch.float64) @ b.to(torch.float64).T
     return total
 
 
-def combine(weights: Tensor, block: Tensor) -> Tensor:
-    """``Σ_i w_i J_i`` for one block ``J`` of shape (T, *shape), returned in the block's dtype.
+def combine(weights: Tensor, block: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``Σ_i w_i J_i`` for one block ``J`` of shape (T, *shape), returned in ``dtype`` (default:
+    the block's).
 
     Computed in at least float32: a half-precision weight overflows at 65504 (PCGrad's
     coefficients ``⟨g_i, g_j⟩/‖g_j‖²`` reach that at a norm ratio of ~1e5) while the update fits.
@@ -58,6 +60,7 @@ def combine(weights: Tensor, block: Tensor) -> Tensor:
     only a few digits) are first scaled by the power of two ``2^e`` that brings the largest into
     [0.5, 1): an exact rescaling, undone on the result (exact too while it is a normal number).
     """
+    result = block.dtype if dtype is None else dtype
     dtype = torch.promote_types(block.dtype, torch.float32)
     w = weights.to(dtype) if weights.dtype == dtype else None
     if w is None:
@@ -67,8 +70,8 @@ def combine(weights: Tensor, block: Tensor) -> Tensor:
         else:
             scale = torch.ldexp(torch.ones((), dtype=weights.dtype, device=weights.device), e.clamp(-149, 127))
             out = torch.tensordot((weights / scale).to(dtype), block.to(dtype), dims=1)
-            return (out * scale.to(dtype)).to(block.dtype)
-    return torch.tensordot(w, block.to(dtype), dims=1).to(block.dtype)
+            return (out * scale.to(dtype)).to(result)
+    return torch.tensordot(w, block.to(dtype), dims=1).to(result)
 
 
 def _host_sync_is_free(t: Tensor) -> bool:

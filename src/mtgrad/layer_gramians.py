@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .distributed import Replicas
-from .gramian import cross_gramian, gramian
+from .gramian import _host_sync_is_free, cross_gramian, gramian
 
 __all__ = ["LayerRule", "rule_for", "Rows", "Indexed", "Block", "merged_gramian", "weight_gramian"]
 
@@ -468,13 +468,29 @@ def weight_gramian(D: Tensor, X: Tensor) -> Tensor:
     ``D_iᵀ X`` a few output rows at a time); see :mod:`mtgrad.autogram` for the costs.
     """
     dtype = _compute_dtype(D, X)
-    D, X = D.to(dtype), X.to(dtype)
+    (D, d_scale), (X, x_scale) = _in_range(D.to(dtype)), _in_range(X.to(dtype))
     R, B, out = D.shape
     inp = X.shape[1]
     kernel = B * B * inp + R * B * B * out + R * R * B * out
     direct = R * B * inp * out + R * R * inp * out
     # The kernel K = X Xᵀ is held whole, so it must fit in a chunk (B ≤ 1448).
-    return _kernel_route(D, X) if kernel <= direct and B * B <= CHUNK_ELEMENTS else _direct_route(D, X)
+    G = _kernel_route(D, X) if kernel <= direct and B * B <= CHUNK_ELEMENTS else _direct_route(D, X)
+    return G * (d_scale * x_scale) ** 2
+
+
+def _in_range(t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(t / 2^e, 2^e)`` (the scale in float64) for ``2^e`` near ``max |t|``: an exact rescaling
+    after which the float32 products of the routes (``X Xᵀ``, ``K D``, ``Dᵀ X``) can neither
+    overflow nor lose digits to underflow. On the CPU a tensor already in range (|e| ≤ 30) is
+    returned as is, at no extra pass; elsewhere the scaling is always applied (no host read)."""
+    one = torch.ones((), dtype=torch.float64, device=t.device)
+    if t.dtype == torch.float64 or t.numel() == 0:
+        return t, one
+    _, e = torch.frexp(t.abs().amax())
+    if _host_sync_is_free(t) and -30 <= int(e) <= 30:
+        return t, one
+    e = e.clamp(-126, 127)
+    return t / torch.ldexp(one, e).to(t.dtype), torch.ldexp(one, e)
 
 
 def _kernel_route(D: Tensor, X: Tensor) -> Tensor:
