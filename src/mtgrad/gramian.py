@@ -40,12 +40,14 @@ def gramian(blocks: Iterable[Tensor]) -> Tensor:
 def cross_gramian(left: Tensor, right: Tensor) -> Tensor:
     """``L Rᵀ`` (float64) for ``left`` and ``right`` of shape (T, n): ``[i, j] = ⟨L_i, R_j⟩``.
 
-    Every ``BLOCK_COLUMNS`` chunk of the n columns is promoted to float64 before its product, as
-    in :func:`gramian`: the products are exact, and the sums carry float64 rounding only.
+    Each ``BLOCK_COLUMNS`` chunk of the n columns is one product in the inputs' dtype, the chunks
+    summed in float64. (Unlike :func:`gramian`, no float64 copy: the Gramian engine's kernel route
+    calls it on (R, B·out) output gradients, which it has scaled into range first, where the
+    copies measured 0.66 → 0.73× the loop on the benchmark MLP's step.)
     """
     total = left.new_zeros((left.shape[0], right.shape[0]), dtype=torch.float64)
     for a, b in zip(left.split(BLOCK_COLUMNS, dim=1), right.split(BLOCK_COLUMNS, dim=1)):
-        total += a.to(torch.float64) @ b.to(torch.float64).T
+        total += (a @ b.T).to(torch.float64)
     return total
 
 
