@@ -5,6 +5,8 @@ Reference: the loop engine (T backward passes, the blocks (T, *p.shape), ``grami
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable
 
 import pytest
@@ -422,7 +424,9 @@ def test_in_place_op_after_a_linear_on_3d_inputs_keeps_the_activation_route():
     assert engine.last_fallback_numel == 0
 
 
-def test_attention_whose_out_proj_is_never_called_as_a_module_falls_back():
+def test_attention_projections_are_read_from_the_graph():
+    # nn.MultiheadAttention never calls out_proj as a module (F.linear on its weight): the
+    # projections are found in the call's graph, only the biases are held as blocks.
     torch.manual_seed(0)
 
     class Attn(nn.Module):
@@ -436,8 +440,10 @@ def test_attention_whose_out_proj_is_never_called_as_a_module_falls_back():
     prob = Problem(Attn(), torch.randn(3, 4, 8))
     want = _loop_gramian(prob)
     engine = mtgrad.GramianEngine(prob.trunk)
-    with pytest.warns(UserWarning, match="recorded no call"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         got = mtgrad.backward(prob.losses(), prob.shared(), mtgrad.MGDA(), engine=engine).gramian
+    assert engine.last_fallback_numel == 3 * 8 + 8
     torch.testing.assert_close(got, want, **TOL[F64])
 
 

@@ -85,6 +85,62 @@ class TiedOutput(nn.Module):
         return torch.tanh(self.out(self.embedding(idx).mean(dim=1)))
 
 
+class Attention(nn.Module):
+    """A linear embedding of 3 features, then ``nn.MultiheadAttention`` called as ``mode`` says,
+    mean over the sequence: self-attention (the packed in-projection), key = value (the split
+    into q and kv rows), three distinct inputs (three row slices), or self- then
+    cross-attention with one layer (pieces of both calls merged)."""
+
+    def __init__(self, mode: str, **options: object) -> None:
+        super().__init__()
+        self.mode = mode
+        self.embed = nn.Linear(3, 8)
+        self.attn = nn.MultiheadAttention(8, 2, **options)  # type: ignore[arg-type]
+
+    def forward(self, x: Tensor) -> Tensor:
+        first = self.attn.batch_first
+        h = torch.tanh(self.embed(x if first else x.transpose(0, 1)))
+        other = h.flip(1 if first else 0)
+        kdim, vdim = self.attn.kdim, self.attn.vdim
+        if self.mode == "self":
+            out, _ = self.attn(h, h, h)
+        elif self.mode == "kv":
+            out, _ = self.attn(h, other, other, need_weights=False)
+        elif self.mode == "distinct":
+            out, _ = self.attn(h, (2 * other)[..., :kdim], other[..., :vdim] ** 2)
+        else:  # "twice"
+            mid, _ = self.attn(h, h, h, need_weights=False)
+            out, _ = self.attn(mid, other, other)
+        return out.mean(dim=1 if first else 0)
+
+
+class Encoder(nn.Module):
+    """``nn.TransformerEncoderLayer`` (attention, feed-forward, LayerNorms; dropout off)."""
+
+    def __init__(self, norm_first: bool) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=norm_first)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(self.embed(x)).mean(dim=1)
+
+
+#: name → trunk; every input is (batch 4, sequence 5, 3 features).
+ATTENTION: dict[str, Callable[[], nn.Module]] = {
+    "self": lambda: Attention("self"),
+    "self-batch-first": lambda: Attention("self", batch_first=True),
+    "key-is-value": lambda: Attention("kv"),
+    "key-is-value-batch-first": lambda: Attention("kv", batch_first=True),
+    "distinct": lambda: Attention("distinct", batch_first=True),
+    "separate-weights-no-bias": lambda: Attention("distinct", kdim=6, vdim=5, bias=False),
+    "bias-kv-zero-attn": lambda: Attention("self", add_bias_kv=True, add_zero_attn=True),
+    "twice": lambda: Attention("twice", batch_first=True),
+    "encoder-post-norm": lambda: Encoder(norm_first=False),
+    "encoder-pre-norm": lambda: Encoder(norm_first=True),
+}
+
+
 def _eval(module: nn.Module) -> nn.Module:
     with torch.no_grad():  # running statistics away from (0, 1), then evaluation mode
         module.train()
@@ -133,7 +189,7 @@ CASES: dict[str, Callable[[], tuple[nn.Module, Tensor]]] = {
 class Problem:
     def __init__(self, case: str, dtype: torch.dtype, T: int = 3, seed: int = 0) -> None:
         torch.manual_seed(seed)
-        trunk, x = CASES[case]()
+        trunk, x = CASES[case]() if case in CASES else (ATTENTION[case](), torch.randn(4, 5, 3))
         self.trunk = trunk.to(dtype)
         self.x = x if not x.is_floating_point() else x.to(dtype)
         with torch.no_grad():
@@ -153,12 +209,14 @@ class Problem:
         return record, [None if p.grad is None else p.grad.clone() for p in leaves]
 
 
-def _check(case: str, dtype: torch.dtype, method: Callable[[], mtgrad.methods.Method]) -> mtgrad.GramianEngine:
+def _check(
+    case: str, dtype: torch.dtype, method: Callable[[], mtgrad.methods.Method], fallback: int = 0
+) -> mtgrad.GramianEngine:
     prob = Problem(case, dtype)
     ref, ref_grads = prob.run(method(), "loop")
     engine = mtgrad.GramianEngine(prob.trunk)
     got, got_grads = prob.run(method(), engine)
-    assert engine.last_fallback_numel == 0, "a supported layer was left to the fallback"
+    assert engine.last_fallback_numel == fallback, "a supported layer was left to the fallback"
     torch.testing.assert_close(got.gramian, ref.gramian, **TOL[dtype])
     torch.testing.assert_close(got.weights, ref.weights, **TOL[dtype])
     for a, b in zip(got_grads, ref_grads):
@@ -172,6 +230,63 @@ def _check(case: str, dtype: torch.dtype, method: Callable[[], mtgrad.methods.Me
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_layer_rule_equals_the_loop_engine(case, dtype):
     _check(case, dtype, lambda: mtgrad.CAGrad(c=0.4))
+
+
+def _attention_fallback(trunk: nn.Module) -> int:
+    """Entries the fallback holds in an attention case: the attention layers' biases (added to
+    or after the projections' products, which the rule reads) and bias_k/bias_v."""
+    return sum(
+        p.numel() for m in trunk.modules() if isinstance(m, nn.MultiheadAttention) for p in m.parameters() if p.dim() != 2
+    )
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", sorted(ATTENTION))
+def test_attention_projections_equal_the_loop_engine(case, dtype):
+    torch.manual_seed(0)
+    engine = _check(case, dtype, lambda: mtgrad.CAGrad(c=0.4), fallback=_attention_fallback(ATTENTION[case]()))
+    calls = engine.last_num_calls
+    assert calls >= 3  # the embedding's Linear and at least the in- and out-projections
+
+
+def test_attention_under_autocast_reads_the_cast_operands():
+    # bf16 autocast: the products multiply bf16 copies of the inputs and weights, which the
+    # rule reads from the graph, so G is that of the gradients autograd computes.
+    prob = Problem("self-batch-first", F32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, _ = prob.run(mtgrad.Mean(), "loop")
+        engine = mtgrad.GramianEngine(prob.trunk)
+        got, _ = prob.run(mtgrad.Mean(), engine)
+    assert engine.last_fallback_numel == _attention_fallback(prob.trunk)
+    torch.testing.assert_close(got.gramian, ref.gramian, rtol=2e-2, atol=1e-3 * float(ref.gramian.abs().max()))
+
+
+def test_attention_with_dropout_reads_the_graph_it_ran():
+    # Dropout on the attention weights: the products are read from the recorded graph (no
+    # recomputation), so the engine's G is that of the same random mask as the loop's.
+    prob = Problem("self", F64)
+    prob.trunk.attn.dropout = 0.5
+    torch.manual_seed(1)
+    ref, _ = prob.run(mtgrad.Mean(), "loop")
+    engine = mtgrad.GramianEngine(prob.trunk)
+    torch.manual_seed(1)
+    got, _ = prob.run(mtgrad.Mean(), engine)
+    assert engine.last_fallback_numel == _attention_fallback(prob.trunk)
+    torch.testing.assert_close(got.gramian, ref.gramian, **TOL[F64])
+
+
+def test_an_attention_weight_also_used_outside_the_layer_takes_the_fallback():
+    prob = Problem("self", F64)
+    trunk = prob.trunk
+    base = trunk.forward
+    trunk.forward = lambda x: base(x) + 0.1 * trunk.attn.out_proj.weight.sum()  # type: ignore[method-assign]
+    ref, ref_grads = prob.run(mtgrad.MGDA(), "loop")
+    engine = mtgrad.GramianEngine(trunk)
+    got, got_grads = prob.run(mtgrad.MGDA(), engine)
+    assert engine.last_fallback_numel == _attention_fallback(trunk) + 64
+    torch.testing.assert_close(got.gramian, ref.gramian, **TOL[F64])
+    for a, b in zip(got_grads, ref_grads):
+        torch.testing.assert_close(a, b, **TOL[F64])
 
 
 @pytest.mark.parametrize("case", ["conv2d", "conv2d-groups", "conv1d", "conv2d-reflect", "cnn"])
@@ -207,6 +322,9 @@ def test_the_hooked_layers_are_the_supported_ones():
     trunk = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.PReLU(), nn.Flatten(), nn.Linear(2, 2), nn.LayerNorm(2))
     with mtgrad.GramianEngine(trunk) as engine:
         assert [type(m) for m in engine.layers] == [nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.LayerNorm]
+    attention = nn.MultiheadAttention(4, 2)
+    with mtgrad.GramianEngine(attention) as engine:
+        assert [type(m).__name__ for m in engine.layers] == ["MultiheadAttention", "NonDynamicallyQuantizableLinear"]
 
 
 def test_a_subclass_with_its_own_forward_is_not_read_by_the_rule():

@@ -58,7 +58,9 @@ from torch.utils.hooks import RemovableHandle
 from .distributed import LOCAL, Replicas
 from .engine import batched_vjp
 from .gramian import combine, gramian
-from .layer_gramians import Block, LayerRule, Saved, merged_gramian, rule_for
+from .layer_gramians import _PROJECTION, AttentionRule, Block, LayerRule, Saved, merged_gramian, rule_for
+
+Rule = LayerRule | AttentionRule
 
 __all__ = ["GramianEngine", "engine_for"]
 
@@ -73,7 +75,7 @@ class _Call:
     saved: Saved  # what the rule's pieces read besides D (the input, detached: shares its version)
     version: int  # the input's _version at the call: an in-place change afterwards invalidates it
     out: GradientEdge  # where the output's gradient D enters the graph (robust to in-place ops after)
-    source: Node | None  # x's own node (None when x needs no grad): the graph walk goes on there
+    resume: tuple[Node, ...]  # where the graph walk goes on past the call: x's own node (if any)
     out_shape: tuple[int, ...]  # the output's shape and dtype: a zero D stands in where none reaches
     out_dtype: torch.dtype
 
@@ -108,13 +110,14 @@ class GramianEngine:
 
     Every layer inside ``modules`` of a supported type is hooked: ``nn.Linear``, ``nn.Conv1d/2d/3d``,
     ``nn.Embedding``, ``nn.LayerNorm``, ``nn.GroupNorm``, ``nn.BatchNorm1d/2d/3d`` (and subclasses
-    that keep their ``forward``; see :mod:`mtgrad.layer_gramians`). A call is recorded when grad
-    mode is on, its output requires grad, the layer's class keeps its type's ``forward`` (no
-    parametrization, weight norm or pruning derives its weight) and one of its parameters is a
-    leaf that requires grad. Shared parameters that no recorded call covers (other layer types,
-    derived weights, a weight used outside its module's ``forward`` as
-    ``nn.MultiheadAttention``'s) are handled by the fallback: their gradient blocks
-    ``(T, *p.shape)`` are held, as in the batched engine.
+    that keep their ``forward``; see :mod:`mtgrad.layer_gramians`), and ``nn.MultiheadAttention``,
+    whose projection products are found in each call's autograd graph (its biases take the
+    fallback). A call is recorded when grad mode is on, its output requires grad, the layer's
+    class keeps its type's ``forward`` (no parametrization, weight norm or pruning derives its
+    weight) and one of its parameters is a leaf that requires grad. Shared parameters that no
+    recorded call covers (other layer types, derived weights, a weight also used outside its
+    module's ``forward``) are handled by the fallback: their gradient blocks ``(T, *p.shape)``
+    are held, as in the batched engine.
     Forward hooks registered on a layer before the engine that change its output are not
     supported.
 
@@ -142,7 +145,7 @@ class GramianEngine:
         for i, module in enumerate(modules):
             if not isinstance(module, nn.Module):
                 raise TypeError(f"GramianEngine takes nn.Module arguments, argument {i} is {type(module).__name__}")
-        layers: dict[int, tuple[nn.Module, LayerRule]] = {}
+        layers: dict[int, tuple[nn.Module, Rule]] = {}
         for module in modules:
             for sub in module.modules():
                 rule = rule_for(sub)
@@ -151,7 +154,7 @@ class GramianEngine:
         if not layers:
             raise ValueError(
                 "GramianEngine found no layer it can read (Linear, Conv1d/2d/3d, Embedding, LayerNorm, "
-                "GroupNorm, BatchNorm): every shared parameter would be held as a block (T, *shape); "
+                "GroupNorm, BatchNorm, MultiheadAttention): every shared parameter would be held as a block (T, *shape); "
                 "use engine='batched' or 'loop' instead"
             )
         self._layers = [layer for layer, _ in layers.values()]
@@ -235,14 +238,18 @@ class GramianEngine:
         state = "closed" if not self._handles else f"{len(self._calls)} recorded calls"
         return f"GramianEngine({len(self._layers)} layers, {state})"
 
-    def _record(self, rule: LayerRule, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-        if not torch.is_grad_enabled() or not isinstance(output, Tensor) or not output.requires_grad:
+    def _record(self, rule: Rule, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if not torch.is_grad_enabled() or rule_for(layer) is not rule:
+            return  # not the rule's formula: the graph walk and the fallback handle the layer
+        if isinstance(rule, AttentionRule):
+            return self._record_attention(rule, layer, args, kwargs, output)
+        if not isinstance(output, Tensor) or not output.requires_grad:
             return
         x = args[0] if args else kwargs.get("input")
         if not isinstance(x, Tensor) or torch._C._functorch.is_functorch_wrapped_tensor(output):
             return  # inside torch.func transforms the graph is not the caller's: nothing to record
-        if rule_for(layer) is not rule or parametrize.is_parametrized(layer):
-            return  # not the rule's formula for the leaves: the graph walk and the fallback handle it
+        if parametrize.is_parametrized(layer):
+            return  # a derived weight: the graph walk and the fallback handle it
         covered = []
         for name in rule.names:
             own = layer._parameters.get(name)
@@ -260,9 +267,25 @@ class GramianEngine:
         base: Tensor = output
         if output._is_view() and output._base is not None and output._base.numel() == output.numel():
             base = output._base
-        source = get_gradient_edge(x).node if x.requires_grad else None
+        resume = (get_gradient_edge(x).node,) if x.requires_grad else ()
         edge = get_gradient_edge(base)
-        call = _Call(layer, rule, tuple(covered), saved, x._version, edge, source, tuple(base.shape), base.dtype)
+        self._add(_Call(layer, rule, tuple(covered), saved, x._version, edge, resume, tuple(base.shape), base.dtype))
+
+    def _record_attention(self, rule: AttentionRule, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        out = output[0] if isinstance(output, tuple) and output else output
+        if not isinstance(out, Tensor) or not out.requires_grad or parametrize.is_parametrized(layer):
+            return
+        if torch._C._functorch.is_functorch_wrapped_tensor(out):
+            return
+        inputs = [*args[:3], *(kwargs.get(k) for k in ("query", "key", "value"))]
+        for product in rule.products(layer, inputs, out):
+            x = product.x.detach()
+            saved = Saved(x, (product.start, product.block))
+            edge = GradientEdge(product.node, 0)
+            shape = (x.shape[0], product.rows)
+            self._add(_Call(layer, _PROJECTION, (product.weight,), saved, x._version, edge, product.resume, shape, x.dtype))
+
+    def _add(self, call: _Call) -> None:
         self._calls.append(call)
         if self.max_records is not None and len(self._calls) > self.max_records:
             del self._calls[: len(self._calls) - self.max_records]
@@ -384,7 +407,7 @@ class GramianEngine:
             calls = at_node.get(id(node))
             if calls is not None:
                 used.extend(calls)
-                stack.extend(call.source for call in calls)
+                stack.extend(node for call in calls for node in call.resume)
                 continue
             variable = getattr(node, "variable", None)
             if variable is not None:
@@ -410,8 +433,8 @@ class GramianEngine:
         hooked = {id(t) for layer in self._layers for t in layer.parameters()}
         if hooked & shared & reached and not self._warned:
             # Correct but without the saving: the fallback holds every shared parameter's block.
-            # Also the case of layers never called as modules (MultiheadAttention.out_proj) or
-            # whose weight is derived, so a warning rather than an error.
+            # Also the case of layers never called as modules (a Linear applied through
+            # F.linear on its weight) or whose weight is derived, so a warning rather than an error.
             self._warned = True
             warnings.warn(
                 "GramianEngine recorded no call of its layers on these losses' graph (a forward "
@@ -448,8 +471,13 @@ class Measured:
                 continue
             # combine: float64 weights outside float32's range are rescaled exactly first.
             Dw = combine(weights, D, dtype=torch.promote_types(D.dtype, torch.float32)).unsqueeze(0)
-            for param, _, piece in call.rule.pieces(call.layer, call.saved, Dw, call.covered, wanted, False):
-                g = piece.block().reshape(param.shape)
+            for param, start, piece in call.rule.pieces(call.layer, call.saved, Dw, call.covered, wanted, False):
+                g = piece.block()[0]
+                if start is None:
+                    g = g.reshape(param.shape)
+                else:  # a slice of the parameter's rows
+                    rows, g = g, g.new_zeros(param.shape)
+                    g[start : start + rows.shape[0]] = rows.reshape(-1, *param.shape[1:])
                 grads[id(param)] = g if id(param) not in grads else grads[id(param)] + g
         for p, block in zip(plan.fallback, self.blocks):
             grads[id(p)] = combine(weights, block)
@@ -489,7 +517,7 @@ def _eager(record: Callable[..., None]) -> Callable[..., None]:
 class _Hook:
     """The forward hook of one layer: a picklable callable (a module saved whole keeps it)."""
 
-    def __init__(self, engine: GramianEngine, rule: LayerRule) -> None:
+    def __init__(self, engine: GramianEngine, rule: Rule) -> None:
         self.engine = engine
         self.rule = rule
 
@@ -545,7 +573,6 @@ def _add_layer_gramians(
             if wanted(t):
                 calls_of[id(t)] = calls_of.get(id(t), 0) + 1
     pieces: dict[tuple[int, int | None], list] = {}
-    shapes: dict[tuple[int, int | None], torch.Size] = {}
     for call, delta in zip(calls, deltas):
         if delta is None:
             # No gradient reached this call's output here; another rank's rows may still have one.
@@ -556,7 +583,6 @@ def _add_layer_gramians(
         for param, part, piece in call.rule.pieces(call.layer, call.saved, delta, call.covered, wanted, alone):
             key = (id(param), part)
             pieces.setdefault(key, []).append(piece.gathered(replicas) if replicas.parallel else piece)
-            shapes[key] = param.shape
     kept: dict[int, Tensor] = {}
     for key in list(pieces):
         group = pieces.pop(key)
@@ -565,5 +591,5 @@ def _add_layer_gramians(
             G += gramian([block])
             kept[key[0]] = block
         else:
-            G += merged_gramian(group, shapes[key])
+            G += merged_gramian(group)
     return kept

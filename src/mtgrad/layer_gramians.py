@@ -29,7 +29,11 @@ to the engine's fallback): ``nn.Linear`` and subclasses that keep its ``forward`
 dilation and groups; Conv3d only by the gradient route); ``nn.Embedding`` (``padding_idx``,
 ``scale_grad_by_freq``, ``max_norm``); the affine parameters of ``nn.LayerNorm``,
 ``nn.GroupNorm`` and ``nn.BatchNorm1d/2d/3d`` (batch statistics in training, running ones in
-evaluation).
+evaluation); the projection weights of ``nn.MultiheadAttention`` (packed or separate, any
+``kdim``/``vdim``, under autocast too), whose products it finds in each call's autograd graph
+(:class:`AttentionRule`): each is a linear weight's :class:`Rows` (per slice of a packed
+weight); the attention's biases are left to the fallback. Attention built from ``nn.Linear``
+projections and ``F.scaled_dot_product_attention`` needs no rule of its own.
 """
 
 from __future__ import annotations
@@ -42,12 +46,13 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.graph import Node
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .distributed import Replicas
 from .gramian import _host_sync_is_free, cross_gramian, gramian
 
-__all__ = ["LayerRule", "rule_for", "Rows", "Indexed", "Block", "merged_gramian", "weight_gramian"]
+__all__ = ["LayerRule", "AttentionRule", "rule_for", "Rows", "Indexed", "Block", "merged_gramian", "weight_gramian"]
 
 # Elements of the intermediates one chunk of a weight's Gramian may hold (8 MiB in float32):
 # large enough for efficient GEMMs, small next to the output gradients themselves.
@@ -135,27 +140,29 @@ class Block:
 
 
 Piece = Rows | Indexed | Block
-#: A piece's key: the parameter's id and, for a slice of it (a convolution's group), its index.
+#: A piece's key: the parameter's id and, for a slice of its rows (a convolution's group, an
+#: attention projection's share of a packed weight), the slice's first row (dim 0).
 Key = tuple[int, int | None]
 #: The rule's parameters of one call, each a leaf that requires grad or None (frozen, absent).
 Covered = tuple[Tensor | None, ...]
 #: Whether the engine wants a parameter's share (a shared parameter no other use reaches).
 Wanted = Callable[[Tensor | None], bool]
-#: ``(parameter, slice, piece)``: one call's share of one parameter or slice of it.
+#: ``(parameter, first row, piece)``: one call's share of one parameter (``None``: all of it) or
+#: of a slice of its rows.
 Contribution = tuple[Tensor, int | None, Piece]
 
 
-def merged_gramian(pieces: Sequence[Piece], shape: torch.Size) -> Tensor:
+def merged_gramian(pieces: Sequence[Piece]) -> Tensor:
     """The Gramian of the sum of ``pieces`` (all of one parameter or slice): pieces of one kind
     are merged (concatenated or added); mixed kinds (an embedding's weight tied to a linear
-    output layer) are added as blocks of the parameter's ``shape``."""
+    output layer) are added as flattened blocks."""
     first = pieces[0]
     if all(type(p) is type(first) for p in pieces):
         total = first
         for piece in pieces[1:]:
             total = total.merged(piece)  # type: ignore[arg-type]  # same type: checked above
         return total.gramian()
-    blocks = [p.block().reshape(p.block().shape[0], *shape) for p in pieces]
+    blocks = [p.block().flatten(1) for p in pieces]
     return gramian([sum(blocks[1:], blocks[0])])
 
 
@@ -261,7 +268,7 @@ class ConvRule(_Singleton):
             route = _conv_route(R, B * math.prod(D.shape[3:]), cin, out, layer.groups, x.dim()) if alone else "grads"
             if route == "kernel":
                 rows = _unfolded_rows(layer, _padded(layer, x), D)
-                pieces.extend((weight, g, piece) for g, piece in enumerate(rows))
+                pieces.extend((weight, g * (out // layer.groups), piece) for g, piece in enumerate(rows))
             elif alone and layer.groups == 1 and R * weight.numel() > CHUNK_ELEMENTS:
                 # Disjoint output-channel slices, whose Gramians add: one slice's blocks at a time.
                 step = max(1, CHUNK_ELEMENTS // (R * cin))
@@ -434,13 +441,160 @@ def _reduce_to(layer: nn.Module, t: Tensor, shape: torch.Size) -> Tensor:
     return t.sum(dim=[1, *range(3, t.dim())])
 
 
+class ProjectionRule(_Singleton):
+    """One matrix product ``y = x W_sᵀ`` (2-D rows x) of a slice of rows ``W_s = W[a : a + r]``
+    of a weight, found in a layer's autograd graph rather than at a module's output
+    (:class:`AttentionRule`): ``∇W_s = Dᵀ X`` as for a linear layer. ``Saved.extra`` is
+    ``(a, block)``: the slice's first row and the rows per piece (``None``: the whole weight).
+    A packed weight's slices (``nn.MultiheadAttention.in_proj_weight``, 3E rows, sliced for
+    cross-attention into E and 2E rows) are cut into pieces of ``block`` rows, so that every call
+    keys its share the same way; a single call of the whole weight is one piece."""
+
+    names: tuple[str, ...] = ("weight",)
+
+    def saved(self, layer: nn.Module, x: Tensor, covered: Covered) -> Saved | None:
+        raise NotImplementedError("projection calls are recorded from the graph (AttentionRule.products)")
+
+    def pieces(
+        self, layer: nn.Module, saved: Saved, D: Tensor, covered: Covered, wanted: Wanted, alone: bool
+    ) -> list[Contribution]:
+        (weight,) = covered
+        if not wanted(weight):
+            return []
+        assert weight is not None and saved.x is not None
+        start, block = saved.extra
+        rows = D.shape[-1]
+        if block is None or (alone and start == 0 and rows == weight.shape[0]):
+            return [(weight, None if rows == weight.shape[0] else start, Rows(saved.x, D))]
+        return [(weight, start + k, Rows(saved.x, D[..., k : k + block])) for k in range(0, rows, block)]
+
+    def macs(self, layer: nn.Module, x: torch.Size, out: torch.Size, R: int) -> tuple[int, int]:
+        N, inp, width = x[0], x[1], out[-1]
+        return R * N * inp * width, _rows_macs(R, N, inp, width) + N * inp * width
+
+
+@dataclass(frozen=True)
+class Product:
+    """A projection :class:`AttentionRule` found: ``node`` computes ``x W[start : start + rows]ᵀ``
+    (its output gradient is D); the graph walk resumes at ``resume`` (every input of the node
+    but the weight's: x, and a bias added in the same node)."""
+
+    weight: Tensor
+    start: int
+    rows: int
+    block: int | None
+    x: Tensor
+    node: Node
+    resume: tuple[Node, ...]
+
+
+#: Nodes an attention call's graph may hold between its output and its inputs before the walk
+#: gives up (the call is then left to the fallback): nn.MultiheadAttention's has about 30.
+_WALK_LIMIT = 400
+
+
+class AttentionRule(_Singleton):
+    """``nn.MultiheadAttention``: its forward applies its projection weights with ``F.linear``
+    inside ``F.multi_head_attention_forward`` (no module call to hook, and ``out_proj`` is never
+    called as a module). After its forward, the call's autograd graph — from the output back to
+    the query, key and value — is searched for the matrix products whose second operand is (a
+    transposed, possibly cast or split slice of) one of its weights: ``in_proj_weight`` (or
+    ``q/k/v_proj_weight``) and ``out_proj.weight``. Each becomes a :class:`ProjectionRule` call.
+    A weight used any other way is reached by the engine's graph walk and takes the fallback, as
+    do the biases (added in the same products or after them) and ``bias_k``/``bias_v``.
+    """
+
+    names: tuple[str, ...] = ()
+
+    def products(self, layer: nn.Module, inputs: Sequence[object], output: Tensor) -> list[Product]:
+        assert isinstance(layer, nn.MultiheadAttention)
+        weights: dict[int, Tensor] = {id(p): p for p in layer.parameters() if p.dim() == 2}
+        # The inputs hold their nodes (the caller's arguments): their ids are not reused meanwhile.
+        stop = {id(t.grad_fn) for t in inputs if isinstance(t, Tensor) and t.grad_fn is not None}
+        found: list[Product] = []
+        seen: set[int] = set()
+        stack: list[Node | None] = [output.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen or id(node) in stop:
+                continue
+            seen.add(id(node))
+            if len(seen) > _WALK_LIMIT:
+                return []
+            product = _product(node, weights, layer.embed_dim)
+            if product is not None:
+                found.append(product)
+            stack.extend(fn for fn, _ in node.next_functions)
+        return found
+
+
+def _product(node: Node, weights: dict[int, Tensor], embed_dim: int) -> Product | None:
+    """The :class:`Product` of an ``mm``/``addmm`` node whose second operand is one of
+    ``weights`` (transposed; possibly cast by autocast; possibly a row slice from split/chunk),
+    else ``None``."""
+    name = type(node).__name__
+    edges = node.next_functions
+    if name == "MmBackward0":
+        x, mat2, weight_edge, others = node._saved_self, node._saved_mat2, edges[1], edges[:1]  # type: ignore[attr-defined]
+    elif name == "AddmmBackward0" and node._saved_alpha == 1:  # type: ignore[attr-defined]
+        x, mat2, weight_edge, others = node._saved_mat1, node._saved_mat2, edges[2], edges[:2]  # type: ignore[attr-defined]
+    else:
+        return None
+    fn, _ = weight_edge
+    if fn is None or type(fn).__name__ != "TBackward0":
+        return None
+    fn, index = fn.next_functions[0]
+    if fn is not None and type(fn).__name__ == "ToCopyBackward0":  # autocast's copy of the weight
+        fn, index = fn.next_functions[0]
+    sizes: list[int] | None = None
+    if fn is not None and type(fn).__name__ in ("SplitBackward0", "SplitWithSizesBackward0"):
+        if fn._saved_dim != 0:  # type: ignore[attr-defined]
+            return None
+        split = fn
+        fn = split.next_functions[0][0]
+        total = fn.variable.shape[0] if fn is not None and hasattr(fn, "variable") else 0
+        if type(split).__name__ == "SplitWithSizesBackward0":
+            sizes = list(split._saved_split_sizes)  # type: ignore[attr-defined]
+        else:
+            step = int(split._saved_split_size)  # type: ignore[attr-defined]
+            sizes = [min(step, total - s) for s in range(0, total, step)]
+    if fn is None or type(fn).__name__ != "AccumulateGrad":
+        return None
+    weight = weights.get(id(fn.variable))  # type: ignore[attr-defined]
+    if weight is None or x is None or x.dim() != 2:
+        return None
+    if sizes is not None and not 0 <= index < len(sizes):
+        return None
+    start, rows = (0, weight.shape[0]) if sizes is None else (sum(sizes[:index]), sizes[index])
+    # mat2 is saved only when x requires grad (it is what x's gradient needs)
+    if x.shape[1] != weight.shape[1] or (mat2 is not None and tuple(mat2.shape) != (weight.shape[1], rows)):
+        return None
+    block = None
+    if weight.shape[0] != embed_dim:  # in_proj_weight: 3E rows, in pieces of E
+        if start % embed_dim or rows % embed_dim:
+            return None
+        block = embed_dim
+    resume = tuple(fn for fn, _ in others if fn is not None)
+    return Product(weight, start, rows, block, x, node, resume)
+
+
 _LINEAR, _CONV, _EMBEDDING, _NORM = LinearRule(), ConvRule(), EmbeddingRule(), NormRule()
-_INSTANCE_NAMES = {LinearRule: "_LINEAR", ConvRule: "_CONV", EmbeddingRule: "_EMBEDDING", NormRule: "_NORM"}
+_PROJECTION, _ATTENTION = ProjectionRule(), AttentionRule()
+_INSTANCE_NAMES = {
+    LinearRule: "_LINEAR",
+    ConvRule: "_CONV",
+    EmbeddingRule: "_EMBEDDING",
+    NormRule: "_NORM",
+    ProjectionRule: "_PROJECTION",
+    AttentionRule: "_ATTENTION",
+}
 
 
-def rule_for(layer: nn.Module) -> LayerRule | None:
+def rule_for(layer: nn.Module) -> LayerRule | AttentionRule | None:
     """The rule of a layer whose forward is exactly its class's (``None``: not covered)."""
     forward = type(layer).forward
+    if isinstance(layer, nn.MultiheadAttention) and forward is nn.MultiheadAttention.forward:
+        return _ATTENTION
     if isinstance(layer, nn.Linear) and forward is nn.Linear.forward:
         return _LINEAR
     for conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
