@@ -32,14 +32,16 @@ Cost per linear weight (T tasks, B rows, ``in``/``out`` features), the cheaper r
   least one task, B·out numbers); only while ``K`` (B × B) itself fits in a chunk;
 * direct: ``T·B·in·out + T²·in·out`` (the per-task weight gradients, as the other engines
   compute them, about ``CHUNK_ELEMENTS`` at a time and at least one output row of every task),
-  when B is large next to ``in``.
+  when B is large next to ``in``. A weight's gradients formed this way are kept for the update,
+  which then combines them (``T·in·out``) instead of forming ``D_wᵀX`` (``B·in·out``).
 
 On the benchmark MLP (B = 256, T = 10) the kernel route is 4–7× cheaper per layer than forming
 the gradients. A convolution's rows are batch × output positions, so only its small late layers
 take the kernel route; the others form their per-task gradients (the loop engine's weight cost,
 without its T full backward passes through the rest of the graph). The memory held beyond an
-ordinary step is the ``D_i`` of the recorded calls plus one layer's intermediates at a time;
-half-precision layers are computed on float32 copies.
+ordinary step is the ``D_i`` of the recorded calls, the per-task gradients of the weights the
+direct route formed (and of biases and normalisation parameters), and one layer's
+intermediates at a time; half-precision layers are computed on float32 copies.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from torch.utils.hooks import RemovableHandle
 from .distributed import LOCAL, Replicas
 from .engine import batched_vjp
 from .gramian import combine, gramian
-from .layer_gramians import _PROJECTION, AttentionRule, Block, LayerRule, Saved, merged_gramian, rule_for
+from .layer_gramians import _PROJECTION, AttentionRule, Block, LayerRule, Rows, Saved, merged_gramian, rule_for
 
 Rule = LayerRule | AttentionRule
 
@@ -590,6 +592,14 @@ def _add_layer_gramians(
             block = sum((piece.b for piece in group[1:]), group[0].b)  # type: ignore[union-attr]
             G += gramian([block])
             kept[key[0]] = block
+        elif key[1] is None and all(isinstance(piece, Rows) for piece in group):
+            rows = group[0]
+            for piece in group[1:]:
+                rows = rows.merged(piece)  # type: ignore[arg-type]  # Rows: checked above
+            g, grads = rows.gramian_and_grads()  # type: ignore[union-attr]
+            G += g
+            if grads is not None:
+                kept[key[0]] = grads
         else:
             G += merged_gramian(group)
     return kept

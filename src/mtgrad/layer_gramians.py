@@ -52,7 +52,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .distributed import Replicas
 from .gramian import _host_sync_is_free, cross_gramian, gramian
 
-__all__ = ["LayerRule", "AttentionRule", "rule_for", "Rows", "Indexed", "Block", "merged_gramian", "weight_gramian"]
+__all__ = [
+    "LayerRule",
+    "AttentionRule",
+    "rule_for",
+    "Rows",
+    "Indexed",
+    "Block",
+    "merged_gramian",
+    "weight_gramian",
+    "weight_gramian_and_grads",
+]
 
 # Elements of the intermediates one chunk of a weight's Gramian may hold (8 MiB in float32):
 # large enough for efficient GEMMs, small next to the output gradients themselves.
@@ -85,6 +95,9 @@ class Rows:
 
     def gramian(self) -> Tensor:
         return weight_gramian(self.D, self.X)
+
+    def gramian_and_grads(self) -> tuple[Tensor, Tensor | None]:
+        return weight_gramian_and_grads(self.D, self.X)
 
     def block(self) -> Tensor:
         dtype = _compute_dtype(self.D, self.X)
@@ -233,7 +246,7 @@ class LinearRule(_Singleton):
 
     def macs(self, layer: nn.Module, x: torch.Size, out: torch.Size, R: int) -> tuple[int, int]:
         N, inp, width = math.prod(out[:-1]), x[-1], out[-1]
-        return R * N * inp * width, _rows_macs(R, N, inp, width) + N * inp * width  # + D_wᵀ X
+        return R * N * inp * width, _rows_macs(R, N, inp, width, kept=True)
 
 
 class ConvRule(_Singleton):
@@ -285,7 +298,7 @@ class ConvRule(_Singleton):
         N, cin, cout = out[0] * math.prod(out[2:]), layer.weight[0].numel(), out[1] // g
         grads = R * g * N * cin * cout
         if _conv_route(R, N, cin, out[1], g, len(x)) == "kernel":
-            return grads, g * (_rows_macs(R, N, cin, cout) + N * cin * cout)
+            return grads, g * _rows_macs(R, N, cin, cout, kept=False)  # sliced by group: not kept
         chunked = layer.groups == 1 and R * layer.weight.numel() > CHUNK_ELEMENTS
         return grads, grads + (N * cin * cout if chunked else 0)  # whole blocks: the update reuses them
 
@@ -295,11 +308,13 @@ class _Negligible:
         return 0, 0
 
 
-def _rows_macs(R: int, N: int, inp: int, out: int) -> int:
-    """Multiply-adds of :func:`weight_gramian`'s route for D (R, N, out), X (N, in)."""
-    kernel = N * N * inp + R * N * N * out + R * R * N * out
-    direct = R * N * inp * out + R * R * inp * out
-    return kernel if kernel <= direct and N * N <= CHUNK_ELEMENTS else direct
+def _rows_macs(R: int, N: int, inp: int, out: int, kept: bool) -> int:
+    """Multiply-adds of :func:`weight_gramian`'s route for D (R, N, out), X (N, in), with the
+    update's share: ``D_wᵀ X`` after the kernel route; after the direct route, combining its
+    per-task gradients where they are ``kept`` (:func:`weight_gramian_and_grads`), else ``D_wᵀ X``."""
+    if _weight_route(R, N, inp, out) == "kernel":
+        return N * N * inp + R * N * N * out + R * R * N * out + N * inp * out
+    return R * N * inp * out + R * R * inp * out + (R * inp * out if kept else N * inp * out)
 
 
 def _conv_route(R: int, N: int, cin: int, out: int, groups: int, dims: int) -> str:
@@ -470,7 +485,7 @@ class ProjectionRule(_Singleton):
 
     def macs(self, layer: nn.Module, x: torch.Size, out: torch.Size, R: int) -> tuple[int, int]:
         N, inp, width = x[0], x[1], out[-1]
-        return R * N * inp * width, _rows_macs(R, N, inp, width) + N * inp * width
+        return R * N * inp * width, _rows_macs(R, N, inp, width, kept=True)
 
 
 @dataclass(frozen=True)
@@ -621,15 +636,39 @@ def weight_gramian(D: Tensor, X: Tensor) -> Tensor:
     Takes the cheaper of the kernel route (``⟨D_i, X Xᵀ D_j⟩``) and the direct route (form
     ``D_iᵀ X`` a few output rows at a time); see :mod:`mtgrad.autogram` for the costs.
     """
-    dtype = _compute_dtype(D, X)
-    (D, d_scale), (X, x_scale) = _in_range(D.to(dtype)), _in_range(X.to(dtype))
-    R, B, out = D.shape
-    inp = X.shape[1]
+    return _weight_gramian(D, X, keep=False)[0]
+
+
+def weight_gramian_and_grads(D: Tensor, X: Tensor) -> tuple[Tensor, Tensor | None]:
+    """:func:`weight_gramian`, and the per-task gradients ``D_iᵀ X`` (R, out, in) where its route
+    formed them (the direct route; ``None`` after the kernel route). The update then combines
+    them (``R·in·out`` multiply-adds) instead of forming ``D_wᵀ X`` (``B·in·out``, one more
+    weight gradient); the direct route is taken where B is large, so that is the cheaper."""
+    return _weight_gramian(D, X, keep=True)
+
+
+def _weight_route(R: int, B: int, inp: int, out: int) -> str:
+    """``"kernel"`` or ``"direct"``: the cheaper in multiply-adds, the kernel K = X Xᵀ being held
+    whole, so only while it fits in a chunk (B ≤ 1448)."""
     kernel = B * B * inp + R * B * B * out + R * R * B * out
     direct = R * B * inp * out + R * R * inp * out
-    # The kernel K = X Xᵀ is held whole, so it must fit in a chunk (B ≤ 1448).
-    G = _kernel_route(D, X) if kernel <= direct and B * B <= CHUNK_ELEMENTS else _direct_route(D, X)
-    return G * (d_scale * x_scale) ** 2
+    return "kernel" if kernel <= direct and B * B <= CHUNK_ELEMENTS else "direct"
+
+
+def _weight_gramian(D: Tensor, X: Tensor, keep: bool) -> tuple[Tensor, Tensor | None]:
+    dtype = _compute_dtype(D, X)
+    (D, d_scale), (X, x_scale) = _in_range(D.to(dtype)), _in_range(X.to(dtype))
+    scale = d_scale * x_scale
+    if _weight_route(D.shape[0], D.shape[1], X.shape[1], D.shape[2]) == "kernel":
+        return _kernel_route(D, X) * scale**2, None
+    if not keep:
+        return _direct_route(D, X) * scale**2, None
+    blocks: list[Tensor] = []
+    G = _direct_route(D, X, blocks)
+    grads = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+    if not (_host_sync_is_free(scale) and float(scale) == 1.0):
+        grads = grads * scale.to(grads.dtype)  # a power of two: exact
+    return G * scale**2, grads
 
 
 def _in_range(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -663,12 +702,15 @@ def _kernel_route(D: Tensor, X: Tensor) -> Tensor:
     return G
 
 
-def _direct_route(D: Tensor, X: Tensor) -> Tensor:
-    # The per-task gradients of a slice of the weight's rows at a time: (R, c, in) for c output rows.
+def _direct_route(D: Tensor, X: Tensor, keep: list[Tensor] | None = None) -> Tensor:
+    # The per-task gradients of a slice of the weight's rows at a time: (R, c, in) for c output
+    # rows, appended to ``keep`` when given.
     R, B, out = D.shape
     cols = max(1, min(out, CHUNK_ELEMENTS // (R * X.shape[1])))
     G = torch.zeros((R, R), dtype=torch.float64, device=D.device)
     for start in range(0, out, cols):
         block = D[:, :, start : start + cols].transpose(1, 2) @ X  # (R, c, in)
         G += gramian([block])
+        if keep is not None:
+            keep.append(block)
     return G
