@@ -275,6 +275,76 @@ def test_attention_with_dropout_reads_the_graph_it_ran():
     torch.testing.assert_close(got.gramian, ref.gramian, **TOL[F64])
 
 
+class MaskedTwice(nn.Module):
+    """One attention layer twice; the second call's float mask (requiring grad) is computed from
+    the first call's output, so a walk through the mask would meet the first call's products."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.attn(*[torch.tanh(self.embed(x))] * 3)[0]
+        m = z.mean(dim=0)
+        y = 2 * z
+        return self.attn(y, y, y, attn_mask=torch.tanh(m @ m.T))[0].mean(dim=1)
+
+
+class TiedInProjection(nn.Module):
+    """An ``nn.Linear`` whose weight is the attention's packed in-projection (read whole there,
+    in row slices by the attention's calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.wide = nn.Linear(8, 24, bias=False)
+        self.wide.weight = self.attn.in_proj_weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.embed(x))
+        return (self.attn(h, h.flip(1), h.flip(1))[0] + self.wide(h)[..., :8]).mean(dim=1)
+
+
+def _parity(trunk: nn.Module) -> mtgrad.GramianEngine:
+    torch.manual_seed(0)
+    prob = Problem("self", F64)
+    prob.trunk = trunk.to(F64)
+    ref, ref_grads = prob.run(mtgrad.CAGrad(c=0.4), "loop")
+    engine = mtgrad.GramianEngine(prob.trunk)
+    got, got_grads = prob.run(mtgrad.CAGrad(c=0.4), engine)
+    torch.testing.assert_close(got.gramian, ref.gramian, **TOL[F64])
+    for a, b in zip(got_grads, ref_grads):
+        torch.testing.assert_close(a, b, **TOL[F64])
+    return engine
+
+
+def test_a_product_reached_again_through_a_mask_is_recorded_once():
+    engine = _parity(MaskedTwice())
+    assert engine.last_num_calls == 1 + 2 + 2  # the embedding, then two products per attention call
+
+
+def test_a_packed_projection_also_read_whole_takes_the_fallback():
+    trunk = TiedInProjection()
+    engine = _parity(trunk)
+    assert engine.last_fallback_numel == _attention_fallback(trunk) + 24 * 8
+
+
+def test_attention_under_checkpointing_reads_no_saved_operand():
+    # Reading a product's saved operands would unpack them: a non-reentrant checkpoint then
+    # recomputes its region each time. Under saved-tensor hooks the layer is left to the fallback.
+    from torch.utils.checkpoint import checkpoint
+
+    runs = []
+    attn = nn.MultiheadAttention(8, 2, batch_first=True).to(F64)
+    attn.register_forward_pre_hook(lambda *_: runs.append(1))
+    engine = mtgrad.GramianEngine(attn)
+    x = torch.randn(3, 4, 8, dtype=F64, requires_grad=True)
+    checkpoint(lambda h: attn(h, h, h)[0], x, use_reentrant=False)
+    assert len(runs) == 1 and engine.num_recorded == 0
+
+
 def test_an_attention_weight_also_used_outside_the_layer_takes_the_fallback():
     prob = Problem("self", F64)
     trunk = prob.trunk

@@ -77,7 +77,7 @@ class _Call:
     saved: Saved  # what the rule's pieces read besides D (the input, detached: shares its version)
     version: int  # the input's _version at the call: an in-place change afterwards invalidates it
     out: GradientEdge  # where the output's gradient D enters the graph (robust to in-place ops after)
-    resume: tuple[Node, ...]  # where the graph walk goes on past the call: x's own node (if any)
+    resume: tuple[Node, ...]  # where the graph walk goes on past the call: x's node (if any), an addmm's bias
     out_shape: tuple[int, ...]  # the output's shape and dtype: a zero D stands in where none reaches
     out_dtype: torch.dtype
 
@@ -277,10 +277,13 @@ class GramianEngine:
         out = output[0] if isinstance(output, tuple) and output else output
         if not isinstance(out, Tensor) or not out.requires_grad or parametrize.is_parametrized(layer):
             return
-        if torch._C._functorch.is_functorch_wrapped_tensor(out):
-            return
-        inputs = [*args[:3], *(kwargs.get(k) for k in ("query", "key", "value"))]
+        if torch._C._functorch.is_functorch_wrapped_tensor(out) or _saved_tensor_hooks_active():
+            return  # reading the products' saved operands would unpack them (a checkpoint recomputes)
+        inputs = [*args, *kwargs.values()]  # query, key, value and the masks: where the walk stops
+        recorded = {id(call.out.node) for call in self._calls if call.rule is _PROJECTION}
         for product in rule.products(layer, inputs, out):
+            if id(product.node) in recorded:
+                continue  # already recorded (reached again through a mask computed from it)
             x = product.x.detach()
             saved = Saved(x, (product.start, product.block))
             edge = GradientEdge(product.node, 0)
@@ -416,6 +419,7 @@ class GramianEngine:
                 reached.add(id(variable))
             stack.extend(fn for fn, _ in node.next_functions)
         reached |= {id(loss) for loss in losses if loss.grad_fn is None}
+        reached |= _sliced_and_whole(used)
         covered = {id(t) for call in used for t in call.covered if t is not None} & shared
         self._check_recorded(used, reached, shared, had_records)
         activation = covered - reached
@@ -492,6 +496,20 @@ class Measured:
         return out
 
 
+def _sliced_and_whole(calls: list[_Call]) -> set[int]:
+    """Ids of the parameters that some calls read in row slices (a packed attention projection
+    of several calls) and others whole (an ``nn.Linear`` tied to it): their pieces would be keyed
+    apart and lose the cross terms, so they take the fallback (exact)."""
+    sliced: set[int] = set()
+    whole: set[int] = set()
+    for call in calls:
+        if call.rule is _PROJECTION and call.saved.extra[1] is not None:
+            sliced.add(id(call.covered[0]))
+        else:
+            whole.update(id(t) for t in call.covered if t is not None)
+    return sliced & whole
+
+
 def _row_by_row_vjp(outputs: Tensor, inputs: Sequence[Tensor | GradientEdge], cotangents: Tensor) -> list[Tensor | None]:
     """:func:`mtgrad.engine.batched_vjp`'s result from one backward per row of ``cotangents``,
     each copied into its stack at once (the graph is kept)."""
@@ -550,6 +568,13 @@ def engine_for(module: nn.Module, *, create: bool = True) -> GramianEngine | Non
     engine.max_records = max(1024, 8 * len(engine.layers))
     module.__dict__[_ATTRIBUTE] = engine
     return engine
+
+
+def _saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensor hooks (activation checkpointing, ``save_on_cpu``) are active: then a
+    graph node's saved tensors are packed, and reading one runs the unpack hook."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is not None and top(False) is not None
 
 
 def _leaf(t: object) -> Tensor | None:

@@ -203,7 +203,7 @@ class LayerRule(Protocol):
     def pieces(
         self, layer: nn.Module, saved: Saved, D: Tensor, covered: Covered, wanted: Wanted, alone: bool
     ) -> list[Contribution]:
-        """``(parameter, slice, piece)`` for every covered parameter ``wanted`` accepts. ``alone``:
+        """``(parameter, first row, piece)`` for every covered parameter ``wanted`` accepts. ``alone``:
         this call is the parameter's only one (a piece then need not merge with others')."""
         ...
 
@@ -463,7 +463,9 @@ class ProjectionRule(_Singleton):
     ``(a, block)``: the slice's first row and the rows per piece (``None``: the whole weight).
     A packed weight's slices (``nn.MultiheadAttention.in_proj_weight``, 3E rows, sliced for
     cross-attention into E and 2E rows) are cut into pieces of ``block`` rows, so that every call
-    keys its share the same way; a single call of the whole weight is one piece."""
+    keys its share the same way; a single call of the whole weight is one piece. (A weight read
+    in slices by some calls and whole by others, e.g. tied to an ``nn.Linear``, takes the
+    engine's fallback.)"""
 
     names: tuple[str, ...] = ("weight",)
 
@@ -512,11 +514,15 @@ class AttentionRule(_Singleton):
     """``nn.MultiheadAttention``: its forward applies its projection weights with ``F.linear``
     inside ``F.multi_head_attention_forward`` (no module call to hook, and ``out_proj`` is never
     called as a module). After its forward, the call's autograd graph — from the output back to
-    the query, key and value — is searched for the matrix products whose second operand is (a
-    transposed, possibly cast or split slice of) one of its weights: ``in_proj_weight`` (or
-    ``q/k/v_proj_weight``) and ``out_proj.weight``. Each becomes a :class:`ProjectionRule` call.
-    A weight used any other way is reached by the engine's graph walk and takes the fallback, as
-    do the biases (added in the same products or after them) and ``bias_k``/``bias_v``.
+    its tensor arguments (query, key, value, masks) — is searched for the matrix products whose
+    second operand is (a transposed, possibly cast or split slice of) one of its weights:
+    ``in_proj_weight`` (or ``q/k/v_proj_weight``) and ``out_proj.weight``. Each becomes a
+    :class:`ProjectionRule` call (a product found again by a later call's walk is not recorded
+    twice). A weight used any other way is reached by the engine's graph walk and takes the
+    fallback, as do the biases (added in the same products or after them) and
+    ``bias_k``/``bias_v``. Under saved-tensor hooks (activation checkpointing, ``save_on_cpu``)
+    nothing is recorded: reading the products' saved operands would unpack them, and a
+    checkpoint recomputes its region on every unpack.
     """
 
     names: tuple[str, ...] = ()
