@@ -556,9 +556,9 @@ def _product(node: Node, weights: dict[int, Tensor], embed_dim: int) -> Product 
     name = type(node).__name__
     edges = node.next_functions
     if name == "MmBackward0":
-        x, mat2, weight_edge, others = node._saved_self, node._saved_mat2, edges[1], edges[:1]  # type: ignore[attr-defined]
+        weight_edge, others = edges[1], edges[:1]
     elif name == "AddmmBackward0" and node._saved_alpha == 1:  # type: ignore[attr-defined]
-        x, mat2, weight_edge, others = node._saved_mat1, node._saved_mat2, edges[2], edges[:2]  # type: ignore[attr-defined]
+        weight_edge, others = edges[2], edges[:2]
     else:
         return None
     fn, _ = weight_edge
@@ -582,12 +582,19 @@ def _product(node: Node, weights: dict[int, Tensor], embed_dim: int) -> Product 
     if fn is None or type(fn).__name__ != "AccumulateGrad":
         return None
     weight = weights.get(id(fn.variable))  # type: ignore[attr-defined]
-    if weight is None or x is None or x.dim() != 2:
+    if weight is None:
+        return None
+    # The operands, read only now (each read unpacks a saved tensor): mat2 is saved only when x
+    # requires grad (x's gradient needs it), x whenever the weight does.
+    if name == "MmBackward0":
+        x, mat2 = node._saved_self, node._saved_mat2  # type: ignore[attr-defined]
+    else:
+        x, mat2 = node._saved_mat1, node._saved_mat2  # type: ignore[attr-defined]
+    if x is None or x.dim() != 2:
         return None
     if sizes is not None and not 0 <= index < len(sizes):
         return None
     start, rows = (0, weight.shape[0]) if sizes is None else (sum(sizes[:index]), sizes[index])
-    # mat2 is saved only when x requires grad (it is what x's gradient needs)
     if x.shape[1] != weight.shape[1] or (mat2 is not None and tuple(mat2.shape) != (weight.shape[1], rows)):
         return None
     block = None
