@@ -18,7 +18,7 @@ CHUNK_FLOAT64 = 1 << 19
 def gramian(blocks: Iterable[Tensor]) -> Tensor:
     """``Σ_k J_k J_kᵀ`` over column blocks ``J_k`` (T, n_k) of the task-gradient matrix.
 
-    Every chunk of ``BLOCK_COLUMNS`` columns is promoted to float64 *before* it is multiplied:
+    Every chunk of columns is promoted to float64 *before* it is multiplied:
     the product of two fp32, bf16 or fp16 numbers is exact in float64 and their squares can
     neither overflow nor underflow there, so ``G`` is the Gramian of the given numbers up to
     float64 summation error (positive semi-definite to ~1e-16 relative). Formed in fp32 instead,
@@ -27,10 +27,12 @@ def gramian(blocks: Iterable[Tensor]) -> Tensor:
     a float64 GEMM: about 2× an fp32 one on this CPU (11 → 23 ms at T = 10, d = 1e6; see
     ``benchmarks/README.md``, precision).
 
-    A chunk holds about ``CHUNK_FLOAT64`` numbers (``BLOCK_COLUMNS`` columns at most, 4096 at
-    least), copied into one reused float64 buffer: a fresh copy of 64k columns at T = 50 is 26 MB,
-    above glibc's mmap threshold, and its page faults doubled the Gramian's cost (T = 50,
-    d = 340k: 98 → 52 ms; fp32 GEMM 28 ms).
+    A chunk holds about ``CHUNK_FLOAT64`` numbers (4096 columns at least), copied into one reused
+    float64 buffer: a fresh copy of 64k columns at T = 50 is 26 MB, above glibc's mmap threshold,
+    and its page faults doubled the Gramian's cost (T = 50, d = 340k: 98 → 52 ms; fp32 GEMM
+    28 ms). Few tasks get long chunks, where the per-call overhead of a 2 × 2 product dominated
+    (T = 2, d = 1e6: 65k columns 2.1 ms, 262k columns 1.5 ms). Float64 blocks are multiplied
+    in place, ``BLOCK_COLUMNS`` columns at a time.
     """
     total: Tensor | None = None
     buffer: Tensor | None = None
@@ -43,7 +45,7 @@ def gramian(blocks: Iterable[Tensor]) -> Tensor:
             for chunk in flat.split(BLOCK_COLUMNS, dim=1):
                 total.addmm_(chunk, chunk.T)
             continue
-        columns = max(4096, min(BLOCK_COLUMNS, CHUNK_FLOAT64 // max(T, 1)))
+        columns = max(4096, CHUNK_FLOAT64 // max(T, 1))
         if buffer is None or buffer.numel() < T * columns or buffer.device != flat.device:
             buffer = torch.empty(T * columns, dtype=torch.float64, device=flat.device)
         for chunk in flat.split(columns, dim=1):
