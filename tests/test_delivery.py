@@ -115,3 +115,42 @@ def test_the_gramian_engine_refuses_tensor_hooks_on_shared_parameters():
     with pytest.raises(ValueError, match=r"shared_params \[0\] have tensor hooks"):
         mtgrad.backward(losses, trunk.parameters(), mtgrad.MGDA(), engine=engine)
     assert all(p.grad is None for p in [*trunk.parameters(), *(q for h in heads for q in h.parameters())])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("method", [mtgrad.PCGrad, mtgrad.Mean], ids=["pcgrad", "mean"])
+def test_a_shared_parameter_no_loss_reaches_keeps_its_grad(engine, method):
+    # As after sum(losses).backward(): None stays None (an optimizer then skips the parameter
+    # instead of stepping on zeros: momentum, weight decay) and an earlier value is untouched.
+    torch.manual_seed(0)
+    trunk = nn.ModuleDict({"used": nn.Linear(3, 4), "idle": nn.Linear(3, 4)})
+    eng = mtgrad.GramianEngine(trunk) if engine == "gramian" else engine
+    x = torch.randn(5, 3)
+    trunk["idle"].bias.grad = torch.ones(4)
+
+    def losses():
+        z = torch.tanh(trunk["used"](x))
+        return [z[:, 0].mean(), z[:, 1].square().mean()]
+
+    mtgrad.backward(losses(), list(trunk.parameters()), method(), engine=eng)
+    assert trunk["idle"].weight.grad is None
+    assert torch.equal(trunk["idle"].bias.grad, torch.ones(4))
+    assert all(p.grad is not None for p in trunk["used"].parameters())
+
+
+def test_accumulated_task_gradients_leave_an_unreached_parameter_alone():
+    torch.manual_seed(0)
+    x = torch.randn(5, 3)
+
+    def step(trunk, names):
+        grads = None
+        for name in names:
+            z = torch.tanh(trunk[name](x))
+            grads = mtgrad.accumulate_task_gradients([z[:, 0].mean(), z[:, 1].mean()], trunk.parameters(), into=grads)
+        mtgrad.apply_task_gradients(grads, mtgrad.PCGrad())
+        return [p.grad is None for p in trunk.parameters()]
+
+    trunk = nn.ModuleDict({"a": nn.Linear(3, 4), "b": nn.Linear(3, 4)})
+    assert step(trunk, ["a", "a"]) == [False, False, True, True]
+    trunk = nn.ModuleDict({"a": nn.Linear(3, 4), "b": nn.Linear(3, 4)})
+    assert step(trunk, ["a", "b"]) == [False, False, False, False]  # reached by a later micro-batch

@@ -23,7 +23,7 @@ accumulate; they raise here and work with ``backward`` on one batch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -39,9 +39,10 @@ from .backward import (
     _check_paths,
     _combined,
     _loss_scale,
+    reached_only,
 )
 from .distributed import Replicas, replicas
-from .engine import ENGINES, Engine, other_leaves, task_gradients
+from .engine import ENGINES, Engine, graph_leaves, task_gradients
 from .methods.base import JacobianAggregator, LossWeighting, Method
 from .stored import GramianPolicy, stored_weights
 
@@ -61,6 +62,8 @@ class TaskGradients:
             micro-batch: the scaler changes it only in ``update()``, after the step), or None.
         replicas: the ranks the step is shared with (:mod:`mtgrad.distributed`): the blocks
             and losses are this rank's until :func:`apply_task_gradients` averages them.
+        reached: ids of the shared parameters some micro-batch's losses reached; outside
+            ``torch.distributed`` the others keep their ``.grad`` (see :func:`mtgrad.backward`).
     """
 
     params: list[Tensor]
@@ -69,6 +72,7 @@ class TaskGradients:
     micro_batches: int
     loss_scale: Tensor | None
     replicas: Replicas
+    reached: set[int] = field(default_factory=set)
 
 
 def accumulate_task_gradients(
@@ -118,14 +122,18 @@ def accumulate_task_gradients(
     scale = _loss_scale(scaler, values)
     if scale is not None:
         task_losses = [loss * scale.to(loss.dtype) for loss in task_losses]
-    others = other_leaves(task_losses, params)
+    leaves = graph_leaves(task_losses)
+    shared = {id(p) for p in params}
+    others = [leaf for leaf in leaves if id(leaf) not in shared]
+    reached = {id(leaf) for leaf in leaves} & shared
     blocks, heads = task_gradients(task_losses, params, others, engine, retain_graph)
     if ranks.initialised:
         ranks.deliver([*params, *others], [*(p.new_zeros(()).expand_as(p) for p in params), *heads])
     else:
         ranks.deliver(others, heads)
     if into is None:
-        return TaskGradients(params, blocks, values, 1, scale, ranks)
+        return TaskGradients(params, blocks, values, 1, scale, ranks, reached)
+    into.reached |= reached
     for total, block in zip(into.blocks, blocks):
         total.add_(block)
     into.losses = into.losses + values
@@ -155,11 +163,15 @@ def apply_task_gradients(grads: TaskGradients, method: Method, *, check_finite: 
     if isinstance(method, JacobianAggregator):
         G = policy.gramian(grads.blocks)
         updates: list[Tensor | None] = [ranks.agree(u) for u in method.aggregate_blocks(grads.blocks, grads.losses)]
-        ranks.deliver(grads.params, updates)
+        ranks.deliver(grads.params, _reached(grads, updates))
         return BackwardResult(weights=None, gramian=G)
     weights, G = stored_weights(method, grads.blocks, grads.losses, policy)  # type: ignore[arg-type]
-    ranks.deliver(grads.params, _combined(weights, grads.blocks))
+    ranks.deliver(grads.params, _reached(grads, _combined(weights, grads.blocks)))
     return BackwardResult(weights=weights, gramian=G)
+
+
+def _reached(grads: TaskGradients, updates: list[Tensor | None]) -> list[Tensor | None]:
+    return updates if grads.replicas.initialised else reached_only(grads.params, updates, grads.reached)
 
 
 def _check_compatible(into: TaskGradients, params: list[Tensor], num_tasks: int) -> None:

@@ -19,7 +19,6 @@ from .engine import (
     Engine,
     OtherGrads,
     graph_leaves,
-    other_leaves,
     reaches,
     representation_gradients,
     sampled_gradients,
@@ -81,7 +80,9 @@ def backward(
     :class:`~mtgrad.methods.base.JacobianAggregator`), each task's gradient
     ``g_i = ∇_θ L_i`` of the shared parameters θ is computed (one backward
     pass per task), the method turns their Gramian into weights ``w`` and ``Σ_i w_i g_i`` is
-    **added** to ``p.grad`` of every shared parameter. (Called once per micro-batch that is a
+    **added** to ``p.grad`` of every shared parameter that a loss reaches (one no loss reaches
+    keeps its ``.grad``, ``None`` included, as after ``loss.backward()``; under
+    ``torch.distributed`` it gets zeros, which a DDP reducer expects). (Called once per micro-batch that is a
     surgery per micro-batch; for the large-batch step use :mod:`mtgrad.accumulate`.) Every other leaf that requires grad — task heads, for
     instance — receives the ordinary gradient of ``Σ_i L_i``, i.e. each head its own task's
     gradient (PCGrad Sec. 3: surgery on shared parameters only). Any ``torch.optim`` optimizer
@@ -212,11 +213,21 @@ def _backward(
     if policy.loss_scale is not None and not isinstance(method, LossWeighting):
         task_losses = [loss * policy.loss_scale.to(loss.dtype) for loss in task_losses]
     ranks.mean_([values])  # the global batch's losses, for the methods that read them
-    others = other_leaves(task_losses, params)
+    leaves = graph_leaves(task_losses)
+    shared = {id(p) for p in params}
+    others = [leaf for leaf in leaves if id(leaf) not in shared]
     step = _dispatch(task_losses, params, others, method, retain_graph, policy, engine, representation, values)
+    updates = step.shared if ranks.initialised else reached_only(params, step.shared, {id(leaf) for leaf in leaves})
     # Nothing was written before this point: an error above leaves every .grad as it was.
-    ranks.deliver([*params, *others, *step.extra_leaves], [*step.shared, *step.others, *step.extra_grads])
+    ranks.deliver([*params, *others, *step.extra_leaves], [*updates, *step.others, *step.extra_grads])
     return step.record
+
+
+def reached_only(params: Sequence[Tensor], updates: Sequence[Tensor | None], reached: set[int]) -> list[Tensor | None]:
+    """``None`` for the shared parameters no loss reaches (the engines give them zeros): their
+    ``.grad`` then stays as it was, as after ``loss.backward()``, so that an optimizer skips
+    them rather than stepping on zero gradients (momentum, weight decay)."""
+    return [u if id(p) in reached else None for p, u in zip(params, updates)]
 
 
 @dataclass(frozen=True)
