@@ -185,7 +185,7 @@ def test_invalid_arguments(kwargs, match):
 
 
 def test_invalid_state():
-    with pytest.raises(ValueError, match="unexpected NashMTL state keys"):
+    with pytest.raises(ValueError, match=r"unexpected \['generator'\]; missing \['alpha', 'step'\]"):
         NashMTL().load_state_dict({"generator": 1})
     with pytest.raises(ValueError, match="'step'"):
-        NashMTL().load_state_dict({"step": -1})
+        NashMTL().load_state_dict({"step": -1, "alpha": None})

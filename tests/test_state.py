@@ -69,3 +69,80 @@ def test_a_state_with_a_stray_key_is_refused_by_name(name):
     state = {**WEIGHTINGS[name]().state_dict(), "stray": 1}
     with pytest.raises(ValueError, match="stray|state keys"):
         WEIGHTINGS[name]().load_state_dict(state)
+
+
+# A second device stands in for a GPU: "meta" tensors carry a device and shape but no data, and an
+# elementwise op mixing them with CPU tensors raises, as CPU and CUDA tensors do. A state saved on
+# the CPU must continue on the device its next inputs (or the method's own tensors) live on.
+META = torch.device("meta")
+
+
+def _saved(method):
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac", "rlw", "nashmtl"])
+def test_a_weightings_state_continues_on_the_next_gramians_device(name):
+    a = WEIGHTINGS[name]() if name != "nashmtl" else mtgrad.NashMTL()
+    for G in _gramians(2):
+        a.weights(G)
+    b = WEIGHTINGS[name]() if name != "nashmtl" else mtgrad.NashMTL()
+    b.load_state_dict(_saved(a))
+    w = b.weights(next(_gramians(1)).to(META), validate=False)
+    assert w.device == META and w.shape == (T,)
+
+
+def test_reuse_plans_its_saved_weights_on_the_next_inputs_device():
+    a = WEIGHTINGS["reuse"]()
+    G = next(_gramians(1))
+    a.advance(a.method.weights(G))
+    b = WEIGHTINGS["reuse"]()
+    b.load_state_dict(_saved(a))
+    assert b.planned_weights(T, G.to(META)).device == META
+
+
+@pytest.mark.parametrize("sliding", [False, True], ids=["windows", "sliding"])
+def test_dwa_state_continues_on_the_losses_device(sliding):
+    a = mtgrad.DWA(window=2, sliding=sliding)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        a.combine(torch.rand(T, generator=gen) + 0.5)
+    b = mtgrad.DWA(window=2, sliding=sliding)
+    b.load_state_dict(_saved(a))
+    b.check_values = False  # meta tensors have no values to check
+    for _ in range(3):  # through a window's end: every state tensor is used
+        total, weights = b.combine(torch.rand(T, device=META) + 0.5)
+        assert total.device == META and weights.device == META
+
+
+def _gradnorm(device):
+    layer = torch.ones(4, 2, device=device, requires_grad=True)
+    return mtgrad.GradNorm(T, layer), lambda: torch.stack([layer[:, i % 2].square().sum() * (i + 1) for i in range(T)])
+
+
+def _fixed(method):
+    return method, lambda: torch.tensor([1.0, 2.0, 0.5])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda device: _fixed(mtgrad.UW(T, device=device)),
+        lambda device: _fixed(mtgrad.IMTLL(T, device=device)),
+        lambda device: _fixed(mtgrad.FAMO(T, device=device)),
+        _gradnorm,
+    ],
+    ids=["uw", "imtll", "famo", "gradnorm"],
+)
+def test_a_loss_weightings_state_is_loaded_onto_its_own_device(make):
+    # As torch.optim does: the tensors replaced take the device of those they replace.
+    a, losses = make("cpu")
+    a.combine(losses())
+    b, _ = make(META)
+    b.load_state_dict(_saved(a))
+    tensors = [t for t in b.state_dict().values() if isinstance(t, torch.Tensor)]
+    assert tensors and all(t.device == META for t in tensors)
+    assert all(p.device == META for p in b.parameters())

@@ -88,7 +88,7 @@ class DWA(LossWeighting):
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         losses = check_losses(losses, self._num_tasks(), "DWA", positive=True, values=self.check_values)
         values = losses.detach()
-        st = self.state
+        st = self._on(values)
         if self.sliding:
             n = int(self.window)
             if st.buffer is None:
@@ -109,6 +109,18 @@ class DWA(LossWeighting):
             if self.window != "epoch" and st.window_count == self.window:
                 self._close_window()
         return (weights * losses).sum(), weights
+
+    def _on(self, like: Tensor) -> DWAState:
+        """The state, its tensors moved to ``like``'s device: a state loaded from another device (a
+        checkpoint of a GPU run resumed on the CPU, or the reverse) continues there."""
+        st = self.state
+
+        def moved(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(like.device)
+
+        st.window_sum, st.buffer = moved(st.window_sum), moved(st.buffer)
+        st.averages = [a.to(like.device) for a in st.averages]
+        return st
 
     def end_epoch(self) -> None:
         """Close the current window (``window="epoch"``): call once at the end of every epoch."""

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..solvers import bargaining_weights
+from ._state import check_state_keys
 from .base import Weighting
 
 __all__ = ["NashMTL"]
@@ -91,6 +92,7 @@ class NashMTL(Weighting):
     def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:
         warm = self._alpha if self._alpha is not None and self._alpha.shape == gramian.shape[:-1] else None
         if warm is not None:
+            warm = warm.to(gramian)  # a loaded state may come from another device
             # The last α is in the last Gramian's units; αᵀGα = T at the solution fixes its scale here.
             curvature = (warm.unsqueeze(-2) @ gramian @ warm.unsqueeze(-1)).squeeze(-1)
             warm = warm * torch.where(curvature > 0, (gramian.shape[-1] / curvature).sqrt(), torch.ones_like(curvature))
@@ -100,13 +102,11 @@ class NashMTL(Weighting):
         return {"step": self._step, "alpha": None if self._alpha is None else self._alpha.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        unknown = set(state) - {"step", "alpha"}
-        if unknown:
-            raise ValueError(f"unexpected NashMTL state keys {sorted(unknown)}")
-        step = state.get("step", 0)
+        check_state_keys(state, {"step", "alpha"}, "NashMTL")
+        step = state["step"]
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"NashMTL state 'step' must be an int ≥ 0, got {step!r}")
-        alpha = state.get("alpha")
+        alpha = state["alpha"]
         if alpha is not None and not isinstance(alpha, Tensor):
             raise TypeError(f"NashMTL state 'alpha' must be a tensor or None, got {type(alpha).__name__}")
         self._step = step

@@ -73,7 +73,8 @@ class Reuse(Method):
         self.state.step += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.state.step, "weights": self.state.weights, "method": self.method.state_dict()}
+        weights = self.state.weights
+        return {"step": self.state.step, "weights": None if weights is None else weights.clone(), "method": self.method.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state) != {"step", "weights", "method"}:
