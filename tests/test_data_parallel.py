@@ -100,5 +100,6 @@ def test_the_documented_example_runs_and_its_ranks_agree():
 
     script = Path(__file__).resolve().parent.parent / "docs" / "examples" / "ddp.py"
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "ranks agree: True" in done.stdout
+    report = f"stdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, report
+    assert "ranks agree: True" in done.stdout, report
