@@ -446,3 +446,27 @@ def test_float32_routes_neither_overflow_nor_underflow(log10, route, monkeypatch
     G = lg.weight_gramian(D, X)
     assert bool(torch.isfinite(G).all())
     torch.testing.assert_close(G, grads @ grads.T, rtol=1e-5, atol=0.0)
+
+
+def test_float32_kept_gradients_survive_a_combined_scale_outside_float32s_range():
+    # D ≈ 1e20 on the rows where X ≈ 1e-10 and X ≈ 1e19 where D ≈ 1e-10: each of D and X is
+    # rescaled by ~2^66 and ~2^63, their product 2^129 exceeds float32, yet every entry of DᵀX
+    # (≈ 1e10) fits. The kept gradients must come back finite and equal the float64 ones.
+    g = torch.Generator().manual_seed(0)
+    B, inp, out, T = 16, 6, 8, 3
+    D = torch.randn(T, B, out, generator=g, dtype=F64)
+    X = torch.randn(B, inp, generator=g, dtype=F64)
+    D[:, : B // 2] *= 1e20
+    D[:, B // 2 :] *= 1e-10
+    X[: B // 2] *= 1e-10
+    X[B // 2 :] *= 1e19
+    D, X = D.float(), X.float()
+    want = torch.einsum("tbo,bi->toi", D.double(), X.double())
+    assert lg._weight_route(T, B, inp, out) == "direct"  # the route that keeps the gradients
+    G, grads = lg.weight_gramian_and_grads(D, X)
+    assert grads is not None
+    assert bool(torch.isfinite(grads).all())
+    torch.testing.assert_close(grads.double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    flat = want.reshape(T, -1)
+    ref = flat @ flat.T
+    torch.testing.assert_close(G, ref, rtol=1e-5, atol=1e-5 * float(ref.diagonal().max()))

@@ -472,19 +472,31 @@ class Measured:
         plan = self.plan
         wanted = lambda t: t is not None and id(t) in plan.activation and id(t) not in self.kept  # noqa: E731
         grads: dict[int, Tensor] = {}
+        owned: set[int] = set()  # ids whose tensor was allocated here, so may be added into
         for call, D in zip(plan.calls, self.deltas):
             if D is None or not any(wanted(t) for t in call.covered):
                 continue
             # combine: float64 weights outside float32's range are rescaled exactly first.
             Dw = combine(weights, D, dtype=torch.promote_types(D.dtype, torch.float32)).unsqueeze(0)
             for param, start, piece in call.rule.pieces(call.layer, call.saved, Dw, call.covered, wanted, False):
-                g = piece.block()[0]
+                g, key = piece.block()[0], id(param)
                 if start is None:
                     g = g.reshape(param.shape)
-                else:  # a slice of the parameter's rows
-                    rows, g = g, g.new_zeros(param.shape)
-                    g[start : start + rows.shape[0]] = rows.reshape(-1, *param.shape[1:])
-                grads[id(param)] = g if id(param) not in grads else grads[id(param)] + g
+                    if key in grads:
+                        grads[key] = grads[key] + g
+                        owned.add(key)
+                    else:
+                        grads[key] = g
+                    continue
+                # A slice of the parameter's rows (a packed projection's q, k or v): added into
+                # one full-size tensor, not a zero-padded copy per slice.
+                if key not in owned:
+                    total = g.new_zeros(param.shape)
+                    if key in grads:
+                        total += grads[key]
+                    grads[key] = total
+                    owned.add(key)
+                grads[key][start : start + g.shape[0]] += g.reshape(-1, *param.shape[1:])
         for p, block in zip(plan.fallback, self.blocks):
             grads[id(p)] = combine(weights, block)
         for key, block in self.kept.items():

@@ -676,12 +676,22 @@ def _weight_gramian(D: Tensor, X: Tensor, keep: bool) -> tuple[Tensor, Tensor | 
         return _kernel_route(D, X) * scale**2, None
     if not keep:
         return _direct_route(D, X) * scale**2, None
-    blocks: list[Tensor] = []
-    G = _direct_route(D, X, blocks)
-    grads = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+    grads = D.new_empty((D.shape[0], D.shape[2], X.shape[1]))
+    G = _direct_route(D, X, grads)
     if not (_host_sync_is_free(scale) and float(scale) == 1.0):
-        grads = grads * scale.to(grads.dtype)  # a power of two: exact
+        _unscale_(grads, d_scale, x_scale)
     return G * scale**2, grads
+
+
+def _unscale_(t: Tensor, *scales: Tensor) -> None:
+    """Multiply ``t`` in place by each power-of-two scale in turn, each split into two halves.
+    Their product can leave t's range (2^66 · 2^63 > float32's 2^128) while every entry of the
+    result fits; one factor at a time, each within range, is exact and overflows only where the
+    result itself does."""
+    for scale in scales:
+        _, e = torch.frexp(scale)
+        half = torch.ldexp(torch.ones_like(scale), torch.div(e - 1, 2, rounding_mode="floor"))
+        t.mul_(half.to(t.dtype)).mul_((scale / half).to(t.dtype))
 
 
 def _in_range(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -715,9 +725,9 @@ def _kernel_route(D: Tensor, X: Tensor) -> Tensor:
     return G
 
 
-def _direct_route(D: Tensor, X: Tensor, keep: list[Tensor] | None = None) -> Tensor:
+def _direct_route(D: Tensor, X: Tensor, keep: Tensor | None = None) -> Tensor:
     # The per-task gradients of a slice of the weight's rows at a time: (R, c, in) for c output
-    # rows, appended to ``keep`` when given.
+    # rows, written into ``keep`` (R, out, in) when given, so that no second copy is ever held.
     R, B, out = D.shape
     cols = max(1, min(out, CHUNK_ELEMENTS // (R * X.shape[1])))
     G = torch.zeros((R, R), dtype=torch.float64, device=D.device)
@@ -725,5 +735,5 @@ def _direct_route(D: Tensor, X: Tensor, keep: list[Tensor] | None = None) -> Ten
         block = D[:, :, start : start + cols].transpose(1, 2) @ X  # (R, c, in)
         G += gramian([block])
         if keep is not None:
-            keep.append(block)
+            keep[:, start : start + cols] = block
     return G
