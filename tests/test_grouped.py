@@ -125,3 +125,75 @@ def test_grouped_backward_reuses_the_weights_between_updates():
     second = mtgrad.grouped_backward(model, task_loss(model), batch, reuse)
     assert second.gramian is None  # reused: no per-task Gramian formed
     torch.testing.assert_close(second.weights, first.weights, rtol=0, atol=0)
+
+
+class WithSpare(torch.nn.Module):
+    """The grouped test model plus a layer the forward never calls."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.spare = net, torch.nn.Linear(3, 3).double()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("method", [mtgrad.PCGrad(order="fixed"), mtgrad.GradDrop(), mtgrad.Mean()])
+@pytest.mark.parametrize("shared", [None, ["net.0.weight", "spare.weight"]])
+def test_a_parameter_no_loss_reaches_keeps_its_grad(method, shared):
+    net, batch = make()
+    model = WithSpare(net)
+    model.spare.bias.grad = torch.full((3,), 7.0, dtype=torch.float64)
+    torch.manual_seed(1)  # GradDrop draws its signs
+    mtgrad.grouped_backward(model, task_loss(model), batch, method, shared=shared)
+    assert model.spare.weight.grad is None
+    torch.testing.assert_close(model.spare.bias.grad, torch.full((3,), 7.0, dtype=torch.float64))
+    # The reached parameters get what the model without the spare layer gets.
+    twin, _ = make()
+    reached = None if shared is None else ["0.weight"]
+    torch.manual_seed(1)
+    mtgrad.grouped_backward(twin, task_loss(twin), batch, method, shared=reached)
+    for p, q in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_a_zero_gradient_that_is_reached_is_still_written():
+    # The spare layer enters every loss as 0 · w: an exact zero gradient, yet reached. It is
+    # written (as zeros), not mistaken for an unreached parameter.
+    net, batch = make()
+    model = WithSpare(net)
+
+    def touches_spare(params, rows):
+        x, y = rows
+        spare = 0.0 * (params["spare.weight"].sum() + params["spare.bias"].sum())
+        return spare + ((functional_call(model, params, (x,)) - y) ** 2).mean()
+
+    mtgrad.grouped_backward(model, touches_spare, batch, mtgrad.PCGrad())
+    assert model.spare.weight.grad is not None and not bool(model.spare.weight.grad.any())
+    assert model.spare.bias.grad is not None
+
+
+def test_a_task_loss_that_ignores_params_is_refused():
+    model, batch = make()
+
+    def ignores(params, rows):
+        x, y = rows
+        return ((model(x) - y) ** 2).mean()  # the module's own parameters, not ``params``
+
+    with pytest.raises(ValueError, match="no gradient path to the shared parameters"):
+        mtgrad.grouped_backward(model, ignores, batch, mtgrad.PCGrad())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_shared_as_a_single_string_is_refused():
+    model, batch = make()
+    with pytest.raises(TypeError, match=r"use \['0.weight'\]"):
+        mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.PCGrad(), shared="0.weight")
+
+
+def test_dropout_without_randomness_names_the_argument():
+    model, batch = make()
+    model = torch.nn.Sequential(*model, torch.nn.Dropout(0.5))
+    with pytest.raises(RuntimeError, match="randomness='different'"):
+        mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.PCGrad())
+    mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.PCGrad(), randomness="different")

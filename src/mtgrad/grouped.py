@@ -14,7 +14,8 @@ leading dimension, ``(T, rows_per_task, ...)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from .backward import BackwardResult, _check_finite_losses, _check_parallel_method
 from .distributed import replicas
+from .engine import graph_leaves
 from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
 from .methods.schedules import CAGradFast, Reuse
@@ -43,8 +45,17 @@ def grouped_task_gradients(
     """Per-task losses ``(T,)`` and gradients ``{name: (T, *param.shape)}`` of every trainable
     parameter, with task ``i``'s loss computed from ``batch[..][i]`` only.
 
-    ``randomness`` is passed to :func:`torch.func.vmap`: use ``"different"`` when the loss samples
-    (e.g. SAC's reparameterised actions), so that each task draws its own noise.
+    Args:
+        model: the module whose trainable parameters are differentiated.
+        task_loss: ``task_loss(params, rows) -> scalar``, one task's loss from its rows, calling
+            the model as ``torch.func.functional_call(model, params, inputs)``.
+        batch: a tensor or a (nested) tuple/list/dict of tensors, each ``(T, rows, ...)``.
+        randomness: passed to :func:`torch.func.vmap`: ``"different"`` when the loss draws random
+            numbers (dropout, SAC's reparameterised actions) and each task should draw its own,
+            ``"same"`` for one draw shared by every task; the default refuses random operations.
+
+    A parameter the loss never reaches gets zeros here (``torch.func.grad`` cannot tell it from a
+    zero gradient); :func:`grouped_backward` tells them apart.
     """
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not params:
@@ -65,10 +76,43 @@ def grouped_task_gradients(
             raise ValueError(f"task_loss must return a scalar, got shape {tuple(loss.shape)}")
         return loss, loss
 
-    grads, losses = torch.func.vmap(
-        torch.func.grad(one_task, has_aux=True), in_dims=(None, 0), randomness=randomness
-    )(detached, batch)
+    with _randomness_hint(randomness):
+        grads, losses = torch.func.vmap(
+            torch.func.grad(one_task, has_aux=True), in_dims=(None, 0), randomness=randomness
+        )(detached, batch)
     return losses, grads
+
+
+@contextlib.contextmanager
+def _randomness_hint(randomness: Randomness) -> Iterator[None]:
+    """Name this module's ``randomness`` argument in vmap's refusal of a random operation."""
+    try:
+        yield
+    except RuntimeError as error:
+        if randomness != "error" or "randomness" not in str(error):
+            raise
+        raise RuntimeError(
+            "task_loss draws random numbers (dropout, sampling) under vmap: pass randomness='different' "
+            "for each task its own draws, or randomness='same' for one draw shared by all tasks"
+        ) from error
+
+
+def _reached(
+    model: torch.nn.Module,
+    task_loss: Callable[[dict[str, Tensor], Any], Tensor],
+    batch: Any,
+    randomness: Randomness,
+    names: list[str],
+) -> set[str]:
+    """Those of ``names`` that the vmapped losses' autograd graph reaches: one more forward, taken
+    only for parameters whose gradient came back exactly zero for every task."""
+    # Fresh leaves, so that a loss reaching the module's own parameters (not ``params``) is not
+    # mistaken for one that uses what it is given.
+    params = {name: p.detach().requires_grad_() for name, p in model.named_parameters() if p.requires_grad}
+    with torch.enable_grad(), _randomness_hint(randomness):
+        losses = torch.func.vmap(task_loss, in_dims=(None, 0), randomness=randomness)(params, batch)
+    leaves = {id(leaf) for leaf in graph_leaves([losses])}
+    return {name for name in names if id(params[name]) in leaves}
 
 
 def grouped_backward(
@@ -102,7 +146,29 @@ def grouped_backward(
     Under data parallelism (``data_parallel`` as in :func:`mtgrad.backward`; the model is called
     functionally, so no DDP wrapper is involved) every parameter's per-task gradients and the
     losses are averaged over the ranks first: every rank writes the same, global-batch ``.grad``.
+
+    A parameter no task's loss reaches keeps its ``.grad`` (``None`` included), as after
+    ``loss.backward()``; a ``task_loss`` that reaches none of the shared parameters (it ignores
+    ``params``) is refused.
+
+    Args:
+        model: the module whose trainable parameters are updated.
+        task_loss: ``task_loss(params, rows) -> scalar``: one task's loss from its own rows, calling
+            the model as ``torch.func.functional_call(model, params, inputs)``.
+        batch: a tensor or a (nested) tuple/list/dict of tensors, each ``(T, rows, ...)``: task
+            ``i``'s rows are ``[i]`` of every tensor.
+        method: what combines the per-task gradients (see above).
+        shared: names (as in ``model.named_parameters()``) of the shared parameters; all trainable
+            ones when ``None``.
+        randomness: ``"error"`` (refuse random operations), ``"different"`` (each task its own
+            draws: dropout, sampled actions) or ``"same"``; passed to :func:`torch.func.vmap`.
+        check_finite: refuse NaN/inf losses and gradients before anything is written.
+        data_parallel: as in :func:`mtgrad.backward`.
     """
+    if isinstance(shared, (str, bytes)):
+        raise TypeError(f"shared must be an iterable of parameter names, got the string {shared!r} (use [{shared!r}])")
+    if shared is not None:
+        shared = list(shared)
     ranks = replicas(data_parallel)
     _check_parallel_method(method, ranks)
     if isinstance(method, LossWeighting):
@@ -127,8 +193,10 @@ def grouped_backward(
         _check_finite_losses(losses.detach(), ranks)
     losses = losses.detach().clone()
     ranks.mean_([*grads.values(), losses])
+    grads = _drop_unreached(model, task_loss, batch, randomness, grads, shared_names)
+    shared_names = [n for n in shared_names if n in grads]
     shared_set = set(shared_names)
-    updates: dict[str, Tensor] = {name: grads[name].sum(0) for name in names if name not in shared_set}
+    updates: dict[str, Tensor] = {name: g.sum(0) for name, g in grads.items() if name not in shared_set}
     blocks = [grads[n] for n in shared_names]
     w: Tensor | None
     policy = GramianPolicy(check=check_finite, replicas=ranks)
@@ -142,6 +210,30 @@ def grouped_backward(
     params = dict(model.named_parameters())
     ranks.deliver([params[name] for name in updates], list(updates.values()))
     return BackwardResult(weights=w, gramian=G, losses=losses)
+
+
+def _drop_unreached(
+    model: torch.nn.Module,
+    task_loss: Callable[[dict[str, Tensor], Any], Tensor],
+    batch: Any,
+    randomness: Randomness,
+    grads: dict[str, Tensor],
+    shared: list[str],
+) -> dict[str, Tensor]:
+    """``grads`` without the parameters no loss reaches (their zeros would overwrite ``.grad``);
+    a ``ValueError`` when that leaves no shared parameter. One host read for every parameter."""
+    zero = torch.stack([g.eq(0).all() for g in grads.values()]).tolist()
+    candidates = [name for name, z in zip(grads, zero) if z]
+    if not candidates:
+        return grads
+    unreached = set(candidates) - _reached(model, task_loss, batch, randomness, candidates)
+    if unreached.issuperset(shared):
+        raise ValueError(
+            "task_loss has no gradient path to the shared parameters: its losses do not depend on any of "
+            f"{shared[:4]}{' …' if len(shared) > 4 else ''} (does it call "
+            "torch.func.functional_call(model, params, ...) with the params it is given?)"
+        )
+    return {name: g for name, g in grads.items() if name not in unreached}
 
 
 def _loss_weighting_backward(
