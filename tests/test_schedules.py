@@ -100,6 +100,18 @@ def test_reuse_state_round_trip():
     assert b.state.step == 1 and torch.equal(b.state.weights, a.state.weights)
 
 
+def test_editing_a_records_weights_in_place_leaves_the_reused_ones_alone():
+    trunk, heads, losses = make_problem()
+    reuse = mtgrad.Reuse(mtgrad.MGDA(), every=3)
+    computed = mtgrad.backward(losses(), trunk.parameters(), reuse).weights
+    kept = computed.clone()
+    computed.mul_(0)  # the caller's tensor, e.g. normalised for a log
+    reused = mtgrad.backward(losses(), trunk.parameters(), reuse).weights
+    torch.testing.assert_close(reused, kept, rtol=0, atol=0)
+    reused.mul_(0)
+    torch.testing.assert_close(mtgrad.backward(losses(), trunk.parameters(), reuse).weights, kept, rtol=0, atol=0)
+
+
 def test_reuse_validates_arguments():
     with pytest.raises(ValueError, match="every"):
         mtgrad.Reuse(mtgrad.PCGrad(), every=0)

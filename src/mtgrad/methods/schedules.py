@@ -64,12 +64,12 @@ class Reuse(Method):
             return None
         if self.state.weights.shape != (num_tasks,):
             raise ValueError(f"Reuse holds weights for {self.state.weights.shape[0]} tasks, got {num_tasks} losses")
-        return self.state.weights.to(like.device)
+        return self.state.weights.to(like.device, copy=True)  # the caller may edit what it is given
 
     def advance(self, computed: Tensor | None = None) -> None:
         """Count the step; remember freshly ``computed`` weights."""
         if computed is not None:
-            self.state.weights = computed.detach()
+            self.state.weights = computed.detach().clone()  # not the caller's tensor
         self.state.step += 1
 
     def state_dict(self) -> dict[str, Any]:
