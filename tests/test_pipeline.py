@@ -208,3 +208,41 @@ def test_one_spec_grammar_for_lists_and_single_specs():
     assert mtgrad.split_specs("reuse:method=cagrad,every=4,c=0.5;mean") == ["reuse:method=cagrad,every=4,c=0.5", "mean"]
     with pytest.raises(ValueError, match="separates specs"):
         mtgrad.from_spec("cagrad:c=0.5;rescale=2")
+
+
+@pytest.mark.parametrize(
+    "spec, error, match",
+    [
+        ("pcgrad:include_self=no", TypeError, "include_self must be True or False, got 'no'"),
+        ("pcgrad:include_self=2", TypeError, "include_self must be True or False, got 2"),
+        ("cagrad:scale_by_tasks=maybe", TypeError, "scale_by_tasks must be True or False"),
+        ("fairgrad:scale_by_tasks=1", TypeError, "scale_by_tasks must be True or False"),
+        ("cagrad_fast:scale_by_tasks=off", TypeError, "scale_by_tasks must be True or False"),
+        ("dwa:sliding=yes", TypeError, "sliding must be True or False"),
+        ("cagrad:rescale=true", ValueError, "rescale must be 0"),
+        ("cagrad:c=0.5,c=0.6", ValueError, "'c' is given twice"),
+        ("uw", ValueError, r"uw needs num_tasks: pass mtgrad.from_spec\('uw', num_tasks=...\)"),
+        ("gradnorm", ValueError, "needs num_tasks, last_shared"),
+        ("reuse:method=uw", ValueError, "UW is not one"),
+        ("reuse:method=famo,every=2", ValueError, "FAMO is not one"),
+    ],
+)
+def test_a_spec_value_that_is_not_what_the_option_takes_is_refused(spec, error, match):
+    # Python would take "no" or 2 as a truthy flag and True as rescale=1, without a word.
+    with pytest.raises(error, match=match):
+        mtgrad.from_spec(spec)
+
+
+def test_flags_refuse_non_bools_in_the_constructors_too():
+    with pytest.raises(TypeError, match="include_self"):
+        mtgrad.PCGrad(include_self="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rescale"):
+        mtgrad.CAGrad(rescale=True)
+    assert mtgrad.from_spec("pcgrad:include_self=TRUE").include_self is True
+    assert mtgrad.from_spec("uw", num_tasks=3).num_tasks == 3
+
+
+@pytest.mark.parametrize("spec", [None, 3, mtgrad.PCGrad()])
+def test_from_spec_of_something_else_than_a_string_is_refused(spec):
+    with pytest.raises(TypeError, match="from_spec takes a spec string"):
+        mtgrad.from_spec(spec)  # type: ignore[arg-type]

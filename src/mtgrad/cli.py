@@ -208,7 +208,7 @@ def _run_toy(args: argparse.Namespace) -> int:
 
 def _seeds(text: str) -> list[int]:
     try:
-        seeds = [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
+        seeds = [int(part) for part in text.replace(";", ",").split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds are integers separated by commas, got {text!r}") from None
     if not seeds:

@@ -1,10 +1,20 @@
-"""Input checks and state helpers shared by the loss weightings (UW, IMTL-L, DWA, GLS, GradNorm, FAMO)."""
+"""Input checks shared by the methods, and state helpers of the loss weightings (UW, IMTL-L, DWA,
+GLS, GradNorm, FAMO)."""
 
 from __future__ import annotations
 
 
 import torch
 from torch import Tensor
+
+
+def check_bool(value: object, name: str) -> bool:
+    """``value`` if it is a bool; a ``TypeError`` for anything else (``"no"``, ``0``, ``2``), which
+    Python would otherwise take as true or false without a word."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
 
 def check_num_tasks(num_tasks: object) -> int:
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int):

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from ..solvers import cagrad_mtrl_weights, cagrad_weights
+from ._loss_checks import check_bool
 from .base import Weighting
 
 __all__ = ["CAGrad"]
@@ -72,13 +73,13 @@ class CAGrad(Weighting):
     ) -> None:
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0 or c == float("inf"):
             raise ValueError(f"c must be a finite number ≥ 0, got {c!r}")
-        if rescale not in (0, 1, 2):
+        if isinstance(rescale, bool) or rescale not in (0, 1, 2):
             raise ValueError(f"rescale must be 0 (paper), 1 (÷(1+c²)) or 2 (÷(1+c)), got {rescale!r}")
         if solver not in ("exact", "mtrl"):
             raise ValueError(f"solver must be 'exact' or 'mtrl', got {solver!r}")
         self.c = float(c)
         self.rescale = rescale
-        self.scale_by_tasks = bool(scale_by_tasks)
+        self.scale_by_tasks = check_bool(scale_by_tasks, "scale_by_tasks")
         self.solver: Solver = solver
 
     def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:

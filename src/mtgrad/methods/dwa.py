@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .base import LossWeighting
-from ._loss_checks import check_finite_float, check_losses
+from ._loss_checks import check_bool, check_finite_float, check_losses
 from ._state import check_state_keys
 
 __all__ = ["DWA"]
@@ -71,8 +71,7 @@ class DWA(LossWeighting):
         self.temperature = check_finite_float(temperature, "temperature", positive=True)
         if window != "epoch" and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"window must be 'epoch' or a positive int (iterations), got {window!r}")
-        if not isinstance(sliding, bool):
-            raise TypeError(f"sliding must be a bool, got {type(sliding).__name__}")
+        check_bool(sliding, "sliding")
         if sliding and window == "epoch":
             raise ValueError("sliding=True needs an int window (nash-mtl uses window=25), got window='epoch'")
         self.window: Literal["epoch"] | int = window

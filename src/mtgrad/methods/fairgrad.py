@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from ..solvers import bargaining_weights
+from ._loss_checks import check_bool
 from .base import Weighting
 from .nashmtl import _check_max_iter, _check_ridge
 
@@ -68,7 +69,7 @@ class FairGrad(Weighting):
                 "(for the α → 0 limit, linear scalarisation, use mtgrad.Sum())"
             )
         self.alpha = float(alpha)
-        self.scale_by_tasks = bool(scale_by_tasks)
+        self.scale_by_tasks = check_bool(scale_by_tasks, "scale_by_tasks")
         self.ridge = _check_ridge(ridge)
         self.max_iter = _check_max_iter(max_iter)
 

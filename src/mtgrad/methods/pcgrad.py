@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ._loss_checks import check_bool
 from ._state import check_state_keys, generator_state, load_generator_state
 from .base import Weighting
 
@@ -57,7 +58,7 @@ class PCGrad(Weighting):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.reduction: Reduction = reduction
         self.order: Order = order
-        self.include_self = bool(include_self)
+        self.include_self = check_bool(include_self, "include_self")
         self.generator = generator
 
     def _weights(self, gramian: Tensor, losses: Tensor | None = None) -> Tensor:

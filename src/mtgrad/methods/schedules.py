@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..solvers import cagrad_weights
+from ._loss_checks import check_bool
 from ._state import check_state_keys, generator_state, load_generator_state
 from .base import Method, Weighting, unit_scaled
 from .cagrad import output_factor
@@ -126,12 +127,12 @@ class CAGradFast(Method):
             raise ValueError(f"c must be a finite number ≥ 0, got {c!r}")
         if isinstance(num_gradients, bool) or not isinstance(num_gradients, int) or num_gradients < 2:
             raise ValueError(f"num_gradients must be an int ≥ 2 (sampled tasks + 1 pseudo-task), got {num_gradients!r}")
-        if rescale not in (0, 1, 2):
+        if isinstance(rescale, bool) or rescale not in (0, 1, 2):
             raise ValueError(f"rescale must be 0, 1 or 2, got {rescale!r}")
         self.c = float(c)
         self.num_gradients = num_gradients
         self.rescale = rescale
-        self.scale_by_tasks = bool(scale_by_tasks)
+        self.scale_by_tasks = check_bool(scale_by_tasks, "scale_by_tasks")
         self.generator = generator
 
     def sample(self, num_tasks: int) -> list[int]:

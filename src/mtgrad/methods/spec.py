@@ -88,6 +88,9 @@ def from_spec(spec: str, **extra: Any) -> Method:
     ``extra`` keyword arguments (e.g. ``generator=``, ``num_tasks=``, ``last_shared=``) are passed
     to the constructor of methods that accept them and ignored by the others.
     """
+    if not isinstance(spec, str):
+        kind = "a Method instance, which is used as it is, not parsed" if isinstance(spec, Method) else type(spec).__name__
+        raise TypeError(f"from_spec takes a spec string such as 'pcgrad' or 'cagrad:c=0.5', got {kind}")
     if ";" in spec:
         raise ValueError(
             f"spec {spec!r} holds ';', which separates specs in a list: options of one method are "
@@ -99,18 +102,21 @@ def from_spec(spec: str, **extra: Any) -> Method:
         k, eq, v = item.partition("=")
         if not eq or not k.strip():
             raise ValueError(f"method option {item!r} in spec {spec!r} is not of the form key=value")
+        if k.strip() in kwargs:
+            raise ValueError(f"option {k.strip()!r} is given twice in spec {spec!r}")
         kwargs[k.strip()] = _parse_value(v.strip())
     if name.strip().lower() == "reuse":
         inner = kwargs.pop("method", None)
         if not isinstance(inner, str):
             raise ValueError(f"spec {spec!r}: reuse needs method=<name>, e.g. 'reuse:method=pcgrad,every=4'")
         schedule = {k: kwargs.pop(k) for k in ("every", "warmup") if k in kwargs}
-        reused = _build(inner, kwargs, extra, spec)
-        if not isinstance(reused, Weighting):
+        factory = REGISTRY.get(inner.strip().lower())
+        if isinstance(factory, type) and not issubclass(factory, Weighting):
             raise ValueError(
-                f"spec {spec!r}: reuse repeats a Gramian weighting's weights; {type(reused).__name__} is not one"
+                f"spec {spec!r}: reuse repeats a Gramian weighting's weights; {factory.__name__} is not one"
             )
-        return Reuse(reused, **schedule)
+        reused = _build(inner, kwargs, extra, spec)
+        return _construct(Reuse, {"method": reused, **schedule}, spec)
     return _build(name, kwargs, extra, spec)
 
 
@@ -126,7 +132,25 @@ def _build(name: str, kwargs: dict[str, Any], extra: dict[str, Any], spec: str) 
     if unknown:
         hint = "".join(_did_you_mean(u, accepted) for u in sorted(unknown))
         raise ValueError(f"{name} does not take option(s) {sorted(unknown)}{hint}; it takes {sorted(accepted)}")
-    return factory(**kwargs)
+    required = [
+        k for k, p in accepted.items()
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and k not in kwargs
+    ]
+    if required:
+        given = ", ".join(f"{k}=..." for k in required)
+        raise ValueError(
+            f"spec {spec!r}: {name} needs {', '.join(required)}: pass mtgrad.from_spec({spec!r}, {given}) "
+            "(the commands pass them for you)"
+        )
+    return _construct(factory, kwargs, spec)
+
+
+def _construct(factory: Callable[..., Method], kwargs: dict[str, Any], spec: str) -> Method:
+    """``factory(**kwargs)``, its refusal of a value prefixed with the spec it came from."""
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"spec {spec!r}: {error}") from error
 
 
 def split_specs(text: str) -> list[str]:
