@@ -159,3 +159,67 @@ def test_mtgrads_own_warnings_print_as_one_line_for_the_command_and_others_as_us
     )
     theirs = fmt(FutureWarning("deprecated"), FutureWarning, os.path.join("torch", "nn", "x.py"), 7)
     assert "FutureWarning: deprecated" in theirs and theirs.startswith(os.path.join("torch", "nn", "x.py"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--device", "gpu0"], "argument --device: 'gpu0' is not a torch device"),
+        (["rl", "--device", "gpu0"], "argument --device: 'gpu0' is not a torch device"),
+        (["toy", "--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
+        (["compare", "--seeds", "0,,1"], "seeds are integers separated by commas"),
+    ],
+)
+def test_bad_arguments_are_one_line_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+def test_a_device_this_torch_cannot_use_is_a_usage_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is usable here")
+    with pytest.raises(SystemExit):
+        main(["train", "--device", "cuda"])
+    assert "argument --device: cuda is not usable here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["toy", "train", "compare", "rl"])
+def test_an_out_that_is_a_file_is_a_usage_error(command, tmp_path, capsys):
+    path = tmp_path / "taken"
+    path.write_text("not a folder")
+    with pytest.raises(SystemExit):
+        main([command, "--out", str(path)])
+    assert f"argument --out: {path} exists and is not a folder" in capsys.readouterr().err
+    assert path.read_text() == "not a folder"
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(monkeypatch, capsys):
+    import mtgrad.bench.trainer as trainer
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    assert main(["train", "--out", "unused"]) == 130
+    err = capsys.readouterr().err
+    assert "mtgrad train: interrupted; run the same command again to resume" in err and "Traceback" not in err
+
+
+def test_rl_refuses_a_bad_method_before_training_any(tmp_path, capsys):
+    assert main(["rl", "--methods", "mean,bogus", "--out", str(tmp_path / "rl")]) == 2
+    assert "unknown method 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "rl").exists()
+
+
+def test_version(capsys):
+    from mtgrad._version import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"mtgrad {__version__}"

@@ -45,6 +45,12 @@ def run_methods(
 ) -> list[dict[str, Any]]:
     """Train every method × seed into ``run_dir(out, method, seed)``, then write ``summary.md``
     (and ``success.png`` with ``plots``); returns the runs' summaries."""
+    from .envs import parse_benchmark
+    from .train import build_method
+
+    num_tasks = parse_benchmark(cfg.benchmark).num_tasks
+    for method in methods:  # a bad spec is refused before any run trains
+        build_method(method, cfg, num_tasks, seed=0)
     os.makedirs(out, exist_ok=True)
     # Parallel runs print progress lines (with an ETA) instead of fighting over one terminal bar.
     shown: bool | str = progress if jobs == 1 else ("plain" if progress else False)
