@@ -179,12 +179,13 @@ def test_state_without_generator_and_fresh_state():
         m.load_state_dict({"targets": torch.zeros(2, 3)})
 
 
-def test_new_task_count_starts_new_targets():
+def test_a_new_task_count_is_refused_not_a_silent_restart():
+    # Its targets are a running average over the run: dropping them would change the method.
     m = GradVac(order="fixed")
     m.weights(gram(make_jacobian("conflict", 3, 4, 0)))
     assert m.targets.shape == (3, 3) and bool((m.targets != 0).any())
-    m.weights(gram(make_jacobian("conflict", 4, 4, 0)))
-    assert m.targets.shape == (4, 4)
+    with pytest.raises(ValueError, match="one GradVac serves one problem"):
+        m.weights(gram(make_jacobian("conflict", 4, 4, 0)))
 
 
 def test_batched_gramian_is_refused():

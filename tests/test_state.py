@@ -146,3 +146,27 @@ def test_a_loss_weightings_state_is_loaded_onto_its_own_device(make):
     tensors = [t for t in b.state_dict().values() if isinstance(t, torch.Tensor)]
     assert tensors and all(t.device == META for t in tensors)
     assert all(p.device == META for p in b.parameters())
+
+
+def test_an_optimizer_state_saved_with_one_method_is_refused_by_another():
+    model = torch.nn.Linear(4, 2)
+
+    def optimizer(method):
+        return mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), list(model.parameters()), method)
+
+    saved = optimizer(mtgrad.PCGrad()).state_dict()  # the global generator: a state of {}
+    with pytest.raises(ValueError, match="saved with PCGrad; this MTLOptimizer uses MGDA"):
+        optimizer(mtgrad.MGDA()).load_state_dict(saved)
+    optimizer(mtgrad.PCGrad(order="fixed")).load_state_dict(saved)
+    del saved["method_type"]  # a state from before the type was saved still loads
+    optimizer(mtgrad.MGDA()).load_state_dict(saved)
+
+
+def test_gradvac_refuses_a_gramian_for_another_number_of_tasks():
+    method = mtgrad.GradVac(generator=_gen())
+    method.weights(next(_gramians(1)))
+    targets = method.targets.clone()
+    J = torch.randn(T + 1, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"targets φ̂ for {T} tasks, got a Gramian for {T + 1}"):
+        method.weights(J @ J.T)
+    torch.testing.assert_close(method.targets, targets, rtol=0, atol=0)

@@ -210,12 +210,20 @@ class MTLOptimizer(torch.optim.Optimizer):
             end()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "method": self.method.state_dict()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "method_type": type(self.method).__name__,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"optimizer", "method"} - set(state)
         if missing:
             raise ValueError(f"MTLOptimizer state is missing {sorted(missing)}")
+        # A stateless method's {} would load into any other: the saved type says whose it is.
+        saved = state.get("method_type", type(self.method).__name__)
+        if saved != type(self.method).__name__:
+            raise ValueError(f"this MTLOptimizer state was saved with {saved}; this MTLOptimizer uses {type(self.method).__name__}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
 

@@ -100,7 +100,12 @@ class GradVac(Weighting):
             )
         T = gramian.shape[-1]
         device, dtype = gramian.device, gramian.dtype
-        if self.targets is None or self.targets.shape[-1] != T:
+        if self.targets is not None and self.targets.shape[-1] != T:
+            raise ValueError(
+                f"GradVac holds its targets φ̂ for {self.targets.shape[-1]} tasks, got a Gramian for {T}: one "
+                "GradVac serves one problem (make a new one for another)"
+            )
+        if self.targets is None:
             self.targets = torch.zeros(T, T, dtype=dtype, device=device)
         targets = self.targets.to(device=device, dtype=dtype)
         orders = self._orders.visit_orders((), T, device)  # (T, R): row i lists its partners j
