@@ -385,6 +385,25 @@ def test_forward_before_the_engine_or_consumed_records_warn_and_fall_back():
     torch.testing.assert_close(got, want, **TOL[F64])
 
 
+def test_the_warnings_point_at_the_callers_line():
+    prob = make("mlp")
+    losses = prob.losses()
+    engine = mtgrad.GramianEngine(prob.trunk)  # created after the forward
+    with pytest.warns(UserWarning, match="recorded no call") as caught:
+        mtgrad.backward(losses, prob.shared(), mtgrad.MGDA(), engine=engine)
+    assert caught[0].filename == __file__
+
+
+def test_an_engine_on_a_module_that_holds_no_shared_parameter_warns():
+    prob = make("mlp")
+    other = nn.Sequential(nn.Linear(3, 3)).double()
+    engine = mtgrad.GramianEngine(other)
+    want = _loop_gramian(prob)
+    with pytest.warns(UserWarning, match="hold none of the shared parameters"):
+        got = mtgrad.backward(prob.losses(), prob.shared(), mtgrad.MGDA(), engine=engine).gramian
+    torch.testing.assert_close(got, want, **TOL[F64])
+
+
 def test_records_of_another_graph_raise():
     prob = make("mlp")
     stale = prob.losses()  # before the engine: never recorded

@@ -192,8 +192,9 @@ def test_heads_passed_as_shared_are_reported_once():
     model = Model()
     x, y = _data()
     params = [*model.trunk.parameters(), *model.heads[1].parameters()]
-    with pytest.warns(UserWarning, match=r"shared_params\[2\] \(shape \(1, 6\)\) only by task 1"):
+    with pytest.warns(UserWarning, match=r"shared_params\[2\] \(shape \(1, 6\)\) is reached only by task 1") as caught:
         mtgrad.backward(model.losses(x, y)[0], params, mtgrad.Mean())
+    assert caught[0].filename == __file__  # the caller's line, not mtgrad's
     import warnings
 
     with warnings.catch_warnings():

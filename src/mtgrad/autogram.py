@@ -46,7 +46,6 @@ intermediates at a time; half-precision layers are computed on float32 copies.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -57,6 +56,7 @@ from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
+from ._warnings import warn as warn_user
 from .distributed import LOCAL, Replicas
 from .engine import batched_vjp
 from .gramian import combine, gramian
@@ -437,16 +437,21 @@ class GramianEngine:
                 "the records (run the forward of each backward call right before it)"
             )
         hooked = {id(t) for layer in self._layers for t in layer.parameters()}
-        if hooked & shared & reached and not self._warned:
+        if not hooked & shared and not self._warned:
+            self._warned = True
+            warn_user(
+                "GramianEngine's layers hold none of the shared parameters (an engine made on another "
+                "module?): it saves nothing, every shared parameter is held as a gradient block"
+            )
+        elif hooked & shared & reached and not self._warned:
             # Correct but without the saving: the fallback holds every shared parameter's block.
             # Also the case of layers never called as modules (a Linear applied through
             # F.linear on its weight) or whose weight is derived, so a warning rather than an error.
             self._warned = True
-            warnings.warn(
+            warn_user(
                 "GramianEngine recorded no call of its layers on these losses' graph (a forward "
                 "before the engine was created, or layers not called as modules); their parameters "
-                "are held as gradient blocks",
-                stacklevel=4,
+                "are held as gradient blocks"
             )
 
 

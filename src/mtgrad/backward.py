@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -11,6 +10,7 @@ from torch import Tensor, nn
 
 import torch.distributed as dist
 
+from ._warnings import warn as warn_user
 from .autogram import GramianEngine, engine_for
 from .diagnostics import Diagnostics, diagnose
 from .distributed import Replicas, replicas
@@ -298,12 +298,11 @@ def _warn_once_about_task_specific(losses: list[Tensor], params: list[Tensor]) -
                 reached_by.setdefault(id(leaf), set()).add(i)
     lonely = [(position[pid], tasks.pop()) for pid, tasks in reached_by.items() if len(tasks) == 1]
     if lonely:
-        listed = ", ".join(f"shared_params[{k}] (shape {tuple(params[k].shape)}) only by task {t}" for k, t in sorted(lonely))
-        warnings.warn(
+        listed = ", ".join(f"shared_params[{k}] (shape {tuple(params[k].shape)}) is reached only by task {t}" for k, t in sorted(lonely))
+        warn_user(
             f"{listed}: a parameter one task alone reaches is task-specific, and as a shared parameter "
             "its gradient is scaled by that task's weight. Pass only the parameters all tasks share "
-            "(e.g. model.trunk.parameters()); the heads get their own gradients anyway.",
-            stacklevel=4,
+            "(e.g. model.trunk.parameters()); the heads get their own gradients anyway."
         )
 
 

@@ -581,7 +581,9 @@ def _brief_warnings(command: str, default: Callable[..., str]) -> Callable[..., 
     def format_warning(
         message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
     ) -> str:
-        if os.path.abspath(filename).startswith(_PACKAGE):
+        from mtgrad._warnings import MtgradWarning
+
+        if issubclass(category, MtgradWarning) or os.path.abspath(filename).startswith(_PACKAGE):
             return f"mtgrad {command}: warning: {message}\n"
         return default(message, category, filename, lineno, line)
 

@@ -15,10 +15,11 @@ import csv
 import hashlib
 import io
 import os
-import warnings
 from typing import Any
 
 import torch
+
+from .._warnings import warn as warn_user
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "write_csv_atomically"]
 
@@ -62,7 +63,7 @@ def load_checkpoint(path: str, fresh_flag: str) -> dict[str, Any] | None:
             problems.append(f"{candidate}: {error}")
             continue
         if problems:
-            warnings.warn(f"{problems[0]}; resuming from the previous checkpoint {candidate} instead", stacklevel=2)
+            warn_user(f"{problems[0]}; resuming from the previous checkpoint {candidate} instead")
         return state
     raise CheckpointError(
         "no readable checkpoint: " + "; ".join(problems) + f". Start afresh with {fresh_flag} (or another --out)"

@@ -1,0 +1,25 @@
+"""Warnings that point at the user's line, not at mtgrad's internals."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+__all__ = ["MtgradWarning", "warn"]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class MtgradWarning(UserWarning):
+    """A warning about how mtgrad is used (the commands print these as one line)."""
+
+
+def warn(message: str) -> None:
+    """``warnings.warn(message)`` attributed to the first frame outside mtgrad, however deep the
+    call (``backward``, ``MTLOptimizer.step``, a command): a fixed ``stacklevel`` points inside
+    mtgrad whenever the depth differs from the one it was counted for."""
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is the frame that called warn()
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, MtgradWarning, stacklevel=level)
