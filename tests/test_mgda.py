@@ -160,3 +160,9 @@ def test_batched_gramians_match_one_at_a_time():
         assert np.linalg.norm((W[b] - wb).numpy() @ J) <= vec_tol(J, x_ref)
     W2 = mtgrad.MGDA().weights(G.reshape(len(Js), 1, 5, 5))
     assert W2.shape == (len(Js), 1, 5)
+
+
+def test_a_negative_diagonal_entry_is_named():
+    G = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"negative diagonal entry \(G\[1, 1\] = -1\)"):
+        mtgrad.MGDA().weights(G)

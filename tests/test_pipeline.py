@@ -247,3 +247,21 @@ def test_flags_refuse_non_bools_in_the_constructors_too():
 def test_from_spec_of_something_else_than_a_string_is_refused(spec):
     with pytest.raises(TypeError, match="from_spec takes a spec string"):
         mtgrad.from_spec(spec)  # type: ignore[arg-type]
+
+
+def test_a_non_finite_task_gradient_is_named():
+    w = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    spike = torch.sqrt((w - w.detach()).sum())  # 0 with an infinite gradient
+    losses = [(w**2).sum(), (w**2).sum() * 2, spike]
+    with pytest.raises(ValueError, match="the gradient of task 2 with respect to the shared parameters is NaN"):
+        mtgrad.backward(losses, [w], mtgrad.PCGrad(), engine="loop")
+    w = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    spike = torch.sqrt((w - w.detach()).sum())
+    losses = [(w**2).sum() * k for k in range(1, 6)] + [spike]
+    def fast(seed):
+        return mtgrad.CAGradFast(num_gradients=3, generator=torch.Generator().manual_seed(seed))
+
+    # A seed whose sample leaves the bad task out: its gradient is then inside the pseudo-task's.
+    seed = next(s for s in range(100) if 5 not in fast(s).sample(6))
+    with pytest.raises(ValueError, match=r"the pseudo-task \(the mean of the unsampled tasks\)"):
+        mtgrad.backward(losses, [w], fast(seed))

@@ -180,7 +180,7 @@ def test_a_jacobian_that_requires_grad_is_accepted(name):
         (torch.tensor([[1.0, float("inf")], [float("inf"), 1.0]], dtype=torch.float64), "NaN or inf"),
         (torch.tensor([[1.0, 0.5], [-0.5, 1.0]], dtype=torch.float64), "not symmetric"),
         (torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64), "not positive semi-definite"),
-        (torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64), "not positive semi-definite"),
+        (torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64), "negative diagonal entry"),
         # PSD 2×2 minors, indefinite as a whole: three unit vectors at pairwise cosine −0.9.
         (torch.full((3, 3), -0.9, dtype=torch.float64).fill_diagonal_(1.0), "not positive semi-definite"),
     ],

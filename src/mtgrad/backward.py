@@ -355,7 +355,7 @@ def _dispatch(
         else:
             blocks, heads = sampled_gradients(task_losses, params, others, sampled, retain_graph)
         ranks.mean_(blocks)
-        rows_gramian = policy.gramian(blocks)
+        rows_gramian = policy.gramian(blocks, sampled if len(sampled) < T else None)
         w = policy.solve(rows_gramian, lambda G: method.task_weights(G, sampled, T))
         if len(sampled) == T:
             return _Step(BackwardResult(weights=w, gramian=rows_gramian), _combined(w, blocks), heads)

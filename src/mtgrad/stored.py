@@ -10,7 +10,7 @@ either, so that every entry point accepts the same methods.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,16 +43,18 @@ class GramianPolicy:
     loss_scale: Tensor | None = None
     replicas: Replicas = LOCAL
 
-    def gramian(self, blocks: Iterable[Tensor]) -> Tensor:
+    def gramian(self, blocks: Iterable[Tensor], tasks: Sequence[int] | None = None) -> Tensor:
         """:func:`mtgrad.gramian.gramian` of ``blocks``, through :meth:`prepared`."""
-        return self.prepared(gramian(blocks))
+        return self.prepared(gramian(blocks), tasks)
 
-    def prepared(self, G: Tensor) -> Tensor:
-        """``G`` in the true units (÷ s²); without a scaler, a NaN/inf one is refused (``check``)."""
+    def prepared(self, G: Tensor, tasks: Sequence[int] | None = None) -> Tensor:
+        """``G`` in the true units (÷ s²); without a scaler, a NaN/inf one is refused (``check``),
+        naming the tasks whose rows it is (``tasks``: the task of each row, when not row i = task i;
+        a row beyond them is CAGrad-Fast's pseudo-task)."""
         if self.loss_scale is not None:
             return G / self.loss_scale.to(G).square()
         if self.check and not bool(torch.isfinite(G).all()):
-            raise ValueError("a task gradient of the shared parameters is NaN or inf (an overflow?)")
+            raise ValueError(_nonfinite_message(G, tasks))
         return G
 
     def solve(self, G: Tensor, solve: Callable[[Tensor], Tensor]) -> Tensor:
@@ -61,6 +63,23 @@ class GramianPolicy:
         if self.loss_scale is not None and self.check and not bool(torch.isfinite(G).all()):
             return G.new_full(G.shape[:-1], 1.0 / G.shape[-1])
         return self.replicas.agree(solve(G))
+
+
+def _nonfinite_message(G: Tensor, tasks: Sequence[int] | None) -> str:
+    if G.dim() != 2:
+        return "a task gradient of the shared parameters is NaN or inf (an overflow?)"
+    bad = (~torch.isfinite(G.diagonal())).nonzero().flatten().tolist()
+    if not bad:
+        return "the task gradients' inner products overflow (gradients of norm ~1e154 or more?)"
+    pseudo = tasks is not None and bad[-1] >= len(tasks)  # CAGrad-Fast's row of the unsampled tasks
+    named = [i if tasks is None else tasks[i] for i in (bad[:-1] if pseudo else bad)]
+    parts = [f"task{'s' if len(named) > 1 else ''} {', '.join(map(str, named))}"] if named else []
+    parts += ["the pseudo-task (the mean of the unsampled tasks)"] if pseudo else []
+    verb = "is" if len(named) + pseudo == 1 else "are"
+    return (
+        f"the gradient{'s' if verb == 'are' else ''} of {' and '.join(parts)} with respect to the shared "
+        f"parameters {verb} NaN or inf (an overflow?)"
+    )
 
 
 def stored_weights(
@@ -85,7 +104,7 @@ def stored_weights(
         return w, G
     if isinstance(method, CAGradFast):
         sampled = policy.replicas.agree_indices(method.sample(T), T)
-        G = policy.gramian(sampled_rows(block, sampled) for block in blocks)
+        G = policy.gramian((sampled_rows(block, sampled) for block in blocks), sampled)
         return policy.solve(G, lambda G: method.task_weights(G, sampled, T)), G if len(sampled) == T else None
     G = policy.gramian(blocks)
     return policy.solve(G, lambda G: method.weights(G, losses if method.needs_losses else None, validate=False)), G

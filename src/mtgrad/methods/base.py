@@ -128,7 +128,8 @@ def _check_psd(G: Tensor, eps: float) -> None:
     is often formed from fp32 gradients, indefinite by ~1e-8 relative where they are degenerate.
     """
     T = G.shape[-1]
-    diag = G.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
+    raw = G.diagonal(dim1=-2, dim2=-1)
+    diag = raw.clamp_min(0.0)
     root = diag.sqrt()
     bound = root.unsqueeze(-1) * root.unsqueeze(-2)  # |G_ij| ≤ √(G_ii G_jj)
     tol = 64 * T * max(eps, torch.finfo(torch.float32).eps)
@@ -141,11 +142,23 @@ def _check_psd(G: Tensor, eps: float) -> None:
     shifted = sym.clone()
     shifted.diagonal(dim1=-2, dim2=-1).add_((tol * top).unsqueeze(-1))
     info = torch.linalg.cholesky_ex(shifted)[1]
-    finite, symmetric, factorised = torch.stack(
-        [torch.isfinite(G).all(), (asym <= tol * bound + torch.finfo(torch.float64).tiny).all(), (info == 0).all()]
+    finite, symmetric, factorised, nonnegative = torch.stack(
+        [
+            torch.isfinite(G).all(),
+            (asym <= tol * bound + torch.finfo(torch.float64).tiny).all(),
+            (info == 0).all(),
+            (raw >= -tol * top.unsqueeze(-1)).all(),
+        ]
     ).tolist()  # one read on the host
     if not finite:
         raise ValueError("gramian has NaN or inf entries (an overflow in the task gradients?)")
+    if not nonnegative:
+        where = (raw < -tol * top.unsqueeze(-1)).nonzero()[0].tolist()
+        i = where[-1]
+        raise ValueError(
+            f"gramian has a negative diagonal entry (G[{i}, {i}] = {float(raw[tuple(where)]):.3g}): "
+            "its diagonal holds the squared norms ‖g_i‖²; pass G = J Jᵀ of the task gradients"
+        )
     if not symmetric:
         raise ValueError(
             f"gramian is not symmetric (max |G - Gᵀ| = {float(asym.max()):.3g}): pass G = J Jᵀ of the task gradients"
