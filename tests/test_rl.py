@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 
@@ -188,6 +189,12 @@ def test_training_runs_end_to_end_with_finite_losses_and_logged_success(tmp_path
     assert 0.0 <= float(evals[-1]["mean_success"]) <= 1.0
     assert summary["env_steps"] == 480 and summary["updates_per_s"] > 0
     assert os.path.exists(tmp_path / "checkpoint.pt")
+
+
+def test_a_run_shorter_than_the_random_steps_warns_that_it_never_updates(tmp_path):
+    cfg = dataclasses.replace(TINY, total_steps=100, eval_every=100)  # TINY takes 100 random steps
+    with pytest.warns(UserWarning, match=r"total_steps \(100\) ≤ random_steps \(100\).*never updates"):
+        train(cfg, "mean", str(tmp_path), progress=False, tensorboard=False, stop_after=1)
 
 
 def test_a_resumed_run_continues_identically(tmp_path):

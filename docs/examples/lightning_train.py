@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--precision", default="32-true")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--logs", default="lightning_logs_mtgrad")
+    ap.add_argument("--logs", default="results/lightning", help="CSV logs folder (default results/lightning)")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -37,6 +37,7 @@ import torch
 
 import mtgrad
 
+from .._warnings import warn as warn_user
 from ..bench.checkpoints import load_checkpoint, save_checkpoint, write_csv_atomically
 from ..bench.reporting import progress_bar, tensorboard_writer
 from .buffer import TaskReplayBuffer
@@ -128,6 +129,11 @@ def train(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int ≥ 0, got {seed!r}")
     tasks = parse_benchmark(cfg.benchmark)
+    if cfg.total_steps <= cfg.random_steps:
+        warn_user(
+            f"total_steps ({cfg.total_steps:,}) ≤ random_steps ({cfg.random_steps:,}): the run only takes random "
+            "actions and never updates the agent (raise --steps or lower random_steps with --set)"
+        )
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, CHECKPOINT)
     if not resume:
@@ -253,7 +259,7 @@ def _evaluate_and_log(sac: MultiTaskSAC, eval_envs: Any, cfg: SACConfig, step: i
     log.eval_row(step, mean_success, mean_return, per_task)
     _scalars(writer, step, {"eval/success": mean_success, "eval/return": mean_return})
     if bar is not None:
-        bar.set_postfix(success=f"{mean_success:.2f}")
+        bar.set_postfix(success=f"{100 * mean_success:.0f}%")  # in % as in summary.md
 
 
 def _finished_summary(out: str, total_steps: int) -> dict[str, Any] | None:
