@@ -66,7 +66,13 @@ def build_method(spec: str, cfg: SACConfig, num_tasks: int, seed: int) -> mtgrad
     }
     extra = [f"{k}={v}" for k, v in defaults.get(name.strip().lower(), {}).items() if k not in given]
     full = name + ":" + ",".join(filter(None, [args, *extra])) if extra else spec
-    return mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
+    method = mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
+    if isinstance(method, mtgrad.methods.LossWeighting):
+        raise ValueError(
+            f"{type(method).__name__} is a loss weighting; multi-task SAC takes gradient methods "
+            "(mean, pcgrad, cagrad, cagrad_fast, mgda, …)"
+        )
+    return method
 
 
 class _Agent:
@@ -129,11 +135,6 @@ def train(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int ≥ 0, got {seed!r}")
     tasks = parse_benchmark(cfg.benchmark)
-    if cfg.total_steps <= cfg.random_steps:
-        warn_user(
-            f"total_steps ({cfg.total_steps:,}) ≤ random_steps ({cfg.random_steps:,}): the run only takes random "
-            "actions and never updates the agent (raise --steps or lower random_steps with --set)"
-        )
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, CHECKPOINT)
     if not resume:
@@ -159,6 +160,11 @@ def train(
         cfg, obs_dim, action_dim, T, build_method(method, cfg, T, 2 * seed), build_method(method, cfg, T, 2 * seed + 1),
         device, alpha_method=alpha_method,
     )
+    if cfg.total_steps <= cfg.random_steps:
+        warn_user(
+            f"total_steps ({cfg.total_steps:,}) ≤ random_steps ({cfg.random_steps:,}): the run only takes random "
+            "actions and never updates the agent (raise --steps or lower random_steps with --set)"
+        )
     buffer = TaskReplayBuffer(T, cfg.buffer_per_task, obs_dim, action_dim, device)
     rewards = RewardNormalizer(T, cfg.reward_rate) if cfg.normalize_rewards else None
     step, episode, elapsed = 0, 0, {"env": 0.0, "update": 0.0, "eval": 0.0}
