@@ -470,3 +470,18 @@ def test_float32_kept_gradients_survive_a_combined_scale_outside_float32s_range(
     flat = want.reshape(T, -1)
     ref = flat @ flat.T
     torch.testing.assert_close(G, ref, rtol=1e-5, atol=1e-5 * float(ref.diagonal().max()))
+
+
+@pytest.mark.parametrize("d_log10, x_log10", [(37, -37), (-35, 35)])
+def test_float32_kept_gradients_survive_scales_of_opposite_signs(d_log10, x_log10):
+    # D's and X's rescalings pull in opposite directions (2^±123 and 2^∓123): applied one after
+    # the other, the intermediate leaves float32's range although DᵀX (≈ 10^2) fits.
+    g = torch.Generator().manual_seed(0)
+    B, inp, out, T = 1024, 6, 8, 3
+    D = (torch.rand(T, B, out, generator=g, dtype=F64) * 10.0**d_log10).float()
+    X = (torch.rand(B, inp, generator=g, dtype=F64) * 10.0**x_log10).float()
+    assert lg._weight_route(T, B, inp, out) == "direct"
+    want = torch.einsum("tbo,bi->toi", D.double(), X.double())
+    _, grads = lg.weight_gramian_and_grads(D, X)
+    assert grads is not None and bool(torch.isfinite(grads).all())
+    torch.testing.assert_close(grads.double(), want, rtol=1e-5, atol=0.0)

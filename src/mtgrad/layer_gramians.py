@@ -678,20 +678,20 @@ def _weight_gramian(D: Tensor, X: Tensor, keep: bool) -> tuple[Tensor, Tensor | 
         return _direct_route(D, X) * scale**2, None
     grads = D.new_empty((D.shape[0], D.shape[2], X.shape[1]))
     G = _direct_route(D, X, grads)
-    if not (_host_sync_is_free(scale) and float(scale) == 1.0):
-        _unscale_(grads, d_scale, x_scale)
+    if grads.dtype != torch.float64 and not (_host_sync_is_free(scale) and float(scale) == 1.0):
+        _unscale_(grads, scale)
     return G * scale**2, grads
 
 
-def _unscale_(t: Tensor, *scales: Tensor) -> None:
-    """Multiply ``t`` in place by each power-of-two scale in turn, each split into two halves.
-    Their product can leave t's range (2^66 · 2^63 > float32's 2^128) while every entry of the
-    result fits; one factor at a time, each within range, is exact and overflows only where the
+def _unscale_(t: Tensor, scale: Tensor) -> None:
+    """Multiply ``t`` in place by the power of two ``scale`` (float64, exponent within ±254), in
+    two halves of the same sign. The scale itself can leave t's range (2^66 · 2^63 > float32's
+    2^128) while every entry of the result fits; each half is within range, and both move the
+    entries the same way, so the product is exact and overflows or underflows only where the
     result itself does."""
-    for scale in scales:
-        _, e = torch.frexp(scale)
-        half = torch.ldexp(torch.ones_like(scale), torch.div(e - 1, 2, rounding_mode="floor"))
-        t.mul_(half.to(t.dtype)).mul_((scale / half).to(t.dtype))
+    _, e = torch.frexp(scale)
+    half = torch.ldexp(torch.ones_like(scale), torch.div(e - 1, 2, rounding_mode="trunc"))
+    t.mul_(half.to(t.dtype)).mul_((scale / half).to(t.dtype))
 
 
 def _in_range(t: Tensor) -> tuple[Tensor, Tensor]:
