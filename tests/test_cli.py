@@ -166,6 +166,8 @@ def test_mtgrads_own_warnings_print_as_one_line_for_the_command_and_others_as_us
     [
         (["train", "--device", "gpu0"], "argument --device: 'gpu0' is not a torch device"),
         (["rl", "--device", "gpu0"], "argument --device: 'gpu0' is not a torch device"),
+        (["train", "--device", "meta"], "argument --device: meta tensors hold no data"),
+        (["train", "--device", "hpu"], "argument --device: hpu is not usable here"),
         (["toy", "--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
         (["compare", "--seeds", "0,,1"], "seeds are integers separated by commas"),
     ],

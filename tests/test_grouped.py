@@ -197,3 +197,33 @@ def test_dropout_without_randomness_names_the_argument():
     with pytest.raises(RuntimeError, match="randomness='different'"):
         mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.PCGrad())
     mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.PCGrad(), randomness="different")
+
+
+def test_the_reachability_check_leaves_the_random_streams_alone():
+    # The extra forward that tells an unreached parameter from a zero gradient draws dropout
+    # masks of its own; the caller's stream must continue as if it had not run.
+    net, batch = make()
+    dropped = torch.nn.Sequential(*net, torch.nn.Dropout(0.5))
+    model = WithSpare(dropped)
+    torch.manual_seed(3)
+    mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.PCGrad(), randomness="different")
+    after_spare = torch.rand(1)
+    twin = torch.nn.Sequential(*make()[0], torch.nn.Dropout(0.5))
+    torch.manual_seed(3)
+    mtgrad.grouped_backward(twin, task_loss(twin), batch, mtgrad.PCGrad(), randomness="different")
+    assert torch.equal(after_spare, torch.rand(1))
+    for p, q in zip(dropped.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_shared_naming_no_parameter_is_refused():
+    model, batch = make()
+    with pytest.raises(ValueError, match="shared names no parameter"):
+        mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.PCGrad(), shared=[])
+
+
+def test_a_loss_weighting_with_dropout_names_the_randomness_argument():
+    model, batch = make()
+    model = torch.nn.Sequential(*model, torch.nn.Dropout(0.5))
+    with pytest.raises(RuntimeError, match="randomness='different'"):
+        mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.UW(num_tasks=4))

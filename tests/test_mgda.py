@@ -166,3 +166,7 @@ def test_a_negative_diagonal_entry_is_named():
     G = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match=r"negative diagonal entry \(G\[1, 1\] = -1\)"):
         mtgrad.MGDA().weights(G)
+    batched = torch.eye(2, dtype=torch.float64).repeat(3, 1, 1)
+    batched[2, 0, 0] = -2.0
+    with pytest.raises(ValueError, match=r"negative diagonal entry \(G\[2, 0, 0\] = -2\)"):
+        mtgrad.MGDA().weights(batched)

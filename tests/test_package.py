@@ -43,7 +43,7 @@ def test_functions_named_like_their_modules_stay_functions_whatever_is_imported_
 def test_every_public_name_resolves_and_unknown_names_raise():
     # __all__ is written out so that it needs no torch; it must stay the whole public surface.
     lazy = ["aggregate", "accumulate_task_gradients", "apply_task_gradients", "TaskGradients", "backward",
-            "BackwardResult", "GramianEngine", "grouped_backward", "grouped_task_gradients", "MTLOptimizer"]
+            "BackwardResult", "GramianEngine", "grouped_backward", "grouped_task_gradients", "MTLOptimizer", "MtgradWarning"]
     assert mtgrad.__all__ == [*lazy, "methods", "solvers", "diagnostics", *mtgrad.methods.__all__]
     for name in mtgrad.__all__:
         assert getattr(mtgrad, name) is not None, name

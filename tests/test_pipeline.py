@@ -241,6 +241,9 @@ def test_flags_refuse_non_bools_in_the_constructors_too():
         mtgrad.CAGrad(rescale=True)
     assert mtgrad.from_spec("pcgrad:include_self=TRUE").include_self is True
     assert mtgrad.from_spec("uw", num_tasks=3).num_tasks == 3
+    assert mtgrad.from_spec("uw:num_tasks=3", num_tasks=3).num_tasks == 3
+    with pytest.raises(ValueError, match="sets num_tasks=3, and the caller passes num_tasks=4"):
+        mtgrad.from_spec("uw:num_tasks=3", num_tasks=4)
 
 
 @pytest.mark.parametrize("spec", [None, 3, mtgrad.PCGrad()])
@@ -265,3 +268,14 @@ def test_a_non_finite_task_gradient_is_named():
     seed = next(s for s in range(100) if 5 not in fast(s).sample(6))
     with pytest.raises(ValueError, match=r"the pseudo-task \(the mean of the unsampled tasks\)"):
         mtgrad.backward(losses, [w], fast(seed))
+    # With the bad task sampled, the rows are named by their tasks, with every engine (the
+    # Gramian-only engine's rows are sampled cotangents, not tasks 0, 1, 2).
+    trunk = torch.nn.Linear(3, 4).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    seed = next(s for s in range(100) if fast(s).sample(6) == [2, 5])
+    for engine in ("loop", mtgrad.GramianEngine(trunk)):
+        z = trunk(x)
+        losses = [z.pow(2).mean() * k for k in range(1, 6)] + [torch.sqrt((z - z.detach()).sum())]
+        with pytest.raises(ValueError, match=r"of tasks? (2, )?5 with respect") as error:
+            mtgrad.backward(losses, list(trunk.parameters()), fast(seed), engine=engine)
+        assert "pseudo-task" not in str(error.value)

@@ -160,6 +160,9 @@ def test_an_optimizer_state_saved_with_one_method_is_refused_by_another():
     optimizer(mtgrad.PCGrad(order="fixed")).load_state_dict(saved)
     del saved["method_type"]  # a state from before the type was saved still loads
     optimizer(mtgrad.MGDA()).load_state_dict(saved)
+    reused = optimizer(mtgrad.Reuse(mtgrad.PCGrad(), every=2)).state_dict()
+    with pytest.raises(ValueError, match=r"saved with Reuse\(PCGrad\); this MTLOptimizer uses Reuse\(MGDA\)"):
+        optimizer(mtgrad.Reuse(mtgrad.MGDA(), every=2)).load_state_dict(reused)
 
 
 def test_gradvac_refuses_a_gramian_for_another_number_of_tasks():

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # what the lazy loader below provides, as explicit re-exports
     from .grouped import grouped_backward as grouped_backward
     from .grouped import grouped_task_gradients as grouped_task_gradients
     from .methods import *  # noqa: F401, F403
+    from ._warnings import MtgradWarning as MtgradWarning
     from .optim import MTLOptimizer as MTLOptimizer
 
 # Written out (not computed) so that type checkers and `from mtgrad import *` know it without
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # what the lazy loader below provides, as explicit re-exports
 __all__ = [
     "aggregate", "accumulate_task_gradients", "apply_task_gradients", "TaskGradients", "backward",
     "BackwardResult", "GramianEngine", "grouped_backward", "grouped_task_gradients", "MTLOptimizer",
-    "methods", "solvers", "diagnostics",
+    "MtgradWarning", "methods", "solvers", "diagnostics",
     # mtgrad.methods.__all__
     "Method", "Weighting", "JacobianAggregator", "LossWeighting", "Mean", "Sum", "MGDA", "PCGrad", "CAGrad",
     "CAGradFast", "Reuse", "IMTLG", "GradVac", "AlignedMTL", "RLW", "GradDrop", "UPGrad", "DualProj", "NashMTL",
@@ -62,6 +63,7 @@ _HOMES = {
     "grouped_backward": "grouped",
     "grouped_task_gradients": "grouped",
     "MTLOptimizer": "optim",
+    "MtgradWarning": "_warnings",
 }
 _SUBMODULES = ("methods", "solvers", "diagnostics")
 

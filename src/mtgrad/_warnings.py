@@ -12,7 +12,10 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class MtgradWarning(UserWarning):
-    """A warning about how mtgrad is used (the commands print these as one line)."""
+    """A warning about how mtgrad is used: a head passed as a shared parameter, an engine that
+    saves nothing, a run that never updates. Filter them with
+    ``warnings.filterwarnings("ignore", category=mtgrad.MtgradWarning)``; they are attributed to
+    the first line outside mtgrad, and the commands print them as one line."""
 
 
 def warn(message: str) -> None:

@@ -404,7 +404,7 @@ def _gramian_step(
     sampled = ranks.agree_indices(method.sample(T), T) if isinstance(method, CAGradFast) else list(range(T))
     C = None if len(sampled) == T else _sampled_cotangents(sampled, T, values)
     measured = engine.measure(losses, params, C, retain_graph=True, replicas=ranks)
-    G = policy.prepared(measured.gramian)
+    G = policy.prepared(measured.gramian, None if C is None else sampled)
     if isinstance(method, CAGradFast):
         weights = policy.solve(G, lambda G: method.task_weights(G, sampled, T))
     else:

@@ -210,8 +210,6 @@ def _seeds(text: str) -> list[int]:
         seeds = [int(part) for part in text.replace(";", ",").split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds are integers separated by commas, got {text!r}") from None
-    if not seeds:
-        raise argparse.ArgumentTypeError("no seed given")
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text!r}")
     return seeds
@@ -287,10 +285,13 @@ def _check_device(parser: argparse.ArgumentParser, text: str) -> None:
         device = torch.device(text)
     except (RuntimeError, ValueError):
         parser.error(f"argument --device: {text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)")
+    if device.type == "meta":
+        parser.error("argument --device: meta tensors hold no data; a run needs cpu or an accelerator")
     try:
         torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (RuntimeError, AssertionError, ImportError) as exc:
+        # The first sentence: some backends append the whole dispatcher table.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
         parser.error(f"argument --device: {text} is not usable here ({reason}; torch {torch.__version__})")
 
 

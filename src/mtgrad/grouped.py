@@ -105,11 +105,13 @@ def _reached(
     names: list[str],
 ) -> set[str]:
     """Those of ``names`` that the vmapped losses' autograd graph reaches: one more forward, taken
-    only for parameters whose gradient came back exactly zero for every task."""
+    only for parameters whose gradient came back exactly zero for every task. It draws from
+    forked random streams, so that a loss that samples leaves the caller's streams as they were."""
     # Fresh leaves, so that a loss reaching the module's own parameters (not ``params``) is not
     # mistaken for one that uses what it is given.
     params = {name: p.detach().requires_grad_() for name, p in model.named_parameters() if p.requires_grad}
-    with torch.enable_grad(), _randomness_hint(randomness):
+    cuda = sorted({p.device.index or 0 for p in params.values() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda), torch.enable_grad(), _randomness_hint(randomness):
         losses = torch.func.vmap(task_loss, in_dims=(None, 0), randomness=randomness)(params, batch)
     leaves = {id(leaf) for leaf in graph_leaves([losses])}
     return {name for name in names if id(params[name]) in leaves}
@@ -169,6 +171,8 @@ def grouped_backward(
         raise TypeError(f"shared must be an iterable of parameter names, got the string {shared!r} (use [{shared!r}])")
     if shared is not None:
         shared = list(shared)
+        if not shared:
+            raise ValueError("shared names no parameter: pass None (every trainable parameter) or at least one name")
     ranks = replicas(data_parallel)
     _check_parallel_method(method, ranks)
     if isinstance(method, LossWeighting):
@@ -247,7 +251,8 @@ def _loss_weighting_backward(
     params: dict[str, Tensor] = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no parameter that requires grad")
-    losses = torch.func.vmap(task_loss, in_dims=(None, 0), randomness=randomness)(params, batch)
+    with _randomness_hint(randomness):
+        losses = torch.func.vmap(task_loss, in_dims=(None, 0), randomness=randomness)(params, batch)
     if check_finite and not bool(torch.isfinite(losses.detach()).all()):
         raise ValueError(f"task losses are NaN or inf: {losses.detach().tolist()}")
     objective, weights = method.combine(losses)

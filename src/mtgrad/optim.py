@@ -213,7 +213,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         return {
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
-            "method_type": type(self.method).__name__,
+            "method_type": _method_type(self.method),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -221,11 +221,17 @@ class MTLOptimizer(torch.optim.Optimizer):
         if missing:
             raise ValueError(f"MTLOptimizer state is missing {sorted(missing)}")
         # A stateless method's {} would load into any other: the saved type says whose it is.
-        saved = state.get("method_type", type(self.method).__name__)
-        if saved != type(self.method).__name__:
-            raise ValueError(f"this MTLOptimizer state was saved with {saved}; this MTLOptimizer uses {type(self.method).__name__}")
+        saved, own = state.get("method_type", _method_type(self.method)), _method_type(self.method)
+        if saved != own:
+            raise ValueError(f"this MTLOptimizer state was saved with {saved}; this MTLOptimizer uses {own}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
 
     def __repr__(self) -> str:
         return f"MTLOptimizer({type(self.optimizer).__name__}, method={self.method!r}, shared={len(self.shared_params)} tensors)"
+
+
+def _method_type(method: Method) -> str:
+    """The method's type, with a wrapped method's inside: ``"Reuse(PCGrad)"``."""
+    inner = getattr(method, "method", None)
+    return type(method).__name__ + (f"({_method_type(inner)})" if isinstance(inner, Method) else "")

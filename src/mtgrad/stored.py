@@ -73,6 +73,9 @@ def _nonfinite_message(G: Tensor, tasks: Sequence[int] | None) -> str:
         return "the task gradients' inner products overflow (gradients of norm ~1e154 or more?)"
     pseudo = tasks is not None and bad[-1] >= len(tasks)  # CAGrad-Fast's row of the unsampled tasks
     named = [i if tasks is None else tasks[i] for i in (bad[:-1] if pseudo else bad)]
+    # The pseudo-task's row is formed from every task's gradient (or g₀): a bad sampled task
+    # spoils it too, so it points at an unsampled task only when no sampled one is bad.
+    pseudo = pseudo and not named
     parts = [f"task{'s' if len(named) > 1 else ''} {', '.join(map(str, named))}"] if named else []
     parts += ["the pseudo-task (the mean of the unsampled tasks)"] if pseudo else []
     verb = "is" if len(named) + pseudo == 1 else "are"

@@ -153,10 +153,10 @@ def _check_psd(G: Tensor, eps: float) -> None:
     if not finite:
         raise ValueError("gramian has NaN or inf entries (an overflow in the task gradients?)")
     if not nonnegative:
-        where = (raw < -tol * top.unsqueeze(-1)).nonzero()[0].tolist()
-        i = where[-1]
+        where = (raw < -tol * top.unsqueeze(-1)).nonzero()[0].tolist()  # batch indices, then i
+        index = ", ".join(map(str, [*where, where[-1]]))
         raise ValueError(
-            f"gramian has a negative diagonal entry (G[{i}, {i}] = {float(raw[tuple(where)]):.3g}): "
+            f"gramian has a negative diagonal entry (G[{index}] = {float(raw[tuple(where)]):.3g}): "
             "its diagonal holds the squared norms ‖g_i‖²; pass G = J Jᵀ of the task gradients"
         )
     if not symmetric:

@@ -127,7 +127,11 @@ def _build(name: str, kwargs: dict[str, Any], extra: dict[str, Any], spec: str) 
         raise ValueError(f"unknown method {name!r} in spec {spec!r}{_did_you_mean(name, known)}; known: {', '.join(known)}")
     factory = REGISTRY[key]
     accepted = inspect.signature(factory).parameters
-    kwargs.update({k: v for k, v in extra.items() if k in accepted})
+    for k, v in extra.items():
+        if k in accepted and k in kwargs and kwargs[k] != v:
+            raise ValueError(f"spec {spec!r} sets {k}={kwargs[k]!r}, and the caller passes {k}={v!r}: give it once")
+        if k in accepted:
+            kwargs[k] = v
     unknown = set(kwargs) - set(accepted)
     if unknown:
         hint = "".join(_did_you_mean(u, accepted) for u in sorted(unknown))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -58,7 +59,8 @@ def run_methods(
     if jobs == 1:
         summaries = [_one(job) for job in runs]
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        ctx = multiprocessing.get_context("spawn")  # a forked child cannot use CUDA the parent set up
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             summaries = list(pool.map(_one, runs))
     table = summary_table(summaries)
     with open(os.path.join(out, "summary.md"), "w") as f:
