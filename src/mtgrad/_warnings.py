@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from types import FrameType
 
 __all__ = ["MtgradWarning", "warn"]
 
@@ -22,7 +23,8 @@ def warn(message: str) -> None:
     """``warnings.warn(message)`` attributed to the first frame outside mtgrad, however deep the
     call (``backward``, ``MTLOptimizer.step``, a command): a fixed ``stacklevel`` points inside
     mtgrad whenever the depth differs from the one it was counted for."""
-    level, frame = 2, sys._getframe(1)  # stacklevel 2 is the frame that called warn()
+    level = 2  # stacklevel 2 is the frame that called warn()
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, MtgradWarning, stacklevel=level)

@@ -496,10 +496,10 @@ class Measured:
                 # A slice of the parameter's rows (a packed projection's q, k or v): added into
                 # one full-size tensor, not a zero-padded copy per slice.
                 if key not in owned:
-                    total = g.new_zeros(param.shape)
+                    summed = g.new_zeros(param.shape)
                     if key in grads:
-                        total += grads[key]
-                    grads[key] = total
+                        summed += grads[key]
+                    grads[key] = summed
                     owned.add(key)
                 grads[key][start : start + g.shape[0]] += g.reshape(-1, *param.shape[1:])
         for p, block in zip(plan.fallback, self.blocks):

@@ -109,7 +109,7 @@ def from_spec(spec: str, **extra: Any) -> Method:
         inner = kwargs.pop("method", None)
         if not isinstance(inner, str):
             raise ValueError(f"spec {spec!r}: reuse needs method=<name>, e.g. 'reuse:method=pcgrad,every=4'")
-        schedule = {k: kwargs.pop(k) for k in ("every", "warmup") if k in kwargs}
+        schedule: dict[str, Any] = {k: kwargs.pop(k) for k in ("every", "warmup") if k in kwargs}
         factory = REGISTRY.get(inner.strip().lower())
         if isinstance(factory, type) and not issubclass(factory, Weighting):
             raise ValueError(
