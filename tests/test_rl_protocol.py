@@ -192,6 +192,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # ~30 s of Meta-World stepping; tests/test_rl.py resumes a plain run in the default suite
 def test_a_paper_protocol_run_extended_and_killed_resumes_identically_with_its_reward_statistics(tmp_path):
     cfg = TINY_PAPER.replace(eval_every=30)  # 50 steps end off the schedule: a final evaluation at 50
     straight, split = tmp_path / "straight", tmp_path / "split"
