@@ -216,6 +216,9 @@ def grouped_backward(
     return BackwardResult(weights=w, gramian=G, losses=losses)
 
 
+_PROBE = 16  # leading entries per task read first when telling unreached parameters apart
+
+
 def _drop_unreached(
     model: torch.nn.Module,
     task_loss: Callable[[dict[str, Tensor], Any], Tensor],
@@ -225,9 +228,19 @@ def _drop_unreached(
     shared: list[str],
 ) -> dict[str, Tensor]:
     """``grads`` without the parameters no loss reaches (their zeros would overwrite ``.grad``);
-    a ``ValueError`` when that leaves no shared parameter. One host read for every parameter."""
-    zero = torch.stack([g.eq(0).all() for g in grads.values()]).tolist()
-    candidates = [name for name, z in zip(grads, zero) if z]
+    a ``ValueError`` when that leaves no shared parameter.
+
+    A reached parameter almost always has a nonzero entry among its first few, so those are read
+    first (one host read, a few numbers per parameter); only a parameter whose first entries are
+    all zero is read whole (a second read), and only one whose whole gradient is zero costs the
+    forward of :func:`_reached`. Reading every gradient whole would cost ~10% of the step."""
+    names = list(grads)
+    probe = torch.stack([grads[n].reshape(grads[n].shape[0], -1)[:, :_PROBE].eq(0).all() for n in names]).tolist()
+    suspects = [n for n, zero in zip(names, probe) if zero]
+    if not suspects:
+        return grads
+    whole = torch.stack([grads[n].eq(0).all() for n in suspects]).tolist()
+    candidates = [n for n, zero in zip(suspects, whole) if zero]
     if not candidates:
         return grads
     unreached = set(candidates) - _reached(model, task_loss, batch, randomness, candidates)
