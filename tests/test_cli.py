@@ -199,6 +199,9 @@ def test_an_out_that_is_a_file_is_a_usage_error(command, tmp_path, capsys):
         main([command, "--out", str(path)])
     assert f"argument --out: {path} exists and is not a folder" in capsys.readouterr().err
     assert path.read_text() == "not a folder"
+    with pytest.raises(SystemExit):
+        main([command, "--out", str(path / "inside")])
+    assert f"argument --out: cannot create {path / 'inside'}" in capsys.readouterr().err
 
 
 def test_ctrl_c_ends_with_one_line_and_status_130(monkeypatch, capsys):

@@ -108,3 +108,22 @@ def test_rl_summary_table_gives_success_in_percent():
     table = summary_table([{"method": "pcgrad", "seed": 0, "env_steps": 2000, "best_success": 0.75,
                             "final_eval": {"mean_success": 0.5, "mean_return": 12.34}}])
     assert "final success (%)" in table and "| pcgrad | 0 | 2,000 | 50.0 | 75.0 | 12.3 | – | – |" in table
+
+
+def test_an_interrupted_worker_pool_stops_its_workers_instead_of_waiting():
+    # Leaving a plain ProcessPoolExecutor waits for every queued job (Ctrl-C in `compare` went on
+    # for minutes); worker_pool cancels the queue and stops the running workers.
+    import time
+
+    from mtgrad.bench.workers import worker_pool
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with worker_pool(2) as pool:
+            futures = [pool.submit(time.sleep, 60) for _ in range(4)]
+            time.sleep(0.5)  # let the workers start their first jobs
+            raise KeyboardInterrupt
+    assert time.monotonic() - started < 30  # the jobs alone would take 120 s
+    assert all(f.cancelled() or f.done() for f in futures)
+    with worker_pool(2) as pool:  # an uninterrupted pool returns its results
+        assert list(pool.map(abs, [-1, -2])) == [1, 2]

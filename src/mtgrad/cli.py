@@ -296,9 +296,14 @@ def _check_device(parser: argparse.ArgumentParser, text: str) -> None:
 
 
 def _check_out(parser: argparse.ArgumentParser, out: str) -> None:
-    """Exit with a usage error when ``--out`` exists and is not a folder."""
+    """Create the ``--out`` folder, or exit with a usage error saying why it cannot be, before
+    any data is loaded."""
     if os.path.exists(out) and not os.path.isdir(out):
         parser.error(f"argument --out: {out} exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"argument --out: cannot create {out} ({exc.strerror or exc})")
 
 
 def _run_train(args: argparse.Namespace) -> int:

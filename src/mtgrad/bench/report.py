@@ -258,11 +258,11 @@ def compare(
                 if bar is not None:
                     bar.update(1)
         else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures import as_completed
 
-            ctx = multiprocessing.get_context("spawn")  # never fork a process that runs torch
-            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+            from .workers import worker_pool
+
+            with worker_pool(n_workers) as pool:
                 futures = {pool.submit(_run_job, kw): (name, key) for name, key, kw in jobs_list}
                 for fut in as_completed(futures):
                     name, key = futures[fut]

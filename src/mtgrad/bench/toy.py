@@ -508,11 +508,9 @@ def run_toy_command(
         finally:
             torch.set_num_threads(previous)
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from .workers import worker_pool
 
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs torch
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with worker_pool(jobs) as pool:
             futures = {
                 name: pool.submit(_run_toy_job, dict(kwargs[name], threads=threads))
                 for name in problems

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
 import re
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from ..bench.workers import worker_pool
 from .config import SACConfig
 
 __all__ = ["plot_success", "run_dir", "run_methods", "success_figure", "summary_table"]
@@ -59,8 +58,7 @@ def run_methods(
     if jobs == 1:
         summaries = [_one(job) for job in runs]
     else:
-        ctx = multiprocessing.get_context("spawn")  # a forked child cannot use CUDA the parent set up
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with worker_pool(jobs) as pool:
             summaries = list(pool.map(_one, runs))
     table = summary_table(summaries)
     with open(os.path.join(out, "summary.md"), "w") as f:
