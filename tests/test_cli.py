@@ -228,3 +228,12 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"mtgrad {__version__}"
+
+
+def test_a_loss_weighting_is_refused_by_kind_not_by_its_missing_arguments(tmp_path, capsys):
+    # GradNorm needs arguments these commands never have; the refusal says what it is instead.
+    with pytest.raises(SystemExit):
+        main(["toy", "--methods", "gradnorm", "--out", str(tmp_path / "toy")])
+    assert "(GradNorm) is not a Gramian weighting" in capsys.readouterr().err
+    assert main(["rl", "--methods", "gradnorm", "--out", str(tmp_path / "rl")]) == 2
+    assert "GradNorm is a loss weighting" in capsys.readouterr().err

@@ -8,6 +8,8 @@ an error leaves every ``.grad`` as it was.
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -189,6 +191,7 @@ def test_from_spec_builds_reuse_with_the_inner_methods_options():
 
 
 def test_heads_passed_as_shared_are_reported_once():
+    importlib.import_module("mtgrad.backward")._CHECKED_LAYOUTS.clear()  # ids of collected models may recur
     model = Model()
     x, y = _data()
     params = [*model.trunk.parameters(), *model.heads[1].parameters()]
@@ -201,6 +204,18 @@ def test_heads_passed_as_shared_are_reported_once():
         warnings.simplefilter("error")
         mtgrad.backward(model.losses(x, y)[0], params, mtgrad.Mean())  # once per parameter list
         mtgrad.backward(model.losses(x, y)[0], list(model.trunk.parameters()), mtgrad.Mean())
+
+
+def test_a_warning_from_mtloptimizer_step_points_at_the_callers_line():
+    # MTLOptimizer.step runs inside torch.optim's step wrapper: its frames are skipped too.
+    importlib.import_module("mtgrad.backward")._CHECKED_LAYOUTS.clear()  # the check runs once per id layout
+    model = Model()
+    x, y = _data()
+    params = [*model.trunk.parameters(), *model.heads[0].parameters()]
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), params, mtgrad.PCGrad())
+    with pytest.warns(UserWarning, match="is reached only by task 0") as caught:
+        opt.step(model.losses(x, y)[0])
+    assert caught[0].filename == __file__
 
 
 def test_one_spec_grammar_for_lists_and_single_specs():

@@ -20,11 +20,14 @@ class MtgradWarning(UserWarning):
 
 
 def warn(message: str) -> None:
-    """``warnings.warn(message)`` attributed to the first frame outside mtgrad, however deep the
+    """``warnings.warn(message)`` attributed to the first frame outside mtgrad (and torch), however deep the
     call (``backward``, ``MTLOptimizer.step``, a command): a fixed ``stacklevel`` points inside
     mtgrad whenever the depth differs from the one it was counted for."""
+    # torch's frames too: MTLOptimizer.step runs inside torch.optim's step wrapper.
+    torch_file = getattr(sys.modules.get("torch"), "__file__", None)
+    inside = (_PACKAGE,) + ((os.path.dirname(os.path.abspath(torch_file)) + os.sep,) if torch_file else ())
     level = 2  # stacklevel 2 is the frame that called warn()
     frame: FrameType | None = sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, MtgradWarning, stacklevel=level)

@@ -296,14 +296,17 @@ def _check_device(parser: argparse.ArgumentParser, text: str) -> None:
 
 
 def _check_out(parser: argparse.ArgumentParser, out: str) -> None:
-    """Create the ``--out`` folder, or exit with a usage error saying why it cannot be, before
-    any data is loaded."""
+    """Exit with a usage error, before any data is loaded, when ``--out`` is not a folder or
+    cannot be created (nothing is created here: a run refused later leaves no folder)."""
     if os.path.exists(out) and not os.path.isdir(out):
         parser.error(f"argument --out: {out} exists and is not a folder")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        parser.error(f"argument --out: cannot create {out} ({exc.strerror or exc})")
+    ancestor = os.path.abspath(out)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        parser.error(f"argument --out: cannot create {out} ({ancestor} is a file)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        parser.error(f"argument --out: cannot create {out} ({ancestor} is not writable)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -566,6 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _brief_warnings(args.command, default_format)
     try:
         return int(args.func(args) or 0)
+    except OSError as exc:  # the machine's, not mtgrad's: a disk that is full, a path not allowed
+        print(f"mtgrad {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         resume = "" if args.command == "toy" else "; run the same command again to resume from the last checkpoint"
         print(f"\nmtgrad {args.command}: interrupted{resume}", file=sys.stderr)

@@ -116,7 +116,15 @@ def resolve_method(spec: str, problem: ToyProblem, generator: torch.Generator | 
     """
     from mtgrad import methods as _methods
 
+    from mtgrad.methods.spec import method_class
+
     real = problem.objective if spec.strip().lower() == "gd" else spec
+    kind = method_class(real)
+    if kind is not None and not issubclass(kind, (_methods.Weighting, _methods.Reuse)):
+        raise ValueError(
+            f"method {spec!r} ({kind.__name__}) is not a Gramian weighting; the toy "
+            "problems run methods that map the task-gradient Gramian to task weights"
+        )
     extra: dict = {"num_tasks": 2}  # passed on only to the methods that take them
     if generator is not None:
         extra["generator"] = generator

@@ -120,6 +120,15 @@ def from_spec(spec: str, **extra: Any) -> Method:
     return _build(name, kwargs, extra, spec)
 
 
+def method_class(spec: str) -> type | None:
+    """The class a spec builds (:class:`Reuse` for ``reuse:…``), or ``None`` for an unknown name:
+    what a caller that takes only some kinds of method checks before building one (whose
+    constructor may need arguments that caller never has)."""
+    name = spec.strip().partition(":")[0].strip().lower()
+    factory = Reuse if name == "reuse" else REGISTRY.get(name)
+    return factory if isinstance(factory, type) else None
+
+
 def _build(name: str, kwargs: dict[str, Any], extra: dict[str, Any], spec: str) -> Method:
     key = name.strip().lower()
     if key not in REGISTRY:

@@ -66,6 +66,12 @@ def build_method(spec: str, cfg: SACConfig, num_tasks: int, seed: int) -> mtgrad
     }
     extra = [f"{k}={v}" for k, v in defaults.get(name.strip().lower(), {}).items() if k not in given]
     full = name + ":" + ",".join(filter(None, [args, *extra])) if extra else spec
+    kind = mtgrad.methods.spec.method_class(full)
+    if kind is not None and issubclass(kind, mtgrad.methods.LossWeighting):  # before building it
+        raise ValueError(
+            f"{kind.__name__} is a loss weighting; multi-task SAC takes gradient methods "
+            "(mean, pcgrad, cagrad, cagrad_fast, mgda, …)"
+        )
     method = mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
     if isinstance(method, mtgrad.methods.LossWeighting):
         raise ValueError(
