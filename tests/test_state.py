@@ -173,3 +173,11 @@ def test_gradvac_refuses_a_gramian_for_another_number_of_tasks():
     with pytest.raises(ValueError, match=f"targets φ̂ for {T} tasks, got a Gramian for {T + 1}"):
         method.weights(J @ J.T)
     torch.testing.assert_close(method.targets, targets, rtol=0, atol=0)
+
+
+def test_a_state_whose_generator_ownership_differs_says_so():
+    own = mtgrad.PCGrad(generator=_gen()).state_dict()
+    with pytest.raises(ValueError, match="saved from a PCGrad with its own generator"):
+        mtgrad.PCGrad().load_state_dict(own)
+    with pytest.raises(ValueError, match="holds no generator state"):
+        mtgrad.PCGrad(generator=_gen()).load_state_dict(mtgrad.PCGrad().state_dict())

@@ -20,6 +20,16 @@ __all__ = ["check_state_keys", "state_tensor", "load_into", "generator_state", "
 
 
 def check_state_keys(state: dict[str, Any], keys: set[str], method: str) -> None:
+    if set(state) ^ keys == {"generator"}:  # the one difference: who owns the random stream
+        if "generator" in state:
+            raise ValueError(
+                f"this {method} state was saved from a {method} with its own generator, and this one draws "
+                f"from torch's global generator: build it with generator=torch.Generator() to restore the stream"
+            )
+        raise ValueError(
+            f"this {method} state holds no generator state (it was saved from a {method} on torch's global "
+            "generator, which torch.get_rng_state() saves), and this one has its own generator"
+        )
     if set(state) != keys:
         unexpected, missing = sorted(set(state) - keys), sorted(keys - set(state))
         detail = "; ".join(
