@@ -259,6 +259,8 @@ def test_flags_refuse_non_bools_in_the_constructors_too():
     assert mtgrad.from_spec("uw:num_tasks=3", num_tasks=3).num_tasks == 3
     with pytest.raises(ValueError, match="sets num_tasks=3, and the caller passes num_tasks=4"):
         mtgrad.from_spec("uw:num_tasks=3", num_tasks=4)
+    with pytest.raises(ValueError, match="sets generator, which the caller provides \\(a Generator\\)"):
+        mtgrad.from_spec("pcgrad:generator=3", generator=torch.Generator())
 
 
 @pytest.mark.parametrize("spec", [None, 3, mtgrad.PCGrad()])

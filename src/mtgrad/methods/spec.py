@@ -138,6 +138,8 @@ def _build(name: str, kwargs: dict[str, Any], extra: dict[str, Any], spec: str) 
     accepted = inspect.signature(factory).parameters
     for k, v in extra.items():
         if k in accepted and k in kwargs and kwargs[k] != v:
+            if not isinstance(v, (bool, int, float, str)):  # a generator, a module: never a spec's
+                raise ValueError(f"spec {spec!r} sets {k}, which the caller provides (a {type(v).__name__}): leave it out")
             raise ValueError(f"spec {spec!r} sets {k}={kwargs[k]!r}, and the caller passes {k}={v!r}: give it once")
         if k in accepted:
             kwargs[k] = v
