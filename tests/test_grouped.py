@@ -227,3 +227,9 @@ def test_a_loss_weighting_with_dropout_names_the_randomness_argument():
     model = torch.nn.Sequential(*model, torch.nn.Dropout(0.5))
     with pytest.raises(RuntimeError, match="randomness='different'"):
         mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.UW(num_tasks=4))
+
+
+def test_an_unknown_randomness_is_refused_up_front():
+    model, batch = make()
+    with pytest.raises(ValueError, match="randomness must be 'error', 'different' or 'same', got 'sometimes'"):
+        mtgrad.grouped_backward(model, task_loss(model), batch, mtgrad.PCGrad(), randomness="sometimes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pytest
 
@@ -99,6 +100,8 @@ def test_delta_note_says_what_it_compares_and_flags_a_near_zero_baseline():
     # the linear benchmark's case: a baseline MSE of ~0.01 next to a method's ~0.7 gives ~+6900%
     wild = table_note(_synthetic([0], 0.0102, 0.71))
     assert "Caution" in wild and "task0/mse" in wild and "near 0" in wild and "+6861%" in wild
+    # one method: its Δm% is one number, not "+x% to +x%"
+    assert re.search(r"\(here [+-]\d+%\)", wild), wild
 
 
 def test_compare_prints_and_writes_the_delta_note(tmp_path):

@@ -167,6 +167,8 @@ def grouped_backward(
         check_finite: refuse NaN/inf losses and gradients before anything is written.
         data_parallel: as in :func:`mtgrad.backward`.
     """
+    if randomness not in ("error", "different", "same"):
+        raise ValueError(f"randomness must be 'error', 'different' or 'same', got {randomness!r}")
     if isinstance(shared, (str, bytes)):
         raise TypeError(f"shared must be an iterable of parameter names, got the string {shared!r} (use [{shared!r}])")
     if shared is not None:

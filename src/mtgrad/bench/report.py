@@ -178,11 +178,12 @@ def table_note(result: CompareResult) -> str:
             value = statistics.fmean(result.final[method][x][m] for x in result.seeds)
             parts.append(f"{m} {base * s:.4g} (single-task) vs {value * s:.4g} ({method}), {rel:+.0f}%")
         deltas = [statistics.fmean(result.delta[m][x] for x in result.seeds) for m in result.methods]
-        span = f"{min(deltas):+.0f}%" if len(deltas) == 1 else f"{min(deltas):+.0f}% to {max(deltas):+.0f}%"
+        low, high = f"{min(deltas):+.0f}%", f"{max(deltas):+.0f}%"
+        span = low if low == high else f"{low} to {high}"
         note += (
-            " Caution: the relative change explodes when a single-task baseline is near 0 next to the "
-            f"methods' values: {'; '.join(parts)}. These metrics dominate Δm% (here {span}); "
-            "compare their columns directly."
+            f" Caution: a relative change beyond {EXPLODES:.0f}% of the single-task baseline (a method's "
+            "value more than doubling it, or a baseline near 0) dominates the average: "
+            f"{'; '.join(parts)}. These metrics dominate Δm% (here {span}); compare their columns directly."
         )
     return note
 
