@@ -102,6 +102,15 @@ class TwinCritic(nn.Module):
         return torch.stack([self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)])
 
 
+def refuse_loss_weighting(kind: type, which: str) -> None:
+    """A ``ValueError`` for a loss weighting: SAC's surgery combines per-task gradients."""
+    if issubclass(kind, mtgrad.methods.LossWeighting):
+        raise ValueError(
+            f"{kind.__name__} is a loss weighting; multi-task SAC takes gradient methods "
+            f"(mean, pcgrad, cagrad, cagrad_fast, mgda, …) for its {which}"
+        )
+
+
 class MultiTaskSAC:
     """The agent: networks, per-task temperatures, optimizers and one update step.
 
@@ -133,11 +142,8 @@ class MultiTaskSAC:
         if cfg.shared_alpha and alpha_method is None:
             raise ValueError("a shared temperature (cfg.shared_alpha) needs an alpha_method for its task gradients")
         for which, method in (("actor", actor_method), ("critic", critic_method), ("temperature", alpha_method)):
-            if isinstance(method, mtgrad.methods.LossWeighting):
-                raise ValueError(
-                    f"{type(method).__name__} is a loss weighting; multi-task SAC takes gradient methods "
-                    f"(mean, pcgrad, cagrad, cagrad_fast, mgda, …) for its {which}"
-                )
+            if method is not None:
+                refuse_loss_weighting(type(method), which)
         self.cfg, self.num_tasks, self.device = cfg, num_tasks, torch.device(device)
         self.actor = Actor(obs_dim, action_dim, cfg.hidden, cfg.layers, cfg.log_std_min, cfg.log_std_max).to(device)
         self.critic = TwinCritic(obs_dim, action_dim, cfg.hidden, cfg.layers).to(device)

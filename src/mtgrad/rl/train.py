@@ -44,7 +44,7 @@ from .buffer import TaskReplayBuffer
 from .config import SACConfig
 from .envs import make_envs, parse_benchmark, task_names
 from .rewards import RewardNormalizer
-from .sac import MultiTaskSAC
+from .sac import MultiTaskSAC, refuse_loss_weighting
 
 __all__ = ["build_method", "train", "evaluate"]
 
@@ -67,18 +67,9 @@ def build_method(spec: str, cfg: SACConfig, num_tasks: int, seed: int) -> mtgrad
     extra = [f"{k}={v}" for k, v in defaults.get(name.strip().lower(), {}).items() if k not in given]
     full = name + ":" + ",".join(filter(None, [args, *extra])) if extra else spec
     kind = mtgrad.methods.spec.method_class(full)
-    if kind is not None and issubclass(kind, mtgrad.methods.LossWeighting):  # before building it
-        raise ValueError(
-            f"{kind.__name__} is a loss weighting; multi-task SAC takes gradient methods "
-            "(mean, pcgrad, cagrad, cagrad_fast, mgda, …)"
-        )
-    method = mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
-    if isinstance(method, mtgrad.methods.LossWeighting):
-        raise ValueError(
-            f"{type(method).__name__} is a loss weighting; multi-task SAC takes gradient methods "
-            "(mean, pcgrad, cagrad, cagrad_fast, mgda, …)"
-        )
-    return method
+    if kind is not None:  # before building it: a loss weighting may need what SAC never has
+        refuse_loss_weighting(kind, "updates")
+    return mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
 
 
 class _Agent:
