@@ -71,17 +71,14 @@ def _nonfinite_message(G: Tensor, tasks: Sequence[int] | None) -> str:
     bad = (~torch.isfinite(G.diagonal())).nonzero().flatten().tolist()
     if not bad:
         return "the task gradients' inner products overflow (gradients of norm ~1e154 or more?)"
-    pseudo = tasks is not None and bad[-1] >= len(tasks)  # CAGrad-Fast's row of the unsampled tasks
-    named = [i if tasks is None else tasks[i] for i in (bad[:-1] if pseudo else bad)]
-    # The pseudo-task's row is formed from every task's gradient (or g₀): a bad sampled task
-    # spoils it too, so it points at an unsampled task only when no sampled one is bad.
-    pseudo = pseudo and not named
-    parts = [f"task{'s' if len(named) > 1 else ''} {', '.join(map(str, named))}"] if named else []
-    parts += ["the pseudo-task (the mean of the unsampled tasks)"] if pseudo else []
-    verb = "is" if len(named) + pseudo == 1 else "are"
+    # Rows beyond ``tasks`` are CAGrad-Fast's pseudo-task. It is formed from every task's gradient
+    # (or g₀), so a bad sampled task spoils it too: it is named only when no sampled row is bad.
+    named = [i if tasks is None else tasks[i] for i in bad if tasks is None or i < len(tasks)]
+    plural = len(named) > 1
+    whose = f"task{'s' if plural else ''} {', '.join(map(str, named))}" if named else "the pseudo-task (the mean of the unsampled tasks)"
     return (
-        f"the gradient{'s' if verb == 'are' else ''} of {' and '.join(parts)} with respect to the shared "
-        f"parameters {verb} NaN or inf (an overflow?)"
+        f"the gradient{'s' if plural else ''} of {whose} with respect to the shared parameters "
+        f"{'are' if plural else 'is'} NaN or inf (an overflow?)"
     )
 
 

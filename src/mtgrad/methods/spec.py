@@ -110,10 +110,10 @@ def from_spec(spec: str, **extra: Any) -> Method:
         if not isinstance(inner, str):
             raise ValueError(f"spec {spec!r}: reuse needs method=<name>, e.g. 'reuse:method=pcgrad,every=4'")
         schedule: dict[str, Any] = {k: kwargs.pop(k) for k in ("every", "warmup") if k in kwargs}
-        factory = REGISTRY.get(inner.strip().lower())
-        if isinstance(factory, type) and not issubclass(factory, Weighting):
+        kind = method_class(inner)
+        if kind is not None and not issubclass(kind, Weighting):
             raise ValueError(
-                f"spec {spec!r}: reuse repeats a Gramian weighting's weights; {factory.__name__} is not one"
+                f"spec {spec!r}: reuse repeats a Gramian weighting's weights; {kind.__name__} is not one"
             )
         reused = _build(inner, kwargs, extra, spec)
         return _construct(Reuse, {"method": reused, **schedule}, spec)
