@@ -28,5 +28,8 @@ def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
             process.terminate()
         for process in processes:
             process.join(timeout=5)
+            if process.is_alive():  # e.g. one still starting up, which SIGTERM does not end
+                process.kill()
+                process.join(timeout=5)
         raise
     pool.shutdown(wait=True)
