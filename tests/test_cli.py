@@ -237,3 +237,30 @@ def test_a_loss_weighting_is_refused_by_kind_not_by_its_missing_arguments(tmp_pa
     assert "(GradNorm) is not a Gramian weighting" in capsys.readouterr().err
     assert main(["rl", "--methods", "gradnorm", "--out", str(tmp_path / "rl")]) == 2
     assert "GradNorm is a loss weighting" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "problem, methods, pair",
+    [("cagrad", "gd,mean", "'gd' and 'mean'"), ("pcgrad", "gd,pcgrad,sum", "'gd' and 'sum'"),
+     ("both", "pcgrad;pcgrad:reduction=sum", "'pcgrad' and 'pcgrad:reduction=sum'")],
+)
+def test_toy_refuses_two_names_of_one_method(tmp_path, capsys, problem, methods, pair):
+    with pytest.raises(SystemExit) as info:
+        main(["toy", "--problem", problem, "--methods", methods, "--out", str(tmp_path / "o"), "--no-progress"])
+    assert info.value.code == 2
+    assert f"specs {pair} are the same method" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_toy_gd_and_mean_differ_on_the_pcgrad_toy(tmp_path):
+    # There 'gd' is Adam on L1 + L2 (Sum): mean is another method, and both run.
+    assert main(["toy", "--problem", "pcgrad", "--steps", "2", "--methods", "gd,mean", "--out", str(tmp_path),
+                 "--no-plots", "--no-progress"]) == 0
+    _, rows = _read(tmp_path / "toy_pcgrad.csv")
+    assert {r["method"] for r in rows} == {"gd", "mean"}
+
+
+def test_an_empty_spec_in_a_method_list_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["toy", "--methods", "gd;;mgda", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert "empty method spec in 'gd;;mgda'" in capsys.readouterr().err

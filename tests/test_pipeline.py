@@ -9,12 +9,15 @@ an error leaves every ``.grad`` as it was.
 from __future__ import annotations
 
 import importlib
+import re
 
 import pytest
 import torch
 
 import mtgrad
 from mtgrad.autogram import engine_for
+from mtgrad.bench import trainer
+from mtgrad.methods.spec import check_distinct
 
 T, B, D_IN, D_HID = 3, 8, 5, 6
 NAMES = sorted(mtgrad.REGISTRY) + ["reuse"]
@@ -224,6 +227,39 @@ def test_one_spec_grammar_for_lists_and_single_specs():
     assert mtgrad.split_specs("reuse:method=cagrad,every=4,c=0.5;mean") == ["reuse:method=cagrad,every=4,c=0.5", "mean"]
     with pytest.raises(ValueError, match="separates specs"):
         mtgrad.from_spec("cagrad:c=0.5;rescale=2")
+    for slip in ("gd;;mgda", "gd,,mgda", "gd,"):  # a spec left out by a typo is refused, not dropped
+        with pytest.raises(ValueError, match="empty method spec"):
+            mtgrad.split_specs(slip)
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("gd", "mean"), ("pcgrad", "pcgrad:reduction=sum"), ("cagrad", "cagrad:c=0.4"), ("cagrad:c=1", "cagrad:c=1.0"),
+     ("CAGrad:c=.5", "cagrad:c=0.5"), ("reuse:method=pcgrad", "reuse:method=pcgrad,every=1,warmup=0")],
+)
+def test_two_names_of_one_method_are_refused_in_a_list(first, second):
+    with pytest.raises(ValueError, match=f"specs '{re.escape(first)}' and '{re.escape(second)}' are the same method"):
+        check_distinct([first, "mgda", second])
+
+
+def test_specs_that_differ_in_a_value_or_in_kind_are_distinct():
+    check_distinct(["gd", "sum", "cagrad:c=0.5", "cagrad:c=0.4,rescale=2", "pcgrad:include_self=true",
+                    "reuse:method=cagrad,c=0.5", "reuse:method=cagrad,c=0.6", "reuse:method=cagrad,c=0.5,every=2"])
+
+
+class _WithShared(torch.nn.Linear):
+    def __init__(self) -> None:
+        super().__init__(2, 2)
+
+    def shared_parameters(self):
+        return self.parameters()
+
+
+def test_a_spec_error_names_the_spec_once():
+    with pytest.raises(ValueError) as info:
+        trainer.make_method("cagrad:cc=1", 2, _WithShared(), 0, torch.device("cpu"))
+    assert str(info.value).startswith("spec 'cagrad:cc=1': cagrad does not take option(s) ['cc'] (did you mean 'c'?)")
+    assert str(info.value).count("cagrad:cc=1") == 1
 
 
 @pytest.mark.parametrize(

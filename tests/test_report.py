@@ -58,7 +58,13 @@ def test_compare_rejects_bad_input_before_training(tmp_path):
         compare("linear", ["gd", "nope"], [0], out=tmp_path, jobs=1, progress=False)
     with pytest.raises(ValueError, match="distinct"):
         compare("linear", ["gd"], [0, 0], out=tmp_path, jobs=1, progress=False)
+    with pytest.raises(ValueError, match="specs 'gd' and 'mean' are the same method"):
+        compare("linear", ["gd", "mean"], [0], out=tmp_path, jobs=1, progress=False)
     assert not (tmp_path / "runs").exists()
+    # Nothing is written (not even the folder) before every spec is known to build.
+    with pytest.raises(ValueError, match="does not take option"):
+        compare("linear", ["cagrad:cc=1"], [0], out=tmp_path / "new", jobs=1, progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_worker_processes_give_the_same_numbers(tmp_path):

@@ -14,6 +14,7 @@ from mtgrad.bench.checkpoints import load_checkpoint
 import mtgrad
 from mtgrad.rl import PRESETS, MultiTaskSAC, SACConfig, TaskReplayBuffer, parse_benchmark, preset
 from mtgrad.rl.sac import sample_action
+from mtgrad.rl.train import resolve_spec
 
 
 def test_presets_are_the_papers_settings():
@@ -324,3 +325,17 @@ def test_cagrad_sac_learns_to_reach_above_the_random_policys_success(tmp_path):
     summary = train(cfg, "cagrad", str(tmp_path), progress=False, tensorboard=False)
     random_success = _random_policy_success(benchmark, 10, 100)
     assert summary["best_success"] > random_success + 0.2, (summary["best_success"], random_success)
+
+
+def test_two_names_of_one_method_are_refused_before_any_run(tmp_path):
+    from mtgrad.rl import report
+
+    cfg = preset("mt10", "paper")
+    assert cfg.pcgrad_reduction == "mean"  # so this protocol's "pcgrad" is PCGrad(reduction="mean")
+    with pytest.raises(ValueError, match="specs 'pcgrad' and 'pcgrad:reduction=mean' are the same method"):
+        report.run_methods(cfg, ["pcgrad", "gd", "pcgrad:reduction=mean"], [0], str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="specs 'gd' and 'mean' are the same method"):
+        report.run_methods(cfg, ["gd", "mean"], [0], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    # ... and "pcgrad:reduction=sum" is then another method, not the default's spelling.
+    mtgrad.methods.spec.check_distinct([resolve_spec(m, cfg) for m in ("pcgrad", "pcgrad:reduction=sum")])

@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 import torch
 
+from ..methods.spec import check_distinct
 from .benchmarks import get_benchmark
 from .figures import SPREAD, legend_columns, mean_band, panel_grid, pyplot, wrap_title
 from .reporting import progress_bar, tensorboard_available
@@ -218,8 +219,13 @@ def compare(
         raise ValueError("no methods to compare")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
-    if len(set(methods)) != len(methods) or BASELINE in methods:
-        raise ValueError(f"methods must be distinct and not {BASELINE!r}, got {methods}")
+    if BASELINE in methods:
+        raise ValueError(f"{BASELINE!r} is the baseline every compare trains; it is not a method spec")
+    check_distinct(methods)
+    # Validate every spec before spending minutes on the baselines (or writing anything).
+    probe = bench.model(list(bench.tasks))
+    for spec in methods:
+        make_method(spec, bench.num_tasks, probe, 0, torch.device("cpu"))
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
     common = dict(
@@ -233,10 +239,6 @@ def compare(
         progress=False,
         resume=not fresh,
     )
-    # Validate every spec before spending minutes on the baselines.
-    probe = bench.model(list(bench.tasks))
-    for spec in methods:
-        make_method(spec, bench.num_tasks, probe, 0, torch.device("cpu"))
 
     jobs_list: list[tuple[str, Any, dict[str, Any]]] = []
     for s in seeds:

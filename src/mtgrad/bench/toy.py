@@ -47,7 +47,7 @@ from torch import Tensor
 
 from ..methods.base import unit_scaled
 from ..methods.cagrad import output_factor
-from ..methods.spec import split_specs
+from ..methods.spec import check_distinct, split_specs
 from ..solvers import cagrad_weights
 from .batched_adam import BatchedAdam
 from .reporting import progress_bar
@@ -118,7 +118,7 @@ def resolve_method(spec: str, problem: ToyProblem, generator: torch.Generator | 
 
     from mtgrad.methods.spec import method_class
 
-    real = problem.objective if spec.strip().lower() == "gd" else spec
+    real = _problem_spec(spec, problem)
     kind = method_class(real)  # checked before building: a loss weighting may need what we lack
     if kind is not None and not issubclass(kind, _methods.Weighting):
         raise ValueError(
@@ -129,6 +129,11 @@ def resolve_method(spec: str, problem: ToyProblem, generator: torch.Generator | 
     if generator is not None:
         extra["generator"] = generator
     return _methods.from_spec(real, **extra)
+
+
+def _problem_spec(spec: str, problem: ToyProblem) -> str:
+    """``spec`` with ``gd`` replaced by the problem's objective (``mean`` or ``sum``)."""
+    return problem.objective if spec.strip().lower() == "gd" else spec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,8 +433,10 @@ def format_table(result: ToyResult) -> str:
 
 
 def check_methods(specs: Sequence[str], problems: Iterable[str] = ("cagrad", "pcgrad")) -> None:
-    """Raise ``ValueError`` naming the spec if any method cannot run on the toy problems."""
+    """Raise ``ValueError`` naming the spec if any method cannot run on the toy problems, or if
+    two specs are one method on one of them (``gd`` and ``sum`` on the PCGrad toy)."""
     for name in problems:
+        check_distinct([_problem_spec(spec, PROBLEMS[name]) for spec in specs], specs)
         for spec in specs:
             try:
                 resolve_method(spec, PROBLEMS[name])
@@ -479,6 +486,8 @@ def run_toy_command(
             raise ValueError(f"unknown problem {name!r}; known: {', '.join(PROBLEMS)}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if methods is not None:
+        check_methods(methods, problems)
     counts = [steps if n == "cagrad" else pcgrad_steps for n in problems]
     counts = [PROBLEMS[n].default_steps if c is None else c for n, c in zip(problems, counts)]
     if jobs is None:

@@ -179,8 +179,8 @@ def make_method(spec: str, num_tasks: int, model: torch.nn.Module, seed: int, de
         extra["last_shared"] = matrices[-1]
     try:
         return mtgrad.from_spec(spec, **extra)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"method {spec!r}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # its message names the spec (ValueError: a usage error)
+        raise ValueError(str(exc)) from exc
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:

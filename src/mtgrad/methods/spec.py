@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
 from .alignedmtl import AlignedMTL
@@ -37,7 +37,7 @@ from .schedules import CAGradFast, Reuse
 from .upgrad import UPGrad
 from .uw import UW
 
-__all__ = ["REGISTRY", "from_spec", "split_specs"]
+__all__ = ["REGISTRY", "check_distinct", "from_spec", "split_specs"]
 
 #: Spec name → constructor. ``gd`` is the papers' name for plain descent on the average loss.
 REGISTRY: dict[str, Callable[..., Method]] = {
@@ -79,6 +79,20 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def _parse(spec: str) -> tuple[str, dict[str, Any]]:
+    """``(name, options)`` of one spec, its options parsed (:func:`_parse_value`)."""
+    name, _, args = spec.strip().partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in args.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise ValueError(f"method option {item!r} in spec {spec!r} is not of the form key=value")
+        if k.strip() in kwargs:
+            raise ValueError(f"option {k.strip()!r} is given twice in spec {spec!r}")
+        kwargs[k.strip()] = _parse_value(v.strip())
+    return name, kwargs
+
+
 def from_spec(spec: str, **extra: Any) -> Method:
     """Build a method from a spec such as ``"cagrad:c=0.5,rescale=2"`` or ``"pcgrad"``.
 
@@ -96,15 +110,7 @@ def from_spec(spec: str, **extra: Any) -> Method:
             f"spec {spec!r} holds ';', which separates specs in a list: options of one method are "
             "separated by ',' (e.g. 'cagrad:c=0.5,rescale=2'); split a list with mtgrad.split_specs"
         )
-    name, _, args = spec.strip().partition(":")
-    kwargs: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in args.split(","))):
-        k, eq, v = item.partition("=")
-        if not eq or not k.strip():
-            raise ValueError(f"method option {item!r} in spec {spec!r} is not of the form key=value")
-        if k.strip() in kwargs:
-            raise ValueError(f"option {k.strip()!r} is given twice in spec {spec!r}")
-        kwargs[k.strip()] = _parse_value(v.strip())
+    name, kwargs = _parse(spec)
     if name.strip().lower() == "reuse":
         inner = kwargs.pop("method", None)
         if not isinstance(inner, str):
@@ -129,6 +135,47 @@ def method_class(spec: str) -> type | None:
     return factory if isinstance(factory, type) else None
 
 
+def check_distinct(specs: Sequence[str], given: Sequence[str] | None = None) -> None:
+    """Raise ``ValueError`` if two specs of a list build the same method: the same class with the
+    same options once defaults are filled in (``gd`` and ``mean``, ``pcgrad`` and
+    ``pcgrad:reduction=sum``), which a comparison would train twice under two names. ``given``
+    names the specs in the message (the user's spelling, where ``specs`` had defaults filled in)."""
+    given = specs if given is None else given
+    seen: dict[tuple, str] = {}
+    for spec, shown in zip(specs, given, strict=True):
+        key = _identity(spec)
+        if key in seen:
+            raise ValueError(f"specs {seen[key]!r} and {shown!r} are the same method: give it once")
+        seen[key] = shown
+
+
+def _identity(spec: str) -> tuple:
+    """What a spec builds, as a hashable value: its class and its non-default options (an unknown
+    name or a malformed spec stands for itself; building it reports the error)."""
+    try:
+        name, options = _parse(spec)
+    except ValueError:
+        return (spec,)
+    if name.strip().lower() == "reuse":
+        inner = options.pop("method", None)
+        schedule = {k: options.pop(k) for k in ("every", "warmup") if k in options}
+        inner_spec = ",".join([str(inner), *(f"{k}={v}" for k, v in options.items())])
+        return (Reuse, _non_default(Reuse, schedule), _identity(inner_spec))
+    factory = REGISTRY.get(name.strip().lower())
+    if factory is None:
+        return (spec,)
+    return (factory, _non_default(factory, options))
+
+
+def _non_default(factory: Callable[..., Any], options: dict[str, Any]) -> frozenset:
+    parameters = inspect.signature(factory).parameters
+    # (is-bool, value): c=1 and c=1.0 are one option value, true and 1 are not.
+    return frozenset(
+        (k, (isinstance(v, bool), v)) for k, v in options.items()
+        if k not in parameters or parameters[k].default is inspect.Parameter.empty or parameters[k].default != v
+    )
+
+
 def _build(name: str, kwargs: dict[str, Any], extra: dict[str, Any], spec: str) -> Method:
     key = name.strip().lower()
     if key not in REGISTRY:
@@ -146,7 +193,9 @@ def _build(name: str, kwargs: dict[str, Any], extra: dict[str, Any], spec: str) 
     unknown = set(kwargs) - set(accepted)
     if unknown:
         hint = "".join(_did_you_mean(u, accepted) for u in sorted(unknown))
-        raise ValueError(f"{name} does not take option(s) {sorted(unknown)}{hint}; it takes {sorted(accepted)}")
+        raise ValueError(
+            f"spec {spec!r}: {name} does not take option(s) {sorted(unknown)}{hint}; it takes {sorted(accepted)}"
+        )
     required = [
         k for k, p in accepted.items()
         if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and k not in kwargs
@@ -172,7 +221,8 @@ def split_specs(text: str) -> list[str]:
     """Split a list of method specs (module docstring); raises on an empty list.
 
     ``"gd,mgda,cagrad:c=0.5,rescale=2,pcgrad"`` → ``["gd", "mgda", "cagrad:c=0.5,rescale=2", "pcgrad"]``;
-    ``"cagrad:c=0.2;cagrad:c=0.8"`` → ``["cagrad:c=0.2", "cagrad:c=0.8"]``.
+    ``"cagrad:c=0.2;cagrad:c=0.8"`` → ``["cagrad:c=0.2", "cagrad:c=0.8"]``; an empty spec
+    (``"gd;;mgda"``, ``"gd,"``) is refused.
     """
     specs: list[str] = []
     for part in text.split(";"):
@@ -180,6 +230,8 @@ def split_specs(text: str) -> list[str]:
         for token in part.split(","):
             token = token.strip()
             if not token:
+                if text.strip():  # 'gd;;mgda' or 'gd,,mgda': a spec left out by a slip, not silently
+                    raise ValueError(f"empty method spec in {text!r}: specs are separated by one ',' or ';'")
                 continue
             if current and "=" in token and ":" not in token:
                 current.append(token)

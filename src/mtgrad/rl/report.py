@@ -45,10 +45,13 @@ def run_methods(
 ) -> list[dict[str, Any]]:
     """Train every method × seed into ``run_dir(out, method, seed)``, then write ``summary.md``
     (and ``success.png`` with ``plots``); returns the runs' summaries."""
+    from ..methods.spec import check_distinct
     from .envs import parse_benchmark
-    from .train import build_method
+    from .train import build_method, resolve_spec
 
     num_tasks = parse_benchmark(cfg.benchmark).num_tasks
+    # Two names of one method (after the benchmark's defaults) would train it twice.
+    check_distinct([resolve_spec(m, cfg) for m in methods], methods)
     for method in methods:  # a bad spec is refused before any run trains
         build_method(method, cfg, num_tasks, seed=0)
     os.makedirs(out, exist_ok=True)

@@ -52,11 +52,19 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def build_method(spec: str, cfg: SACConfig, num_tasks: int, seed: int) -> mtgrad.methods.Method:
-    """A method from its spec, with the benchmark's CAGrad ``c``, CAGrad-Fast gradient count and
-    the protocol's CAGrad solver and rescales and PCGrad reduction filled in when the spec does
-    not give them
-    (``"cagrad"`` → ``CAGrad(c=0.9)`` on MT10; ``CAGrad(c=0.9, rescale=1, solver="mtrl")`` under
-    the paper protocol)."""
+    """A method from its spec, with the benchmark's defaults filled in (:func:`resolve_spec`)."""
+    full = resolve_spec(spec, cfg)
+    kind = mtgrad.methods.spec.method_class(full)
+    if kind is not None:  # before building it: a loss weighting may need what SAC never has
+        refuse_loss_weighting(kind, "updates")
+    return mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
+
+
+def resolve_spec(spec: str, cfg: SACConfig) -> str:
+    """``spec`` with the benchmark's CAGrad ``c``, CAGrad-Fast gradient count and the protocol's
+    CAGrad solver and rescales and PCGrad reduction filled in where the spec does not give them
+    (``"cagrad"`` → ``"cagrad:c=0.9,…"`` on MT10; with ``rescale=1, solver=mtrl`` under the paper
+    protocol)."""
     name, _, args = spec.strip().partition(":")
     given = {part.split("=")[0].strip() for part in args.split(",") if part.strip()}
     defaults = {
@@ -65,11 +73,7 @@ def build_method(spec: str, cfg: SACConfig, num_tasks: int, seed: int) -> mtgrad
         "pcgrad": {"reduction": cfg.pcgrad_reduction},
     }
     extra = [f"{k}={v}" for k, v in defaults.get(name.strip().lower(), {}).items() if k not in given]
-    full = name + ":" + ",".join(filter(None, [args, *extra])) if extra else spec
-    kind = mtgrad.methods.spec.method_class(full)
-    if kind is not None:  # before building it: a loss weighting may need what SAC never has
-        refuse_loss_weighting(kind, "updates")
-    return mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
+    return name + ":" + ",".join(filter(None, [args, *extra])) if extra else spec
 
 
 class _Agent:
