@@ -95,6 +95,12 @@ def test_uw_stationary_at_log_loss_and_libmtl_init():
     close(weights, 1 / (2 * s.exp()))
 
 
+@pytest.mark.parametrize("kind", [UW, IMTLL, FAMO])
+def test_a_missing_task_count_is_reported_against_the_class_the_user_called(kind):
+    with pytest.raises(TypeError, match=rf"^{kind.__name__}\.__init__\(\) missing 1 required positional argument: 'num_tasks'"):
+        kind()
+
+
 def test_uw_parameter_identity_survives_load_state_dict():
     uw = UW(2, dtype=D64)
     s = uw.parameters()[0]

@@ -39,6 +39,15 @@ class IMTLL(LearnedTaskVector):
 
     state_key = "log_scales"
 
+    def __init__(
+        self,
+        num_tasks: int,
+        init: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:  # spelled out so that a missing argument is reported against this class
+        super().__init__(num_tasks, init, device, dtype)
+
     @property
     def log_scales(self) -> Tensor:
         """The learned vector ``s`` (the tensor an optimizer holds)."""

@@ -44,6 +44,15 @@ class UW(LearnedTaskVector):
 
     state_key = "log_vars"
 
+    def __init__(
+        self,
+        num_tasks: int,
+        init: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:  # spelled out so that a missing argument is reported against this class
+        super().__init__(num_tasks, init, device, dtype)
+
     @property
     def log_vars(self) -> Tensor:
         """The learned vector ``s`` (the tensor an optimizer holds)."""
