@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib
 import math
 import os
 
@@ -213,6 +214,24 @@ def test_a_resumed_run_continues_identically(tmp_path):
         train(TINY, "cagrad", str(split), progress=False, tensorboard=False)
     with pytest.raises(ValueError, match="hidden"):
         train(TINY.replace(hidden=8), "pcgrad", str(split), progress=False, tensorboard=False)
+
+
+def test_a_finished_run_too_short_to_end_an_episode_is_not_retrained(tmp_path, monkeypatch):
+    short = TINY.replace(total_steps=30, eval_every=30)  # episodes are 60 steps: no checkpoint is written
+    with pytest.warns(UserWarning, match="never updates"):
+        first = train(short, "mean", str(tmp_path), progress=False, tensorboard=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    rl_train = importlib.import_module("mtgrad.rl.train")  # the module (mtgrad.rl.train is also its function)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(rl_train, "make_envs", no_training)
+    assert train(short, "mean", str(tmp_path), progress=False, tensorboard=False) == first
+    # Another run in that directory is trained (the summary says whose it is).
+    for other, method, seed in ((short.replace(hidden=8), "mean", 0), (short, "sum", 0), (short, "mean", 1)):
+        with pytest.raises(AssertionError, match="trained again"):
+            train(other, method, str(tmp_path), seed=seed, progress=False, tensorboard=False)
 
 
 def test_a_fresh_or_restarted_run_does_not_keep_old_log_rows(tmp_path):

@@ -143,9 +143,11 @@ def train(
     state = load_checkpoint(path, "--fresh")
     if state is not None:  # checked before the environments are built (seconds for MT50)
         _check_same_run(state, cfg, method, seed)
-        finished = _finished_summary(out, cfg.total_steps)
-        if finished is not None:  # rerunning a finished command must not retrain its tail
-            return finished
+    # Rerunning a finished command must not retrain its tail, nor the whole of a run too short
+    # to end an episode (it has a summary but no checkpoint).
+    finished = _finished_summary(out, cfg, method, seed, checked=state is not None)
+    if finished is not None:
+        return finished
     # Meta-World draws a benchmark's goal variations from the seed, so evaluation uses the same
     # seed (the same tasks; MT10/MT50 have no test split) and only its sampling stream differs.
     envs = make_envs(tasks, seed, cfg.max_episode_steps, cfg.use_one_hot, fixed_goals=cfg.fixed_goals)
@@ -269,15 +271,29 @@ def _evaluate_and_log(sac: MultiTaskSAC, eval_envs: Any, cfg: SACConfig, step: i
         bar.set_postfix(success=f"{100 * mean_success:.0f}%")  # in % as in summary.md
 
 
-def _finished_summary(out: str, total_steps: int) -> dict[str, Any] | None:
-    """The summary of a run in ``out`` that already reached ``total_steps`` (its checkpoint was
-    checked to be of the same run), else ``None``."""
+def _finished_summary(out: str, cfg: SACConfig, method: str, seed: int, checked: bool) -> dict[str, Any] | None:
+    """The summary of a run in ``out`` that already reached ``cfg.total_steps``, if it is this run
+    (same config, method and seed, as the summary records them; a summary written before it
+    recorded them counts when ``checked``, i.e. the checkpoint was checked to be this run's),
+    else ``None``."""
     try:
         with open(os.path.join(out, "summary.json")) as f:
             summary = json.load(f)
     except (OSError, ValueError):  # none yet, or cut short by a kill: not finished
         return None
-    return summary if summary.get("steps") == total_steps else None
+    if summary.get("steps") != cfg.total_steps:
+        return None
+    if "config" not in summary:
+        return summary if checked else None
+    # A field the summary lacks was added later with its old behaviour as default.
+    saved = {**_as_json(asdict(SACConfig())), **summary["config"]}
+    same = (saved, summary.get("method"), summary.get("seed")) == (_as_json(asdict(cfg)), method, seed)
+    return summary if same else None
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def _updates_at(cfg: SACConfig, step: int) -> int:
@@ -330,6 +346,7 @@ def _summary(cfg: SACConfig, method: str, seed: int, step: int, elapsed: dict[st
     updates = (_updates_at(cfg, first) if step >= first else 0) + max(step - first, 0) * cfg.updates_per_step
     return {
         "benchmark": cfg.benchmark, "protocol": cfg.protocol, "method": method, "seed": seed, "steps": step, "env_steps": step * T,
+        "config": _as_json(asdict(cfg)),
         "env_steps_per_s": step * T / elapsed["env"] if elapsed["env"] else None,
         "updates_per_s": updates / elapsed["update"] if elapsed["update"] else None,
         "seconds": elapsed, "final_eval": evals[-1] if evals else None,
