@@ -156,8 +156,8 @@ def test_finished_run_is_not_retrained_and_mismatch_is_refused(tmp_path):
     done = train(_config(tmp_path, epochs=2))
     again = train(_config(tmp_path, epochs=2))
     assert again.resumed_from == 2 and again.history == done.history
-    with pytest.raises(ValueError, match="different run"):
-        train(_config(tmp_path, epochs=2, lr=0.5))
+    with pytest.raises(ValueError, match=r"different run: lr is 0\.01 there, 0\.5 here; method is 'pcgrad' there, 'mgda' here\. Use"):
+        train(_config(tmp_path, epochs=2, lr=0.5, method="mgda"))
     with pytest.raises(ValueError, match="at epoch 2, past --epochs 1"):
         train(_config(tmp_path, epochs=1))
     fresh = train(_config(tmp_path, epochs=1, resume=False))

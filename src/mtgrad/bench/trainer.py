@@ -320,15 +320,18 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
             saved = {k: v for k, v in ckpt["config"].items() if k != "epochs"}  # older checkpoints held it
             if saved != cfg.identity():
                 now = cfg.identity()
-                differ = sorted(k for k in {*now, *saved} if saved.get(k) != now.get(k))
+                differ = "; ".join(
+                    f"{k} is {saved.get(k)!r} there, {now.get(k)!r} here"
+                    for k in sorted({*now, *saved}) if saved.get(k) != now.get(k)
+                )
                 raise ValueError(
-                    f"{ckpt_path} belongs to a different run ({', '.join(differ)} differ: {saved}); this one is "
-                    f"{cfg.identity()}. Use another --out, or --fresh (resume=False) to overwrite it"
+                    f"{ckpt_path} belongs to a different run: {differ}. Use another --out, or --fresh "
+                    "(resume=False from Python) to overwrite it"
                 )
             if int(ckpt["epoch"]) > cfg.epochs:
                 raise ValueError(
                     f"{ckpt_path} is at epoch {ckpt['epoch']}, past --epochs {cfg.epochs}; ask for at least "
-                    f"{ckpt['epoch']} epochs, or use --fresh (resume=False) or another --out"
+                    f"{ckpt['epoch']} epochs, or use --fresh (resume=False from Python) or another --out"
                 )
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])

@@ -322,12 +322,13 @@ def _check_same_run(state: dict[str, Any], cfg: SACConfig, method: str, seed: in
     defaults = asdict(SACConfig())
     saved = {k: v for k, v in {**defaults, **state["config"]}.items() if k != "total_steps"}
     now = {k: v for k, v in asdict(cfg).items() if k != "total_steps"}
-    if (saved, state["method"], state["seed"]) != (now, method, seed):
-        differ = sorted(k for k in now if saved.get(k) != now[k])
-        what = ", ".join(differ + (["method"] if state["method"] != method else []) + (["seed"] if state["seed"] != seed else []))
+    saved.update(method=state["method"], seed=state["seed"])
+    now.update(method=method, seed=seed)
+    if saved != now:
+        differ = "; ".join(f"{k} is {saved.get(k)!r} there, {now[k]!r} here" for k in now if saved.get(k) != now[k])
         raise ValueError(
-            f"the checkpoint in this directory is from a different run ({what} differ; the method spec is "
-            "compared as written); use another --out, or --fresh to start over"
+            f"the checkpoint in this directory is from a different run: {differ} (the method spec is "
+            "compared as written). Use another --out, or --fresh to start over"
         )
     if state["step"] > cfg.total_steps:
         raise ValueError(

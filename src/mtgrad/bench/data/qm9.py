@@ -192,7 +192,8 @@ def qm9pack_data_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             "QM9 needs the CSV files shipped by qm9pack, which is not installed; "
-            "install the data extra: pip install mtgrad[data]  (or pass data_dir=...)"
+            "install the data extra: pip install 'mtgrad[data]' (from Python, data_options={'data_dir': ...} "
+            "reads CSVs of the same format from another folder)"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
