@@ -235,7 +235,8 @@ def test_one_spec_grammar_for_lists_and_single_specs():
 @pytest.mark.parametrize(
     "first, second",
     [("gd", "mean"), ("pcgrad", "pcgrad:reduction=sum"), ("cagrad", "cagrad:c=0.4"), ("cagrad:c=1", "cagrad:c=1.0"),
-     ("CAGrad:c=.5", "cagrad:c=0.5"), ("reuse:method=pcgrad", "reuse:method=pcgrad,every=1,warmup=0")],
+     ("CAGrad:c=.5", "cagrad:c=0.5"), ("reuse:method=pcgrad", "reuse:method=pcgrad,every=1,warmup=0"),
+     ("reuse:method=cagrad,c=0.5,every=2", "reuse:every=2,c=.5,method=cagrad,rescale=0")],
 )
 def test_two_names_of_one_method_are_refused_in_a_list(first, second):
     with pytest.raises(ValueError, match=f"specs '{re.escape(first)}' and '{re.escape(second)}' are the same method"):

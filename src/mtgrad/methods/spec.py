@@ -159,7 +159,7 @@ def _identity(spec: str) -> tuple:
     if name.strip().lower() == "reuse":
         inner = options.pop("method", None)
         schedule: dict[str, Any] = {k: options.pop(k) for k in ("every", "warmup") if k in options}
-        inner_spec = ",".join([str(inner), *(f"{k}={v}" for k, v in options.items())])
+        inner_spec = f"{inner}:" + ",".join(f"{k}={v}" for k, v in options.items())
         return (Reuse, _non_default(Reuse, schedule), _identity(inner_spec))
     factory = REGISTRY.get(name.strip().lower())
     if factory is None:
