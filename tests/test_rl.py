@@ -234,6 +234,7 @@ def test_a_finished_run_too_short_to_end_an_episode_is_not_retrained(tmp_path, m
             train(other, method, str(tmp_path), seed=seed, progress=False, tensorboard=False)
 
 
+@pytest.mark.filterwarnings("ignore:total_steps .* never updates the agent")  # its short runs only log
 def test_a_fresh_or_restarted_run_does_not_keep_old_log_rows(tmp_path):
     train(TINY, "pcgrad", str(tmp_path), progress=False, tensorboard=False, stop_after=50)  # before any checkpoint
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "summary.json").exists()
@@ -282,6 +283,7 @@ def test_goal_conditioned_tasks_are_distinct_goals_of_one_environment_in_trainin
     eval_envs.close()
 
 
+@pytest.mark.filterwarnings("ignore:total_steps .* never updates the agent")  # its short runs only log
 def test_evaluation_runs_on_the_training_tasks(tmp_path, monkeypatch):
     # Meta-World draws a task's goal variations from the seed: the evaluation environments must
     # be built from the same seed as the training ones, or they evaluate other goals.
