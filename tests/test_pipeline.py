@@ -227,9 +227,12 @@ def test_one_spec_grammar_for_lists_and_single_specs():
     assert mtgrad.split_specs("reuse:method=cagrad,every=4,c=0.5;mean") == ["reuse:method=cagrad,every=4,c=0.5", "mean"]
     with pytest.raises(ValueError, match="separates specs"):
         mtgrad.from_spec("cagrad:c=0.5;rescale=2")
-    for slip in ("gd;;mgda", "gd,,mgda", "gd,"):  # a spec left out by a typo is refused, not dropped
-        with pytest.raises(ValueError, match="empty method spec"):
+    for slip in ("gd;;mgda", "gd,,mgda", "gd,", "cagrad:c=0.5,", "cagrad:c=0.5,,rescale=2"):
+        with pytest.raises(ValueError, match="empty item"):  # a typo is refused, not dropped
             mtgrad.split_specs(slip)
+    with pytest.raises(ValueError, match="empty option"):  # one grammar: a single spec the same
+        mtgrad.from_spec("cagrad:c=0.5,")
+    assert mtgrad.from_spec("cagrad:").c == mtgrad.from_spec("cagrad").c
 
 
 @pytest.mark.parametrize(
@@ -241,6 +244,22 @@ def test_one_spec_grammar_for_lists_and_single_specs():
 def test_two_names_of_one_method_are_refused_in_a_list(first, second):
     with pytest.raises(ValueError, match=f"specs '{re.escape(first)}' and '{re.escape(second)}' are the same method"):
         check_distinct([first, "mgda", second])
+
+
+def test_a_value_of_another_kind_than_the_default_is_not_the_default():
+    # include_self=0 and rescale=false are refused when built, not taken for the defaults.
+    check_distinct(["pcgrad", "pcgrad:include_self=0"])
+    check_distinct(["cagrad", "cagrad:rescale=false"])
+
+
+def test_a_spec_error_wins_over_a_duplicate_in_compare(tmp_path):
+    from mtgrad.bench.report import compare
+
+    with pytest.raises(ValueError, match="include_self must be True or False, got 0"):
+        compare("linear", ["pcgrad", "pcgrad:include_self=0"], [0], out=tmp_path / "o", jobs=1, progress=False)
+    with pytest.raises(ValueError, match="from_spec takes a spec string"):
+        compare("linear", ["gd", mtgrad.PCGrad()], [0], out=tmp_path / "o", jobs=1, progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_specs_that_differ_in_a_value_or_in_kind_are_distinct():

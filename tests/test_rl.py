@@ -360,3 +360,12 @@ def test_two_names_of_one_method_are_refused_before_any_run(tmp_path):
     assert not (tmp_path / "out").exists()
     # ... and "pcgrad:reduction=sum" is then another method, not the default's spelling.
     mtgrad.methods.spec.check_distinct([resolve_spec(m, cfg) for m in ("pcgrad", "pcgrad:reduction=sum")])
+
+
+def test_a_checkpoint_with_a_field_this_version_lacks_names_it():
+    from dataclasses import asdict
+
+    rl_train = importlib.import_module("mtgrad.rl.train")
+    state = {"config": {**asdict(TINY), "retired_option": 3}, "method": "mean", "seed": 0, "step": 0}
+    with pytest.raises(ValueError, match=r"different run: retired_option is 3 there, '\(absent\)' here \("):
+        rl_train._check_same_run(state, TINY, "mean", 0)

@@ -221,11 +221,11 @@ def compare(
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
     if BASELINE in methods:
         raise ValueError(f"{BASELINE!r} is the baseline every compare trains; it is not a method spec")
-    check_distinct(methods)
     # Validate every spec before spending minutes on the baselines (or writing anything).
     probe = bench.model(list(bench.tasks))
     for spec in methods:
         make_method(spec, bench.num_tasks, probe, 0, torch.device("cpu"))
+    check_distinct(methods)
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
     common = dict(

@@ -436,13 +436,19 @@ def check_methods(specs: Sequence[str], problems: Iterable[str] = ("cagrad", "pc
     """Raise ``ValueError`` naming the spec if any method cannot run on the toy problems, or if
     two specs are one method on one of them (``gd`` and ``sum`` on the PCGrad toy)."""
     for name in problems:
-        check_distinct([_problem_spec(spec, PROBLEMS[name]) for spec in specs], specs)
         for spec in specs:
             try:
                 resolve_method(spec, PROBLEMS[name])
             except (ValueError, TypeError) as exc:
                 text = str(exc)
                 raise ValueError(text if repr(spec) in text else f"{spec!r}: {text}") from exc
+    for name in problems:
+        try:
+            check_distinct([_problem_spec(spec, PROBLEMS[name]) for spec in specs], specs)
+        except ValueError as exc:
+            gd = any(spec.strip().lower() == "gd" for spec in specs)
+            where = f", where gd is {PROBLEMS[name].objective!r}" if gd else ""
+            raise ValueError(f"{exc} (on the {name} toy problem{where})") from exc
 
 
 def _run_toy_job(kwargs: dict) -> ToyResult:

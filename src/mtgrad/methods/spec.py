@@ -83,7 +83,9 @@ def _parse(spec: str) -> tuple[str, dict[str, Any]]:
     """``(name, options)`` of one spec, its options parsed (:func:`_parse_value`)."""
     name, _, args = spec.strip().partition(":")
     kwargs: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in args.split(","))):
+    for item in (part.strip() for part in args.split(",")) if args.strip() else ():
+        if not item:
+            raise ValueError(f"spec {spec!r} has an empty option: options are separated by one ','")
         k, eq, v = item.partition("=")
         if not eq or not k.strip():
             raise ValueError(f"method option {item!r} in spec {spec!r} is not of the form key=value")
@@ -139,7 +141,8 @@ def check_distinct(specs: Sequence[str], given: Sequence[str] | None = None) -> 
     """Raise ``ValueError`` if two specs of a list build the same method: the same class with the
     same options once defaults are filled in (``gd`` and ``mean``, ``pcgrad`` and
     ``pcgrad:reduction=sum``), which a comparison would train twice under two names. ``given``
-    names the specs in the message (the user's spelling, where ``specs`` had defaults filled in)."""
+    names the specs in the message (the user's spelling, where ``specs`` had defaults filled in).
+    Call it on specs known to build: a spec's own error says more than this one."""
     given = specs if given is None else given
     seen: dict[tuple, str] = {}
     for spec, shown in zip(specs, given, strict=True):
@@ -152,6 +155,8 @@ def check_distinct(specs: Sequence[str], given: Sequence[str] | None = None) -> 
 def _identity(spec: str) -> tuple:
     """What a spec builds, as a hashable value: its class and its non-default options (an unknown
     name or a malformed spec stands for itself; building it reports the error)."""
+    if not isinstance(spec, str):
+        return (id(spec),)
     try:
         name, options = _parse(spec)
     except ValueError:
@@ -169,11 +174,16 @@ def _identity(spec: str) -> tuple:
 
 def _non_default(factory: Callable[..., Any], options: dict[str, Any]) -> frozenset:
     parameters = inspect.signature(factory).parameters
-    # (is-bool, value): c=1 and c=1.0 are one option value, true and 1 are not.
     return frozenset(
-        (k, (isinstance(v, bool), v)) for k, v in options.items()
-        if k not in parameters or parameters[k].default is inspect.Parameter.empty or parameters[k].default != v
+        (k, _tagged(v)) for k, v in options.items()
+        if k not in parameters or parameters[k].default is inspect.Parameter.empty
+        or _tagged(parameters[k].default) != _tagged(v)
     )
+
+
+def _tagged(value: Any) -> tuple[bool, Any]:
+    """``(is-bool, value)``: c=1 and c=1.0 are one option value, true and 1 are not."""
+    return isinstance(value, bool), value
 
 
 def _build(name: str, kwargs: dict[str, Any], extra: dict[str, Any], spec: str) -> Method:
@@ -221,8 +231,8 @@ def split_specs(text: str) -> list[str]:
     """Split a list of method specs (module docstring); raises on an empty list.
 
     ``"gd,mgda,cagrad:c=0.5,rescale=2,pcgrad"`` → ``["gd", "mgda", "cagrad:c=0.5,rescale=2", "pcgrad"]``;
-    ``"cagrad:c=0.2;cagrad:c=0.8"`` → ``["cagrad:c=0.2", "cagrad:c=0.8"]``; an empty spec
-    (``"gd;;mgda"``, ``"gd,"``) is refused.
+    ``"cagrad:c=0.2;cagrad:c=0.8"`` → ``["cagrad:c=0.2", "cagrad:c=0.8"]``; an empty item
+    (``"gd;;mgda"``, ``"gd,"``, ``"cagrad:c=1,"``) is refused.
     """
     specs: list[str] = []
     for part in text.split(";"):
@@ -230,8 +240,10 @@ def split_specs(text: str) -> list[str]:
         for token in part.split(","):
             token = token.strip()
             if not token:
-                if text.strip():  # 'gd;;mgda' or 'gd,,mgda': a spec left out by a slip, not silently
-                    raise ValueError(f"empty method spec in {text!r}: specs are separated by one ',' or ';'")
+                if text.strip():  # 'gd;;mgda', 'gd,,mgda', 'cagrad:c=1,': a slip, not silently dropped
+                    raise ValueError(
+                        f"empty item in {text!r}: specs, and a spec's options, are separated by one ',' (or specs by ';')"
+                    )
                 continue
             if current and "=" in token and ":" not in token:
                 current.append(token)

@@ -325,7 +325,10 @@ def _check_same_run(state: dict[str, Any], cfg: SACConfig, method: str, seed: in
     saved.update(method=state["method"], seed=state["seed"])
     now.update(method=method, seed=seed)
     if saved != now:
-        differ = "; ".join(f"{k} is {saved.get(k)!r} there, {now[k]!r} here" for k in now if saved.get(k) != now[k])
+        differ = "; ".join(
+            f"{k} is {saved.get(k, '(absent)')!r} there, {now.get(k, '(absent)')!r} here"
+            for k in sorted({*saved, *now}) if saved.get(k) != now.get(k)
+        )
         raise ValueError(
             f"the checkpoint in this directory is from a different run: {differ} (the method spec is "
             "compared as written). Use another --out, or --fresh to start over"
