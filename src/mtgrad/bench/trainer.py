@@ -37,7 +37,7 @@ from torch import Tensor
 
 import mtgrad
 
-from .checkpoints import load_checkpoint, save_checkpoint, write_csv_atomically
+from .checkpoints import differences, load_checkpoint, save_checkpoint, write_csv_atomically
 from .reporting import progress_bar, tensorboard_writer
 from .benchmarks import Benchmark, get_benchmark
 
@@ -319,14 +319,9 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
         if ckpt is not None:
             saved = {k: v for k, v in ckpt["config"].items() if k != "epochs"}  # older checkpoints held it
             if saved != cfg.identity():
-                now = cfg.identity()
-                differ = "; ".join(
-                    f"{k} is {saved.get(k)!r} there, {now.get(k)!r} here"
-                    for k in sorted({*now, *saved}) if saved.get(k) != now.get(k)
-                )
                 raise ValueError(
-                    f"{ckpt_path} belongs to a different run: {differ}. Use another --out, or --fresh "
-                    "(resume=False from Python) to overwrite it"
+                    f"{ckpt_path} belongs to a different run: {differences(saved, cfg.identity())}. "
+                    "Use another --out, or --fresh (resume=False from Python) to overwrite it"
                 )
             if int(ckpt["epoch"]) > cfg.epochs:
                 raise ValueError(

@@ -38,7 +38,7 @@ import torch
 import mtgrad
 
 from .._warnings import warn as warn_user
-from ..bench.checkpoints import load_checkpoint, save_checkpoint, write_csv_atomically
+from ..bench.checkpoints import differences, load_checkpoint, save_checkpoint, write_csv_atomically
 from ..bench.reporting import progress_bar, tensorboard_writer
 from .buffer import TaskReplayBuffer
 from .config import SACConfig
@@ -325,12 +325,8 @@ def _check_same_run(state: dict[str, Any], cfg: SACConfig, method: str, seed: in
     saved.update(method=state["method"], seed=state["seed"])
     now.update(method=method, seed=seed)
     if saved != now:
-        differ = "; ".join(
-            f"{k} is {saved.get(k, '(absent)')!r} there, {now.get(k, '(absent)')!r} here"
-            for k in sorted({*saved, *now}) if saved.get(k) != now.get(k)
-        )
         raise ValueError(
-            f"the checkpoint in this directory is from a different run: {differ} (the method spec is "
+            f"the checkpoint in this directory is from a different run: {differences(saved, now)} (the method spec is "
             "compared as written). Use another --out, or --fresh to start over"
         )
     if state["step"] > cfg.total_steps:
