@@ -23,6 +23,7 @@ def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     except BaseException:
         # No public API stops running workers; the executor's own table of them is the way.
         processes = list((getattr(pool, "_processes", None) or {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
@@ -31,5 +32,9 @@ def worker_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
             if process.is_alive():  # e.g. one still starting up, which SIGTERM does not end
                 process.kill()
                 process.join(timeout=5)
+        # The executor's manager thread reaps the dead workers too; until it has finished, a
+        # worker it reaped can still read as alive here (its waitpid won the race with ours).
+        if manager is not None:
+            manager.join(timeout=10)
         raise
     pool.shutdown(wait=True)
