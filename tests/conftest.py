@@ -55,3 +55,37 @@ def rng():
 
 
 __all__ = ["ADVERSARIAL", "FAMILIES", "family_samples", "jacobians", "make_jacobian", "to_torch"]
+
+
+@pytest.fixture(scope="session")
+def metaworld_goals_memo():
+    """Meta-World's goal lists, built once per seed and environment set for the whole session.
+
+    Every Meta-World environment draws its 50 goal variations by resetting a fresh copy 50 times
+    (``metaworld._make_tasks``: 1–1.5 s per environment, most of a short RL test's time). With a
+    seed the draw is a pure function of its arguments and leaves NumPy's global state as it found
+    it, so a memo returns exactly what a new draw would; unseeded draws are passed through.
+    """
+    import pickle
+
+    try:
+        import metaworld
+    except ImportError:  # the rl extra is not installed: the tests that need it skip themselves
+        yield None
+        return
+    make_tasks = metaworld._make_tasks
+    memo: dict[bytes, list] = {}
+
+    def memoised(classes, args_kwargs, kwargs_override, seed=None):
+        if seed is None:
+            return make_tasks(classes, args_kwargs, kwargs_override, seed)
+        key = pickle.dumps((list(classes.items()), args_kwargs, kwargs_override, seed))
+        if key not in memo:
+            memo[key] = make_tasks(classes, args_kwargs, kwargs_override, seed)
+        return list(memo[key])  # the Task tuples are immutable; the list is the caller's own
+
+    memoised.unmemoised = make_tasks  # type: ignore[attr-defined]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(metaworld, "_make_tasks", memoised)
+    yield memoised
+    mp.undo()

@@ -163,6 +163,7 @@ def test_sac_learns_every_tasks_best_action_of_a_contextual_bandit(method):
 
 
 metaworld = pytest.importorskip("metaworld", reason="the rl extra (metaworld) is not installed")
+pytestmark = pytest.mark.usefixtures("metaworld_goals_memo")  # conftest: goal lists built once a session
 
 from mtgrad.rl import make_envs, train  # noqa: E402
 from mtgrad.rl.train import evaluate  # noqa: E402

@@ -150,6 +150,7 @@ def test_a_shared_temperature_without_a_method_is_refused():
 
 
 metaworld = pytest.importorskip("metaworld", reason="the rl extra (metaworld) is not installed")
+pytestmark = pytest.mark.usefixtures("metaworld_goals_memo")  # conftest: goal lists built once a session
 
 from mtgrad.rl import make_envs, parse_benchmark, train  # noqa: E402
 
@@ -236,3 +237,17 @@ def test_the_cli_chooses_the_protocol_by_name_and_says_which_preset_a_custom_set
     with pytest.raises(SystemExit):
         main(["rl", "--set", "protocol=paper"])
     assert "use --protocol" in capsys.readouterr().err
+
+
+def test_the_sessions_goal_memo_returns_what_a_new_draw_returns(metaworld_goals_memo):
+    # The memo (conftest) stands in for Meta-World's goal draw in every RL test: it must be exact.
+    import numpy as np
+
+    benchmark = metaworld.MT1("reach-v3", seed=3)  # through the memo
+    args = (benchmark._train_classes, {"reach-v3": metaworld._env_dict.ML1_ARGS_KWARGS["reach-v3"]}, metaworld._MT_OVERRIDE)
+    before = np.random.get_state()[1].copy()
+    fresh = metaworld_goals_memo.unmemoised(*args, seed=3)
+    assert np.array_equal(np.random.get_state()[1], before)  # a seeded draw leaves NumPy's state alone
+    assert [t.data for t in benchmark.train_tasks] == [t.data for t in fresh]
+    assert [t.data for t in metaworld.MT1("reach-v3", seed=3).train_tasks] == [t.data for t in fresh]
+    assert [t.data for t in metaworld.MT1("reach-v3", seed=4).train_tasks] != [t.data for t in fresh]
