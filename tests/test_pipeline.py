@@ -246,6 +246,18 @@ def test_two_names_of_one_method_are_refused_in_a_list(first, second):
         check_distinct([first, "mgda", second])
 
 
+def test_an_option_the_caller_supplies_counts_as_given():
+    # compare passes num_tasks: uw and uw:num_tasks=3 build one method there, not with 4 tasks.
+    with pytest.raises(ValueError, match="specs 'uw' and 'uw:num_tasks=3' are the same method"):
+        check_distinct(["uw", "uw:num_tasks=3"], extra={"num_tasks": 3})
+    check_distinct(["uw:num_tasks=4", "uw:num_tasks=3"], extra={"num_tasks": 3})
+    # A method that does not take it is unaffected; a generator is never a spec's option.
+    with pytest.raises(ValueError, match="are the same method"):
+        check_distinct(["gd", "mean"], extra={"num_tasks": 3, "generator": torch.Generator()})
+    with pytest.raises(ValueError, match="are the same method"):
+        check_distinct(["famo:num_tasks=2,lr=0.025", "famo"], extra={"num_tasks": 2})
+
+
 def test_a_value_of_another_kind_than_the_default_is_not_the_default():
     # include_self=0 and rescale=false are refused when built, not taken for the defaults.
     check_distinct(["pcgrad", "pcgrad:include_self=0"])

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from mtgrad.bench.benchmarks import get_benchmark
 from mtgrad.bench.report import BASELINE, compare
 from mtgrad.bench.trainer import delta_m
 
@@ -60,6 +61,9 @@ def test_compare_rejects_bad_input_before_training(tmp_path):
         compare("linear", ["gd"], [0, 0], out=tmp_path, jobs=1, progress=False)
     with pytest.raises(ValueError, match="specs 'gd' and 'mean' are the same method"):
         compare("linear", ["gd", "mean"], [0], out=tmp_path, jobs=1, progress=False)
+    num_tasks = get_benchmark("linear").num_tasks  # compare passes it to the methods
+    with pytest.raises(ValueError, match=f"specs 'uw' and 'uw:num_tasks={num_tasks}' are the same method"):
+        compare("linear", ["uw", f"uw:num_tasks={num_tasks}"], [0], out=tmp_path, jobs=1, progress=False)
     assert not (tmp_path / "runs").exists()
     # Nothing is written (not even the folder) before every spec is known to build.
     with pytest.raises(ValueError, match="does not take option"):

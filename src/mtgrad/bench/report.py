@@ -225,7 +225,7 @@ def compare(
     probe = bench.model(list(bench.tasks))
     for spec in methods:
         make_method(spec, bench.num_tasks, probe, 0, torch.device("cpu"))
-    check_distinct(methods)
+    check_distinct(methods, extra={"num_tasks": bench.num_tasks})
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
     common = dict(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable
 
 from .alignedmtl import AlignedMTL
@@ -137,24 +137,31 @@ def method_class(spec: str) -> type | None:
     return factory if isinstance(factory, type) else None
 
 
-def check_distinct(specs: Sequence[str], given: Sequence[str] | None = None) -> None:
+def check_distinct(
+    specs: Sequence[str], given: Sequence[str] | None = None, extra: Mapping[str, Any] | None = None
+) -> None:
     """Raise ``ValueError`` if two specs of a list build the same method: the same class with the
     same options once defaults are filled in (``gd`` and ``mean``, ``pcgrad`` and
     ``pcgrad:reduction=sum``), which a comparison would train twice under two names. ``given``
-    names the specs in the message (the user's spelling, where ``specs`` had defaults filled in).
-    Call it on specs known to build: a spec's own error says more than this one."""
+    names the specs in the message (the user's spelling, where ``specs`` had defaults filled in);
+    ``extra`` holds the options the caller passes to :func:`from_spec` (``num_tasks=3`` makes
+    ``uw`` and ``uw:num_tasks=3`` one method). Call it on specs known to build: a spec's own error
+    says more than this one."""
     given = specs if given is None else given
+    # Only plain values can also be written in a spec; a generator or a module never is.
+    supplied = {k: v for k, v in (extra or {}).items() if isinstance(v, (bool, int, float, str))}
     seen: dict[tuple, str] = {}
     for spec, shown in zip(specs, given, strict=True):
-        key = _identity(spec)
+        key = _identity(spec, supplied)
         if key in seen:
             raise ValueError(f"specs {seen[key]!r} and {shown!r} are the same method: give it once")
         seen[key] = shown
 
 
-def _identity(spec: str) -> tuple:
-    """What a spec builds, as a hashable value: its class and its non-default options (an unknown
-    name or a malformed spec stands for itself; building it reports the error)."""
+def _identity(spec: str, supplied: Mapping[str, Any]) -> tuple:
+    """What a spec builds, as a hashable value: its class and its non-default options, the
+    caller's ``supplied`` ones included (an unknown name or a malformed spec stands for itself;
+    building it reports the error)."""
     if not isinstance(spec, str):
         return (id(spec),)
     try:
@@ -165,10 +172,12 @@ def _identity(spec: str) -> tuple:
         inner = options.pop("method", None)
         schedule: dict[str, Any] = {k: options.pop(k) for k in ("every", "warmup") if k in options}
         inner_spec = f"{inner}:" + ",".join(f"{k}={v}" for k, v in options.items())
-        return (Reuse, _non_default(Reuse, schedule), _identity(inner_spec))
+        return (Reuse, _non_default(Reuse, schedule), _identity(inner_spec, supplied))
     factory = REGISTRY.get(name.strip().lower())
     if factory is None:
         return (spec,)
+    accepted = inspect.signature(factory).parameters
+    options = {**{k: v for k, v in supplied.items() if k in accepted}, **options}
     return (factory, _non_default(factory, options))
 
 

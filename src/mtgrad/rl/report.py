@@ -53,7 +53,7 @@ def run_methods(
     for method in methods:  # a bad spec is refused before any run trains
         build_method(method, cfg, num_tasks, seed=0)
     # Two names of one method (after the benchmark's defaults) would train it twice.
-    check_distinct([resolve_spec(m, cfg) for m in methods], methods)
+    check_distinct([resolve_spec(m, cfg) for m in methods], methods, extra={"num_tasks": num_tasks})
     os.makedirs(out, exist_ok=True)
     # Parallel runs print progress lines (with an ETA) instead of fighting over one terminal bar.
     shown: bool | str = progress if jobs == 1 else ("plain" if progress else False)
