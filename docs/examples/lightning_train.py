@@ -98,7 +98,9 @@ def main() -> None:
         if args.check:
             reference = whole_batch_reference(args.devices, args.epochs, args.precision)
             diff = max((a.detach() - b).abs().max().item() for a, b in zip(model.parameters(), reference))
-            tolerance = 1e-5 if args.precision == "32-true" else 1e-2  # bf16 rounds the forward at 3 digits
+            # One process takes the reference's steps to rounding; under DDP each rank's weight
+            # gradients are rounded (to bf16 under bf16-mixed) before they are averaged.
+            tolerance = 1e-7 if args.devices == 1 else 1e-5 if args.precision == "32-true" else 1e-2
             print(f"matches the whole-batch run: {diff < tolerance} (max abs difference {diff:.1e})")
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ._autocast import outside_autocast
 from .backward import (
     BackwardResult,
     _as_losses,
@@ -75,6 +76,7 @@ class TaskGradients:
     reached: set[int] = field(default_factory=set)
 
 
+@outside_autocast
 def accumulate_task_gradients(
     losses: Sequence[Tensor] | Tensor,
     shared_params: Iterable[Tensor] | nn.Module,
@@ -141,6 +143,7 @@ def accumulate_task_gradients(
     return into
 
 
+@outside_autocast
 def apply_task_gradients(grads: TaskGradients, method: Method, *, check_finite: bool = True) -> BackwardResult:
     """Apply ``method`` once to the accumulated task gradients: ``.grad += Σ_i w_i J_i``.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ._autocast import outside_autocast
 from .gramian import combine
 from .methods.base import JacobianAggregator, Method, Weighting
 from .methods.schedules import CAGradFast, Reuse
@@ -12,6 +13,7 @@ from .stored import GramianPolicy, stored_weights
 __all__ = ["aggregate"]
 
 
+@outside_autocast
 def aggregate(jacobian: Tensor, method: Method, losses: Tensor | None = None) -> Tensor:
     """Update for task gradients stacked as rows of ``jacobian`` (T, d).
 

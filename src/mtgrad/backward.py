@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 import torch.distributed as dist
 
+from ._autocast import outside_autocast
 from ._warnings import warn as warn_user
 from .autogram import GramianEngine, engine_for
 from .diagnostics import Diagnostics, diagnose
@@ -62,6 +63,7 @@ class BackwardResult:
         return diagnose(self.gramian)
 
 
+@outside_autocast
 def backward(
     losses: Sequence[Tensor] | Tensor,
     shared_params: Iterable[Tensor] | nn.Module,

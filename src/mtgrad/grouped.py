@@ -22,8 +22,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ._autocast import autocast_off
 from .backward import BackwardResult, _check_finite_losses, _check_parallel_method
-from .distributed import replicas
+from .distributed import Replicas, replicas
 from .engine import graph_leaves
 from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
@@ -190,6 +191,22 @@ def grouped_backward(
             f"aggregator or a loss weighting, got {type(method).__name__}"
         )
     losses, grads = grouped_task_gradients(model, task_loss, batch, randomness=randomness)
+    with autocast_off():  # the forward above is the caller's (autocast kept); the rest is mtgrad's
+        return _grouped_update(model, task_loss, batch, method, shared, randomness, check_finite, ranks, losses, grads)
+
+
+def _grouped_update(
+    model: torch.nn.Module,
+    task_loss: Callable[[dict[str, Tensor], Any], Tensor],
+    batch: Any,
+    method: Weighting | CAGradFast | Reuse | JacobianAggregator,
+    shared: list[str] | None,
+    randomness: Randomness,
+    check_finite: bool,
+    ranks: Replicas,
+    losses: Tensor,
+    grads: dict[str, Tensor],
+) -> BackwardResult:
     names = list(grads)
     shared_names = names if shared is None else list(shared)
     unknown = sorted(set(shared_names) - set(names))
