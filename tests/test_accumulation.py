@@ -133,3 +133,106 @@ def test_zero_grad_drops_what_backward_accumulated():
         opt.zero_grad()
         with pytest.raises(ValueError, match="needs the losses"):
             opt.step()
+
+
+# --------------------------------------------------------------------------------------------
+# Loss weightings: exact where the objective is linear in the losses, refused elsewhere
+# --------------------------------------------------------------------------------------------
+
+LINEAR = {
+    "uw": lambda: mtgrad.UW(num_tasks=T, init=-0.3),
+    "imtll": lambda: mtgrad.IMTLL(num_tasks=T),
+    "dwa_window": lambda: mtgrad.DWA(window=2),
+    "dwa_epoch": mtgrad.DWA,
+}
+
+
+def _weighted_run(make, micro: int, steps: int = 5, scaler=None):
+    """Parameters (model and method) after ``steps`` steps on fresh batches, each taken whole
+    (``micro = 1``: ``step(losses)``) or as ``micro`` micro-batches (``backward`` each, ``step()``)."""
+    trunk, heads = _model()
+    method = make()
+    opt = mtgrad.MTLOptimizer(
+        torch.optim.SGD([*trunk.parameters(), *heads.parameters()], lr=0.05), trunk.parameters(), method, scaler=scaler
+    )
+    gen = torch.Generator().manual_seed(5)
+    for step in range(steps):
+        x, y = torch.randn(B, 5, generator=gen), torch.randn(B, T, generator=gen)
+        opt.zero_grad()
+        if micro == 1:
+            record = opt.step(_losses(trunk, heads, x, y, 1.0 / B))
+        else:
+            for xb, yb in zip(x.chunk(micro), y.chunk(micro)):
+                opt.backward(_losses(trunk, heads, xb, yb, 1.0 / B))
+            record = opt.step()
+        if step in (1, 3) and getattr(method, "window", None) == "epoch":
+            opt.end_epoch()  # epochs of two steps: its weights move from the fifth step on
+    return [p.detach().clone() for p in [*trunk.parameters(), *heads.parameters(), *method.parameters()]], record
+
+
+@pytest.mark.parametrize("name", sorted(LINEAR))
+def test_a_linear_loss_weighting_accumulates_to_the_large_batch_step(name):
+    # UW's regulariser ½Σs counted once per micro-batch, and DWA's window counting micro-batches
+    # as steps, put the parameters 0.14 and 0.03 off the whole-batch run after ten steps.
+    whole, record = _weighted_run(LINEAR[name], 1)
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**10)):
+        parts, parts_record = _weighted_run(LINEAR[name], K, scaler=scaler)
+        for a, b in zip(whole, parts):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(parts_record.weights, record.weights, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LINEAR))
+def test_linear_terms_are_the_objective(name):
+    # The defining property accumulation rests on: combine(L) backpropagates Σ a_i L_i + r.
+    method = LINEAR[name]()
+    for _ in range(4):  # DWA's weights move once its windows fill
+        losses = torch.rand(T, generator=torch.Generator().manual_seed(_)) + 0.1
+        a, r = method.linear_terms(losses)
+        objective, weights = method.combine(losses)
+        torch.testing.assert_close(objective, (a * losses).sum() + (0 if r is None else r))
+        torch.testing.assert_close(weights, a.detach())
+        if name == "dwa_epoch":
+            method.end_epoch()
+
+
+@pytest.mark.parametrize(
+    "make, why",
+    [(mtgrad.GLS, "GLS's objective is not"), (lambda: mtgrad.FAMO(num_tasks=T), "FAMO's objective is not"),
+     (lambda: mtgrad.DWA(window=2, sliding=True), "includes the step's own losses")],
+)
+def test_a_nonlinear_loss_weighting_is_refused_under_accumulation(make, why):
+    trunk, heads = _model()
+    x, y = _data()
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD([*trunk.parameters(), *heads.parameters()], lr=0.1), trunk.parameters(), make())
+    with pytest.raises(ValueError, match=f"{why}.*cannot accumulate it; call step\\(losses\\)"):
+        opt.backward(_losses(trunk, heads, x, y, 1.0 / B))
+    assert all(p.grad is None for p in [*trunk.parameters(), *heads.parameters()])  # nothing written
+
+
+@pytest.mark.parametrize("make", [lambda: mtgrad.PCGrad(order="fixed"), lambda: mtgrad.UW(num_tasks=T)], ids=["pcgrad", "uw"])
+def test_apply_then_clip_then_step(make):
+    # The documented flow: apply() writes .grad, the user clips it, step() steps on it.
+    x, y = _data()
+    runs = []
+    for clip in (False, True):
+        trunk, heads = _model()
+        params = [*trunk.parameters(), *heads.parameters()]
+        opt = mtgrad.MTLOptimizer(torch.optim.SGD(params, lr=0.1), trunk.parameters(), make())
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        for xb, yb in zip(x.chunk(K), y.chunk(K)):
+            opt.backward(_losses(trunk, heads, xb, yb, 1.0 / B))
+        record = opt.apply()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=1e-2 if clip else float("inf"))
+        with pytest.raises(ValueError, match="apply\\(\\) already wrote this step's update"):
+            opt.step(_losses(trunk, heads, x, y, 1.0 / B))
+        assert opt.step() is record
+        scheduler.step()  # after opt.step(): no "scheduler before optimizer" warning
+        runs.append((norm, [p.detach().clone() for p in params]))
+        with pytest.raises(ValueError, match="needs the losses"):
+            opt.step()  # the applied update was taken once
+    (norm, plain), (_, clipped) = runs
+    start = [p.detach() for p in [*_model()[0].parameters(), *_model()[1].parameters()]]
+    factor = min(1.0, 1e-2 / (float(norm) + 1e-6))  # clip_grad_norm_'s scaling
+    for p0, a, b in zip(start, plain, clipped):
+        torch.testing.assert_close(b - p0, (a - p0) * factor, rtol=1e-5, atol=1e-7)

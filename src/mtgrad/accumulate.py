@@ -148,13 +148,13 @@ def apply_task_gradients(grads: TaskGradients, method: Method, *, check_finite: 
     """Apply ``method`` once to the accumulated task gradients: ``.grad += Σ_i w_i J_i``.
 
     Takes every method that works on task gradients (Gramian weightings, CAGradFast, Reuse,
-    Jacobian aggregators); loss weightings need none — call :func:`mtgrad.backward` per
-    micro-batch with them, which accumulates their single backward exactly.
+    Jacobian aggregators); loss weightings need none: :meth:`mtgrad.MTLOptimizer.backward`
+    accumulates those whose objective is linear in the losses.
     """
     if isinstance(method, LossWeighting):
         raise TypeError(
-            f"{type(method).__name__} is a loss weighting: it computes no task gradients; call mtgrad.backward "
-            "per micro-batch (its one backward of Σ w_i L_i accumulates exactly)"
+            f"{type(method).__name__} is a loss weighting: it computes no task gradients; accumulate it with "
+            "MTLOptimizer.backward per micro-batch and step() (exact where its objective is linear in the losses)"
         )
     _check_method(method)
     if not isinstance(grads, TaskGradients):

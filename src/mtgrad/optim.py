@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,7 +12,8 @@ from torch import Tensor, nn
 
 from .accumulate import TaskGradients, accumulate_task_gradients, apply_task_gradients
 from .autogram import engine_for
-from .backward import BackwardResult, backward
+from .backward import BackwardResult, _as_losses, _check_parallel_method, _loss_scale, backward
+from .distributed import replicas
 from .methods.base import LossWeighting, Method
 
 __all__ = ["MTLOptimizer"]
@@ -71,7 +73,8 @@ class MTLOptimizer(torch.optim.Optimizer):
         #: the unscaled task gradients, and :meth:`step` is ``scaler.step`` + ``scaler.update``.
         self.scaler = scaler
         self._pending: TaskGradients | None = None  # micro-batches' task gradients since the last step
-        self._last: BackwardResult | None = None  # a loss weighting's record of its latest backward
+        self._weighted: _WeightedMicroBatches | None = None  # a loss weighting's micro-batches since the last step
+        self._applied: BackwardResult | None = None  # what apply() wrote, for the step() after it
         if isinstance(method, LossWeighting):
             own = [p for p in method.parameters() if id(p) not in in_optimizer]
             if own:  # learned jointly with the model, as in Kendall et al. (2018)
@@ -124,7 +127,8 @@ class MTLOptimizer(torch.optim.Optimizer):
         """Zero the inner optimizer's gradients and drop what :meth:`backward` accumulated."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
         self._pending = None
-        self._last = None
+        self._weighted = None
+        self._applied = None
 
     def backward(self, losses: Sequence[Tensor] | Tensor, **kwargs: Any) -> None:
         """Accumulate one micro-batch: its per-task gradients of the shared parameters are added to
@@ -133,14 +137,19 @@ class MTLOptimizer(torch.optim.Optimizer):
         step (:mod:`mtgrad.accumulate`). ``kwargs``: ``engine`` ("loop" or "batched"),
         ``retain_graph``, ``check_finite``.
 
-        A loss weighting needs no task gradients: its objective is backpropagated now (which
-        accumulates exactly). The Gramian-only engine and ``representation=`` cannot hold task
-        gradients; use :meth:`step` with the losses of one batch for them.
+        A loss weighting needs no task gradients. One whose objective is linear in the losses,
+        ``Σ_i a_i L_i + r`` (UW, IMTL-L, DWA with a window of whole steps:
+        :meth:`~mtgrad.methods.base.LossWeighting.linear_terms`), backpropagates
+        ``Σ_i a_i L_i^(k)`` now and, at :meth:`apply`, ``r`` once and what it learns from the
+        summed losses (DWA's windows): the large-batch step. The others (GLS, FAMO, GradNorm, a
+        sliding DWA) are refused: their per-micro-batch objectives do not add up to it. The
+        Gramian-only engine and ``representation=`` cannot hold task gradients; use :meth:`step`
+        with the losses of one batch for them.
         """
         if self.scaler is not None:
             kwargs.setdefault("scaler", self.scaler)
         if isinstance(self.method, LossWeighting):
-            self._last = backward(losses, self.shared_params, self.method, **kwargs)
+            self._backward_weighted(self.method, losses, kwargs)
             return
         try:
             self._pending = accumulate_task_gradients(losses, self.shared_params, into=self._pending, **kwargs)
@@ -149,18 +158,47 @@ class MTLOptimizer(torch.optim.Optimizer):
             if engine is not None:
                 engine.reset()  # accumulated task gradients need no records: drop this forward's
 
+    def _backward_weighted(self, method: LossWeighting, losses: Sequence[Tensor] | Tensor, kwargs: dict) -> None:
+        values = torch.stack([loss.detach() for loss in _as_losses(losses)])
+        _check_parallel_method(method, replicas(kwargs.get("data_parallel")))
+        try:
+            weights, _ = method.linear_terms(values)
+        except NotImplementedError as err:
+            raise ValueError(
+                f"{err}: its objectives of the micro-batches do not add up to the large batch's, so "
+                "MTLOptimizer.backward cannot accumulate it; call step(losses) with the losses of a whole batch"
+            ) from err
+        backward(losses, self.shared_params, _LossWeights(type(method).__name__, weights), **kwargs)
+        total = values.to(torch.float64)
+        if self._weighted is not None:
+            total = total + self._weighted.losses
+        self._weighted = _WeightedMicroBatches(total, values.dtype, weights.detach())
+
+    def _apply_weighted(self, method: LossWeighting) -> BackwardResult:
+        if self._weighted is None:
+            raise ValueError("nothing to apply: call backward(losses) first")
+        pending, self._weighted = self._weighted, None
+        values = pending.losses.to(pending.dtype)
+        _, regulariser = method.linear_terms(values)
+        if regulariser is not None:  # once per step: per micro-batch it would count k times
+            scale = _loss_scale(self.scaler, regulariser)
+            (regulariser if scale is None else regulariser * scale.to(regulariser.dtype)).backward()
+        method.observe(values)
+        return BackwardResult(weights=pending.weights.to(torch.float64), gramian=None, losses=pending.losses)
+
     def apply(self, check_finite: bool = True) -> BackwardResult:
-        """Write the method's update of the accumulated task gradients into ``.grad`` (e.g. to clip
-        gradients before ``optimizer.step()``); :meth:`step` calls it."""
+        """Write the method's update of the accumulated task gradients into ``.grad``, e.g. to clip
+        gradients before the step: ``apply()``, clip, then :meth:`step` without losses, which
+        steps the inner optimizer on what ``apply`` wrote. :meth:`step` calls it otherwise."""
         if isinstance(self.method, LossWeighting):
-            if self._last is None:
-                raise ValueError("nothing to apply: call backward(losses) first")
-            record, self._last = self._last, None
-            return record
-        if self._pending is None:
+            record = self._apply_weighted(self.method)
+        elif self._pending is None:
             raise ValueError("nothing to apply: call backward(losses) for each micro-batch first, or step(losses)")
-        pending, self._pending = self._pending, None
-        return apply_task_gradients(pending, self.method, check_finite=check_finite)
+        else:
+            pending, self._pending = self._pending, None
+            record = apply_task_gradients(pending, self.method, check_finite=check_finite)
+        self._applied = record
+        return record
 
     def step(  # type: ignore[override]  # takes the losses first: the surgery needs them
         self,
@@ -172,7 +210,8 @@ class MTLOptimizer(torch.optim.Optimizer):
 
         With ``losses`` and nothing accumulated: :func:`mtgrad.backward` on them (any engine).
         After :meth:`backward` calls: ``losses`` (if given) are one more micro-batch, and the
-        method is applied once to the accumulated task gradients. ``closure``, if given,
+        method is applied once to the accumulated task gradients. After :meth:`apply` (and, say,
+        gradient clipping): steps on what it wrote, without losses. ``closure``, if given,
         recomputes the task losses after the step (same batch); a loss weighting that learns
         from them (FAMO) receives them through ``after_step``.
         """
@@ -181,7 +220,14 @@ class MTLOptimizer(torch.optim.Optimizer):
                 f"{type(self.method).__name__} learns from the losses after the step: "
                 "pass closure=... that recomputes them on the same batch"
             )
-        if self._pending is None and self._last is None:
+        if self._applied is not None and self._pending is None and self._weighted is None:
+            if losses is not None:
+                raise ValueError(
+                    "apply() already wrote this step's update into .grad: call step() without losses to take it "
+                    "(or zero_grad() to drop it)"
+                )
+            record = self._applied
+        elif self._pending is None and self._weighted is None:
             if losses is None:
                 raise ValueError("step() needs the losses, or backward(losses) calls before it")
             if self.scaler is not None:
@@ -192,6 +238,7 @@ class MTLOptimizer(torch.optim.Optimizer):
             if losses is not None:
                 self.backward(losses, **kwargs)
             record = self.apply(check_finite=kwargs.get("check_finite", True))
+        self._applied = None
         if self.scaler is None:
             self.optimizer.step()
         else:  # skips the step on an overflow and adjusts the scale
@@ -229,6 +276,28 @@ class MTLOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"MTLOptimizer({type(self.optimizer).__name__}, method={self.method!r}, shared={len(self.shared_params)} tensors)"
+
+
+@dataclass(frozen=True)
+class _WeightedMicroBatches:
+    """A linear loss weighting's micro-batches since the last step (:meth:`MTLOptimizer.backward`)."""
+
+    losses: Tensor  #: (T,) float64, the losses summed over the micro-batches
+    dtype: torch.dtype  #: the losses' own dtype
+    weights: Tensor  #: (T,) the weights ``a`` every micro-batch was backpropagated with
+
+
+class _LossWeights(LossWeighting):
+    """``Σ_i a_i L_i`` for fixed ``a`` (carrying their graph to the method's parameters): one
+    micro-batch of a linear loss weighting, backpropagated by :func:`mtgrad.backward`."""
+
+    def __init__(self, name: str, weights: Tensor) -> None:
+        self.name, self.weights = name, weights
+
+    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        if losses.shape != self.weights.shape:
+            raise ValueError(f"{self.name} weighs {self.weights.shape[0]} tasks, got {tuple(losses.shape)} losses")
+        return (self.weights.to(losses.dtype) * losses).sum(), self.weights.detach()
 
 
 def _method_type(method: Method) -> str:

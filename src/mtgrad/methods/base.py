@@ -207,6 +207,29 @@ class LossWeighting(Method):
     def after_step(self, losses: Tensor) -> None:
         """Hook called with the losses recomputed after the model's step (no-op by default)."""
 
+    def linear_terms(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(a, r)`` such that :meth:`combine` backpropagates ``Σ_i a_i L_i + r`` whatever the
+        losses ``L``: ``a`` (T,) and ``r`` (a scalar, or ``None``) depend on the method's
+        parameters and state only (``like``, the losses, gives T, dtype and device, not values).
+
+        Gradient accumulation rests on it: ``Σ_i a_i L_i^(k)`` backpropagated per micro-batch and
+        ``r`` once is the gradient of the large-batch objective, because the gradient of
+        ``Σ_i a_i Σ_k L_i^(k)`` is the sum of the micro-batches' (:meth:`mtgrad.MTLOptimizer.backward`).
+        What the method learns from the loss values goes to :meth:`observe`, once per step.
+
+        The default raises ``NotImplementedError``: the objective is not linear in the losses
+        (GLS's geometric mean, FAMO's logarithms) or its weights need more than the state
+        (GradNorm's gradient norms, a DWA window that includes the current losses).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__}'s objective is not Σ_i a_i L_i + r with a and r independent of the losses"
+        )
+
+    def observe(self, values: Tensor) -> None:
+        """Learn from one step's loss values ``(T,)`` (detached), as :meth:`combine` does besides
+        its objective (DWA's windows); with gradient accumulation, called once per step with the
+        losses summed over its micro-batches. A no-op by default."""
+
 
 def _check_gramian(gramian: Tensor) -> None:
     if not isinstance(gramian, Tensor):

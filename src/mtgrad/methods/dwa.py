@@ -99,15 +99,35 @@ class DWA(LossWeighting):
                 weights = torch.ones_like(values)
             st.iterations += 1
         else:
-            if len(st.averages) < 2:
-                weights = torch.ones_like(values)
-            else:
-                weights = self._ratio_weights(st.averages[-1].to(values), st.averages[-2].to(values))
-            st.window_sum = values.clone() if st.window_sum is None else st.window_sum + values
-            st.window_count += 1
-            if self.window != "epoch" and st.window_count == self.window:
-                self._close_window()
+            weights, _ = self.linear_terms(values)
+            self._record(values)
         return (weights * losses).sum(), weights
+
+    def linear_terms(self, like: Tensor) -> tuple[Tensor, None]:
+        """``(λ(t), None)``: the weights of the current window, from the last two windows' average
+        losses. Not with ``sliding=True``, whose weights include the current losses."""
+        if self.sliding:
+            raise NotImplementedError(
+                "DWA(sliding=True) weighs each step by a window that includes the step's own losses, "
+                "so its objective is not linear in them"
+            )
+        st = self._on(like)
+        if len(st.averages) < 2:
+            return torch.ones(like.shape[-1], dtype=like.dtype, device=like.device), None
+        return self._ratio_weights(st.averages[-1].to(like), st.averages[-2].to(like)), None
+
+    def observe(self, values: Tensor) -> None:
+        """Add one step's losses to the current window (closing an int window when it is full)."""
+        if self.sliding:
+            raise NotImplementedError("DWA(sliding=True) records its losses in combine()")
+        self._record(check_losses(values.detach(), self._num_tasks(), "DWA", positive=True, values=self.check_values))
+
+    def _record(self, values: Tensor) -> None:
+        st = self._on(values)
+        st.window_sum = values.clone() if st.window_sum is None else st.window_sum + values
+        st.window_count += 1
+        if self.window != "epoch" and st.window_count == self.window:
+            self._close_window()
 
     def _on(self, like: Tensor) -> DWAState:
         """The state, its tensors moved to ``like``'s device: a state loaded from another device (a

@@ -88,6 +88,12 @@ class GradNorm(LossWeighting):
             self.initial_losses = L0.clone()
         self.optimizer = torch.optim.Adam([self.weights], lr=self.lr)
 
+    def linear_terms(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError(
+            "GradNorm updates its weights at every call from that call's gradient norms at last_shared, "
+            "so its objective is not Σ_i a_i L_i with weights fixed for the step"
+        )
+
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         first = self.initial_losses is None  # then these losses are L(0), which must be positive
         losses = check_losses(

@@ -54,7 +54,11 @@ class IMTLL(LearnedTaskVector):
         return self.vector
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
-        s = self.log_scales
         losses = self.checked(losses)
-        objective = (torch.exp(s) * losses - s).sum()
-        return objective, torch.exp(s.detach())
+        a, r = self.linear_terms(losses)
+        return (a * losses).sum() + r, a.detach()
+
+    def linear_terms(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(e^s, −Σ_i s_i)``: the objective is linear in the losses."""
+        s = self.log_scales
+        return torch.exp(s), -s.sum()

@@ -60,6 +60,10 @@ class UW(LearnedTaskVector):
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         losses = self.checked(losses)
+        a, r = self.linear_terms(losses)
+        return (a * losses).sum() + r, a.detach()
+
+    def linear_terms(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(½ e^{−s}, ½ Σ_i s_i)``: the objective is linear in the losses."""
         s = self.log_vars
-        objective = 0.5 * (torch.exp(-s) * losses + s).sum()
-        return objective, 0.5 * torch.exp(-s.detach())
+        return 0.5 * torch.exp(-s), 0.5 * s.sum()
