@@ -107,7 +107,10 @@ def backward(
             the forward (the Gramian-only engine, :mod:`mtgrad.autogram`: ``G`` and the update
             from the layers' inputs and output gradients; never holds ``J``; Gramian
             weightings, ``Reuse`` and ``CAGradFast`` only). All give the same answer up to
-            rounding. ``None`` (the default): the Gramian-only engine when ``shared_params`` is
+            rounding: float32 rounding, but under autocast the loop and batched engines' task
+            gradients are autograd's, its weight-gradient products rounded to bf16/fp16, while the
+            Gramian-only engine forms them in float32 (~2e-3 relative apart in bf16; ``docs/amp.md``).
+            ``None`` (the default): the Gramian-only engine when ``shared_params`` is
             a module, the method can use it and it is estimated faster than the loop (its work
             on the recorded layers' weights below 0.7× the T weight gradients':
             :meth:`~mtgrad.GramianEngine.estimated_costs` — layers with few rows next to their
