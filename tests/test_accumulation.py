@@ -3,6 +3,8 @@ equals the large-batch step; per-micro-batch surgery does not."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -182,24 +184,35 @@ def test_a_linear_loss_weighting_accumulates_to_the_large_batch_step(name):
         torch.testing.assert_close(parts_record.weights, record.weights, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(LINEAR))
-def test_linear_terms_are_the_objective(name):
-    # The defining property accumulation rests on: combine(L) backpropagates Σ a_i L_i + r.
-    method = LINEAR[name]()
-    for _ in range(4):  # DWA's weights move once its windows fill
-        losses = torch.rand(T, generator=torch.Generator().manual_seed(_)) + 0.1
-        a, r = method.linear_terms(losses)
-        objective, weights = method.combine(losses)
-        torch.testing.assert_close(objective, (a * losses).sum() + (0 if r is None else r))
-        torch.testing.assert_close(weights, a.detach())
-        if name == "dwa_epoch":
-            method.end_epoch()
+def test_linear_terms_are_the_papers_objectives():
+    # Written out from each paper, not from the classes: UW ½Σ(e^{-s}L + s), IMTL-L Σ(e^s L − s),
+    # DWA λ = K softmax(w/τ) with w the ratio of the last two windows' average losses.
+    losses = torch.tensor([0.7, 1.3, 0.2])
+    uw = mtgrad.UW(num_tasks=T, init=-0.3)
+    a, r = uw.linear_terms(losses)
+    s = uw.log_vars.detach()
+    torch.testing.assert_close((a * losses).sum() + r, 0.5 * (torch.exp(-s) * losses + s).sum())
+    torch.testing.assert_close(a.detach(), 0.5 * torch.exp(-s))
+    imtll = mtgrad.IMTLL(num_tasks=T, init=0.2)
+    a, r = imtll.linear_terms(losses)
+    s = imtll.log_scales.detach()
+    torch.testing.assert_close((a * losses).sum() + r, (torch.exp(s) * losses - s).sum())
+    dwa = mtgrad.DWA(window=1, temperature=2.0)
+    torch.testing.assert_close(dwa.linear_terms(losses)[0], torch.ones(T))
+    older, recent = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.5, 2.0, 3.0])
+    dwa.observe(older)
+    dwa.observe(recent)
+    expected = T * torch.softmax((recent / older) / 2.0, dim=0)
+    a, r = dwa.linear_terms(losses)
+    torch.testing.assert_close(a, expected)
+    assert r is None
 
 
 @pytest.mark.parametrize(
     "make, why",
     [(mtgrad.GLS, "GLS's objective is not"), (lambda: mtgrad.FAMO(num_tasks=T), "FAMO's objective is not"),
-     (lambda: mtgrad.DWA(window=2, sliding=True), "includes the step's own losses")],
+     (lambda: mtgrad.DWA(window=2, sliding=True), "includes the step's own losses"),
+     (lambda: mtgrad.GradNorm(num_tasks=T, last_shared=torch.nn.Parameter(torch.ones(8, 5))), "gradient norms at last_shared")],
 )
 def test_a_nonlinear_loss_weighting_is_refused_under_accumulation(make, why):
     trunk, heads = _model()
@@ -210,24 +223,33 @@ def test_a_nonlinear_loss_weighting_is_refused_under_accumulation(make, why):
     assert all(p.grad is None for p in [*trunk.parameters(), *heads.parameters()])  # nothing written
 
 
+@pytest.mark.parametrize("scaled", [False, True], ids=["plain", "scaler"])
 @pytest.mark.parametrize("make", [lambda: mtgrad.PCGrad(order="fixed"), lambda: mtgrad.UW(num_tasks=T)], ids=["pcgrad", "uw"])
-def test_apply_then_clip_then_step(make):
-    # The documented flow: apply() writes .grad, the user clips it, step() steps on it.
+def test_apply_then_clip_then_step(make, scaled):
+    # The documented flow: apply() writes .grad, the user clips it (under a scaler: after
+    # scaler.unscale_(opt), on the wrapper), step() steps on it.
     x, y = _data()
     runs = []
     for clip in (False, True):
         trunk, heads = _model()
         params = [*trunk.parameters(), *heads.parameters()]
-        opt = mtgrad.MTLOptimizer(torch.optim.SGD(params, lr=0.1), trunk.parameters(), make())
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if scaled else None
+        opt = mtgrad.MTLOptimizer(torch.optim.SGD(params, lr=0.1), trunk.parameters(), make(), scaler=scaler)
         scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
         for xb, yb in zip(x.chunk(K), y.chunk(K)):
             opt.backward(_losses(trunk, heads, xb, yb, 1.0 / B))
         record = opt.apply()
+        if scaler is not None:
+            scaler.unscale_(opt)
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm=1e-2 if clip else float("inf"))
         with pytest.raises(ValueError, match="apply\\(\\) already wrote this step's update"):
             opt.step(_losses(trunk, heads, x, y, 1.0 / B))
-        assert opt.step() is record
-        scheduler.step()  # after opt.step(): no "scheduler before optimizer" warning
+        with pytest.raises(ValueError, match="apply\\(\\) already wrote this step's update"):
+            opt.backward(_losses(trunk, heads, x, y, 1.0 / B))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+            assert opt.step() is record
+            scheduler.step()
         runs.append((norm, [p.detach().clone() for p in params]))
         with pytest.raises(ValueError, match="needs the losses"):
             opt.step()  # the applied update was taken once
@@ -236,3 +258,48 @@ def test_apply_then_clip_then_step(make):
     factor = min(1.0, 1e-2 / (float(norm) + 1e-6))  # clip_grad_norm_'s scaling
     for p0, a, b in zip(start, plain, clipped):
         torch.testing.assert_close(b - p0, (a - p0) * factor, rtol=1e-5, atol=1e-7)
+    if scaled:  # unscaled once: the same step as without a scaler
+        unscaled = [p.detach() for p in _weighted_or_plain_step(make, x, y)]
+        for a, b in zip(unscaled, plain):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def _weighted_or_plain_step(make, x, y):
+    trunk, heads = _model()
+    params = [*trunk.parameters(), *heads.parameters()]
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD(params, lr=0.1), trunk.parameters(), make())
+    for xb, yb in zip(x.chunk(K), y.chunk(K)):
+        opt.backward(_losses(trunk, heads, xb, yb, 1.0 / B))
+    opt.step()
+    return params
+
+
+def test_the_inner_optimizers_step_takes_what_apply_wrote():
+    # apply(), clip, opt.optimizer.step() (stepping the inner optimizer directly) still works,
+    # and the next step is a new one.
+    x, y = _data()
+    trunk, heads = _model()
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD([*trunk.parameters(), *heads.parameters()], lr=0.1), trunk.parameters(), mtgrad.PCGrad())
+    opt.backward(_losses(trunk, heads, x, y, 1.0 / B))
+    opt.apply()
+    opt.optimizer.step()
+    trunk.zero_grad()
+    heads.zero_grad()
+    opt.step(_losses(trunk, heads, x, y, 1.0 / B))  # not refused as "apply() already wrote"
+
+
+def test_a_loss_weighting_checks_each_micro_batch_and_holds_no_engine_records():
+    x, y = _data()
+    trunk, heads = _model()
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD([*trunk.parameters(), *heads.parameters()], lr=0.1), trunk, mtgrad.DWA(window=2))
+    with pytest.raises(ValueError, match="positive"):
+        opt.backward([loss - 1e3 for loss in _losses(trunk, heads, x, y, 1.0 / B)])
+    assert all(p.grad is None for p in [*trunk.parameters(), *heads.parameters()])  # refused before writing
+    for _ in range(3):
+        for xb, yb in zip(x.chunk(K), y.chunk(K)):
+            opt.backward(_losses(trunk, heads, xb, yb, 1.0 / B))
+        with pytest.raises(ValueError, match="end_epoch\\(\\) in the middle of an accumulated step"):
+            opt.end_epoch()
+        opt.step()
+    engine = mtgrad.autogram.engine_for(trunk, create=False)
+    assert engine is None or engine.num_recorded == 0

@@ -108,3 +108,21 @@ def test_solvers_take_the_branch_free_route_while_compiling(monkeypatch):
 
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not _common._host_sync_is_free(torch.zeros(1))
+
+
+def test_autocast_off_traces_in_a_full_graph():
+    # mtgrad's arithmetic leaves the caller's autocast even inside a compiled region.
+    from mtgrad._autocast import autocast_off
+
+    def f(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast_off():
+                return x @ x, torch.is_autocast_enabled("cpu")
+
+    torch._dynamo.reset()
+    x = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y, enabled = torch.compile(f, fullgraph=True)(x)
+    assert y.dtype == torch.float32 and not enabled
+    torch.testing.assert_close(y, x @ x)

@@ -32,13 +32,17 @@ def _device_types() -> tuple[str, ...]:
 @contextlib.contextmanager
 def autocast_off() -> Iterator[None]:
     """Disable autocast, for the body, on every device type where it is enabled."""
-    if torch.compiler.is_compiling():  # a traced region keeps its own autocast state
+    with _disabled([kind for kind in _device_types() if torch.is_autocast_enabled(kind)]):
+        yield
+
+
+@contextlib.contextmanager
+def _disabled(kinds: list[str]) -> Iterator[None]:
+    # Nested ``with`` statements rather than an ExitStack: dynamo traces these (fullgraph too).
+    if not kinds:
         yield
         return
-    with contextlib.ExitStack() as stack:
-        for kind in _device_types():
-            if torch.is_autocast_enabled(kind):
-                stack.enter_context(torch.autocast(kind, enabled=False))
+    with torch.autocast(kinds[0], enabled=False), _disabled(kinds[1:]):
         yield
 
 

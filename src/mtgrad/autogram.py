@@ -56,6 +56,7 @@ from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
+from ._autocast import outside_autocast
 from ._warnings import warn as warn_user
 from .distributed import LOCAL, Replicas
 from .engine import batched_vjp
@@ -295,6 +296,7 @@ class GramianEngine:
         if self.max_records is not None and len(self._calls) > self.max_records:
             del self._calls[: len(self._calls) - self.max_records]
 
+    @outside_autocast
     def gramian(
         self,
         losses: Sequence[Tensor],
@@ -324,6 +326,7 @@ class GramianEngine:
         """
         return self.measure(losses, shared_params, cotangents, retain_graph=retain_graph, replicas=replicas).gramian
 
+    @outside_autocast
     def measure(
         self,
         losses: Sequence[Tensor],
@@ -466,6 +469,7 @@ class Measured:
     blocks: list[Tensor]  # the fallback parameters'
     kept: dict[int, Tensor]  # activation parameters whose blocks were formed whole, by id
 
+    @outside_autocast
     def update(self, weights: Tensor, params: Sequence[Tensor]) -> list[Tensor | None]:
         """``Σ_r w_r ∇_p (C L)_r`` for every ``p`` in ``params`` (``None`` where nothing reaches).
 

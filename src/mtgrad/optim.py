@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .accumulate import TaskGradients, accumulate_task_gradients, apply_task_gradients
+from ._warnings import warn as warn_user
 from .autogram import engine_for
 from .backward import BackwardResult, _as_losses, _check_parallel_method, _loss_scale, backward
 from .distributed import replicas
@@ -59,7 +60,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         #: The shared module, when given as one: then :meth:`step` lets :func:`mtgrad.backward`
         #: choose the engine (the Gramian-only one, installed here, before the first forward).
         self.shared_module = shared_params if isinstance(shared_params, nn.Module) else None
-        if self.shared_module is not None:
+        if self.shared_module is not None and not isinstance(method, LossWeighting):  # it takes no engine
             engine_for(self.shared_module)
         self.shared_params = list(shared_params.parameters() if isinstance(shared_params, nn.Module) else shared_params)
         if not self.shared_params:
@@ -91,6 +92,11 @@ class MTLOptimizer(torch.optim.Optimizer):
         ):  # fmt: skip
             self.__dict__.setdefault(name, OrderedDict())
         self._patch_step_function()
+        # An update apply() wrote is taken by the inner optimizer's next step, whoever calls it.
+        self.optimizer.register_step_post_hook(self._inner_stepped)
+
+    def _inner_stepped(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._applied = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer's keeps only defaults/state/param_groups; this object is its inner optimizer,
@@ -146,6 +152,10 @@ class MTLOptimizer(torch.optim.Optimizer):
         Gramian-only engine and ``representation=`` cannot hold task gradients; use :meth:`step`
         with the losses of one batch for them.
         """
+        if self._applied is not None:
+            raise ValueError(
+                "apply() already wrote this step's update into .grad: step() (or zero_grad()) before the next micro-batch"
+            )
         if self.scaler is not None:
             kwargs.setdefault("scaler", self.scaler)
         if isinstance(self.method, LossWeighting):
@@ -162,36 +172,46 @@ class MTLOptimizer(torch.optim.Optimizer):
         values = torch.stack([loss.detach() for loss in _as_losses(losses)])
         _check_parallel_method(method, replicas(kwargs.get("data_parallel")))
         try:
-            weights, _ = method.linear_terms(values)
+            weights, _ = method.linear_terms(values)  # validates the losses as combine() does
         except NotImplementedError as err:
             raise ValueError(
                 f"{err}: its objectives of the micro-batches do not add up to the large batch's, so "
                 "MTLOptimizer.backward cannot accumulate it; call step(losses) with the losses of a whole batch"
             ) from err
-        backward(losses, self.shared_params, _LossWeights(type(method).__name__, weights), **kwargs)
+        try:
+            backward(losses, self.shared_params, _LossWeights(type(method).__name__, weights), **kwargs)
+        finally:
+            engine = None if self.shared_module is None else engine_for(self.shared_module, create=False)
+            if engine is not None:
+                engine.reset()  # a loss weighting takes no engine: drop this forward's records
         total = values.to(torch.float64)
         if self._weighted is not None:
             total = total + self._weighted.losses
         self._weighted = _WeightedMicroBatches(total, values.dtype, weights.detach())
 
-    def _apply_weighted(self, method: LossWeighting) -> BackwardResult:
+    def _apply_weighted(self, method: LossWeighting, check_finite: bool) -> BackwardResult:
         if self._weighted is None:
             raise ValueError("nothing to apply: call backward(losses) first")
-        pending, self._weighted = self._weighted, None
+        pending = self._weighted
         values = pending.losses.to(pending.dtype)
         _, regulariser = method.linear_terms(values)
         if regulariser is not None:  # once per step: per micro-batch it would count k times
+            if check_finite and not bool(torch.isfinite(regulariser.detach()).all()):
+                raise ValueError(f"{type(method).__name__}'s regulariser is {regulariser.item()}: its parameters diverged")
             scale = _loss_scale(self.scaler, regulariser)
             (regulariser if scale is None else regulariser * scale.to(regulariser.dtype)).backward()
         method.observe(values)
-        return BackwardResult(weights=pending.weights.to(torch.float64), gramian=None, losses=pending.losses)
+        self._weighted = None
+        return BackwardResult(weights=pending.weights.to(torch.float64), gramian=None)
 
     def apply(self, check_finite: bool = True) -> BackwardResult:
         """Write the method's update of the accumulated task gradients into ``.grad``, e.g. to clip
         gradients before the step: ``apply()``, clip, then :meth:`step` without losses, which
         steps the inner optimizer on what ``apply`` wrote. :meth:`step` calls it otherwise."""
+        if self._applied is not None:
+            raise ValueError("apply() already wrote this step's update into .grad: step() takes it")
         if isinstance(self.method, LossWeighting):
-            record = self._apply_weighted(self.method)
+            record = self._apply_weighted(self.method, check_finite)
         elif self._pending is None:
             raise ValueError("nothing to apply: call backward(losses) for each micro-batch first, or step(losses)")
         else:
@@ -242,6 +262,11 @@ class MTLOptimizer(torch.optim.Optimizer):
         if self.scaler is None:
             self.optimizer.step()
         else:  # skips the step on an overflow and adjusts the scale
+            states = getattr(self.scaler, "_per_optimizer_states", None)
+            if isinstance(states, dict) and id(self) in states:
+                # scaler.unscale_(opt) on this wrapper (to clip): the record belongs to the inner
+                # optimizer, which scaler.step sees; left here, it would unscale .grad twice.
+                states[id(self.optimizer)] = states.pop(id(self))
             self.scaler.step(self.optimizer)
             self.scaler.update()
         if closure is not None and isinstance(self.method, LossWeighting):
@@ -252,11 +277,18 @@ class MTLOptimizer(torch.optim.Optimizer):
 
     def end_epoch(self) -> None:
         """Tell an epoch-windowed method (DWA) that an epoch ended; a no-op for the others."""
+        if self._weighted is not None:
+            raise ValueError("end_epoch() in the middle of an accumulated step: step() first")
         end = getattr(self.method, "end_epoch", None)
         if callable(end):
             end()
 
     def state_dict(self) -> dict[str, Any]:
+        if self._pending is not None or self._weighted is not None:
+            warn_user(
+                "MTLOptimizer.state_dict() in the middle of an accumulated step: the micro-batches accumulated "
+                "since the last step are not saved (checkpoint after step())"
+            )
         return {
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
@@ -273,6 +305,7 @@ class MTLOptimizer(torch.optim.Optimizer):
             raise ValueError(f"this MTLOptimizer state was saved with {saved}; this MTLOptimizer uses {own}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
+        self._pending = self._weighted = self._applied = None  # a loaded state starts a step
 
     def __repr__(self) -> str:
         return f"MTLOptimizer({type(self.optimizer).__name__}, method={self.method!r}, shared={len(self.shared_params)} tensors)"
@@ -297,7 +330,7 @@ class _LossWeights(LossWeighting):
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         if losses.shape != self.weights.shape:
             raise ValueError(f"{self.name} weighs {self.weights.shape[0]} tasks, got {tuple(losses.shape)} losses")
-        return (self.weights.to(losses.dtype) * losses).sum(), self.weights.detach()
+        return (self.weights * losses).sum(), self.weights.detach()
 
 
 def _method_type(method: Method) -> str:

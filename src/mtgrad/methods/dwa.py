@@ -99,22 +99,27 @@ class DWA(LossWeighting):
                 weights = torch.ones_like(values)
             st.iterations += 1
         else:
-            weights, _ = self.linear_terms(values)
+            weights = self._window_weights(values)
             self._record(values)
         return (weights * losses).sum(), weights
 
     def linear_terms(self, like: Tensor) -> tuple[Tensor, None]:
         """``(λ(t), None)``: the weights of the current window, from the last two windows' average
-        losses. Not with ``sliding=True``, whose weights include the current losses."""
+        losses (``like`` is checked). Not with ``sliding=True``, whose weights include the current
+        losses."""
         if self.sliding:
             raise NotImplementedError(
                 "DWA(sliding=True) weighs each step by a window that includes the step's own losses, "
                 "so its objective is not linear in them"
             )
+        like = check_losses(like.detach(), self._num_tasks(), "DWA", positive=True, values=self.check_values)
+        return self._window_weights(like), None
+
+    def _window_weights(self, like: Tensor) -> Tensor:
         st = self._on(like)
         if len(st.averages) < 2:
-            return torch.ones(like.shape[-1], dtype=like.dtype, device=like.device), None
-        return self._ratio_weights(st.averages[-1].to(like), st.averages[-2].to(like)), None
+            return torch.ones(like.shape[-1], dtype=like.dtype, device=like.device)
+        return self._ratio_weights(st.averages[-1].to(like), st.averages[-2].to(like))
 
     def observe(self, values: Tensor) -> None:
         """Add one step's losses to the current window (closing an int window when it is full)."""

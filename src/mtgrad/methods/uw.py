@@ -60,10 +60,14 @@ class UW(LearnedTaskVector):
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         losses = self.checked(losses)
-        a, r = self.linear_terms(losses)
+        a, r = self._terms()
         return (a * losses).sum() + r, a.detach()
 
     def linear_terms(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``(½ e^{−s}, ½ Σ_i s_i)``: the objective is linear in the losses."""
+        """``(½ e^{−s}, ½ Σ_i s_i)``: the objective is linear in the losses (``like`` is checked)."""
+        self.checked(like)
+        return self._terms()
+
+    def _terms(self) -> tuple[Tensor, Tensor]:
         s = self.log_vars
         return 0.5 * torch.exp(-s), 0.5 * s.sum()
