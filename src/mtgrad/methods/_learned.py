@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -40,6 +41,20 @@ class LearnedTaskVector(LossWeighting):
         return check_losses(
             losses, self.num_tasks, type(self).__name__, device=self.vector.device, values=self.check_values
         )
+
+    @abstractmethod
+    def terms(self) -> tuple[Tensor, Tensor]:
+        """``(a, r)`` of the objective ``Σ_i a_i L_i + r``, from ``s`` alone."""
+
+    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        losses = self.checked(losses)
+        a, r = self.terms()
+        return (a * losses).sum() + r, a.detach()
+
+    def linear_terms(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`terms`, once ``like`` (the losses) is checked: the objective is linear in them."""
+        self.checked(like)
+        return self.terms()
 
     def parameters(self) -> list[Tensor]:
         return [self.vector]

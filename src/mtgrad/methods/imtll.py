@@ -53,16 +53,7 @@ class IMTLL(LearnedTaskVector):
         """The learned vector ``s`` (the tensor an optimizer holds)."""
         return self.vector
 
-    def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
-        losses = self.checked(losses)
-        a, r = self._terms()
-        return (a * losses).sum() + r, a.detach()
-
-    def linear_terms(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``(e^s, −Σ_i s_i)``: the objective is linear in the losses (``like`` is checked)."""
-        self.checked(like)
-        return self._terms()
-
-    def _terms(self) -> tuple[Tensor, Tensor]:
+    def terms(self) -> tuple[Tensor, Tensor]:
+        """``(e^s, −Σ_i s_i)``."""
         s = self.log_scales
         return torch.exp(s), -s.sum()
