@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ._autocast import autocast_off
 from .backward import BackwardResult, _check_finite_losses, _check_parallel_method
-from .distributed import Replicas, replicas
+from .distributed import replicas
 from .engine import graph_leaves
 from .gramian import combine
 from .methods.base import JacobianAggregator, LossWeighting, Method, Weighting
@@ -192,47 +192,32 @@ def grouped_backward(
         )
     losses, grads = grouped_task_gradients(model, task_loss, batch, randomness=randomness)
     with autocast_off():  # the forward above is the caller's (autocast kept); the rest is mtgrad's
-        return _grouped_update(model, task_loss, batch, method, shared, randomness, check_finite, ranks, losses, grads)
-
-
-def _grouped_update(
-    model: torch.nn.Module,
-    task_loss: Callable[[dict[str, Tensor], Any], Tensor],
-    batch: Any,
-    method: Weighting | CAGradFast | Reuse | JacobianAggregator,
-    shared: list[str] | None,
-    randomness: Randomness,
-    check_finite: bool,
-    ranks: Replicas,
-    losses: Tensor,
-    grads: dict[str, Tensor],
-) -> BackwardResult:
-    names = list(grads)
-    shared_names = names if shared is None else list(shared)
-    unknown = sorted(set(shared_names) - set(names))
-    if unknown:
-        raise ValueError(f"shared names {unknown} are not trainable parameters of the model")
-    if check_finite:
-        _check_finite_losses(losses.detach(), ranks)
-    losses = losses.detach().clone()
-    ranks.mean_([*grads.values(), losses])
-    grads = _drop_unreached(model, task_loss, batch, randomness, grads, shared_names)
-    shared_names = [n for n in shared_names if n in grads]
-    shared_set = set(shared_names)
-    updates: dict[str, Tensor] = {name: g.sum(0) for name, g in grads.items() if name not in shared_set}
-    blocks = [grads[n] for n in shared_names]
-    w: Tensor | None
-    policy = GramianPolicy(check=check_finite, replicas=ranks)
-    G: Tensor | None
-    if isinstance(method, JacobianAggregator):
-        w, G = None, policy.gramian(blocks)
-        updates.update(zip(shared_names, (ranks.agree(u) for u in method.aggregate_blocks(blocks, losses))))
-    else:
-        w, G = stored_weights(method, blocks, losses, policy)
-        updates.update((name, combine(w, grads[name])) for name in shared_names)
-    params = dict(model.named_parameters())
-    ranks.deliver([params[name] for name in updates], list(updates.values()))
-    return BackwardResult(weights=w, gramian=G, losses=losses)
+        names = list(grads)
+        shared_names = names if shared is None else list(shared)
+        unknown = sorted(set(shared_names) - set(names))
+        if unknown:
+            raise ValueError(f"shared names {unknown} are not trainable parameters of the model")
+        if check_finite:
+            _check_finite_losses(losses.detach(), ranks)
+        losses = losses.detach().clone()
+        ranks.mean_([*grads.values(), losses])
+        grads = _drop_unreached(model, task_loss, batch, randomness, grads, shared_names)
+        shared_names = [n for n in shared_names if n in grads]
+        shared_set = set(shared_names)
+        updates: dict[str, Tensor] = {name: g.sum(0) for name, g in grads.items() if name not in shared_set}
+        blocks = [grads[n] for n in shared_names]
+        w: Tensor | None
+        policy = GramianPolicy(check=check_finite, replicas=ranks)
+        G: Tensor | None
+        if isinstance(method, JacobianAggregator):
+            w, G = None, policy.gramian(blocks)
+            updates.update(zip(shared_names, (ranks.agree(u) for u in method.aggregate_blocks(blocks, losses))))
+        else:
+            w, G = stored_weights(method, blocks, losses, policy)
+            updates.update((name, combine(w, grads[name])) for name in shared_names)
+        params = dict(model.named_parameters())
+        ranks.deliver([params[name] for name in updates], list(updates.values()))
+        return BackwardResult(weights=w, gramian=G, losses=losses)
 
 
 _PROBE = 16  # leading entries per task read first when telling unreached parameters apart
