@@ -303,3 +303,12 @@ def test_a_loss_weighting_checks_each_micro_batch_and_holds_no_engine_records():
         opt.step()
     engine = mtgrad.autogram.engine_for(trunk, create=False)
     assert engine is None or engine.num_recorded == 0
+
+
+def test_a_loss_weighting_takes_its_micro_batch_losses_as_a_generator():
+    # The losses are read once: a generator (as mtgrad.backward accepts) is not consumed twice.
+    x, y = _data()
+    trunk, heads = _model()
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD([*trunk.parameters(), *heads.parameters()], lr=0.1), trunk.parameters(), mtgrad.UW(num_tasks=T))
+    opt.backward(loss for loss in _losses(trunk, heads, x, y, 1.0 / B))
+    assert opt.step().weights.shape == (T,) and trunk.weight.grad is not None

@@ -169,7 +169,8 @@ class MTLOptimizer(torch.optim.Optimizer):
                 engine.reset()  # accumulated task gradients need no records: drop this forward's
 
     def _backward_weighted(self, method: LossWeighting, losses: Sequence[Tensor] | Tensor, kwargs: dict) -> None:
-        values = torch.stack([loss.detach() for loss in _as_losses(losses)])
+        task_losses = _as_losses(losses)  # once: losses may be a generator
+        values = torch.stack([loss.detach() for loss in task_losses])
         _check_parallel_method(method, replicas(kwargs.get("data_parallel")))
         try:
             weights, _ = method.linear_terms(values)  # validates the losses as combine() does
@@ -179,7 +180,7 @@ class MTLOptimizer(torch.optim.Optimizer):
                 "MTLOptimizer.backward cannot accumulate it; call step(losses) with the losses of a whole batch"
             ) from err
         try:
-            backward(losses, self.shared_params, _LossWeights(type(method).__name__, weights), **kwargs)
+            backward(task_losses, self.shared_params, _LossWeights(type(method).__name__, weights), **kwargs)
         finally:
             engine = None if self.shared_module is None else engine_for(self.shared_module, create=False)
             if engine is not None:
