@@ -85,7 +85,7 @@ class DWA(LossWeighting):
         return K * torch.softmax((recent / older) / self.temperature, dim=0)
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
-        losses = check_losses(losses, self._num_tasks(), "DWA", positive=True, values=self.check_values)
+        losses = self._checked(losses)
         values = losses.detach()
         st = self._on(values)
         if self.sliding:
@@ -112,8 +112,7 @@ class DWA(LossWeighting):
                 "DWA(sliding=True) weighs each step by a window that includes the step's own losses, "
                 "so its objective is not linear in them"
             )
-        like = check_losses(like.detach(), self._num_tasks(), "DWA", positive=True, values=self.check_values)
-        return self._window_weights(like), None
+        return self._window_weights(self._checked(like.detach())), None
 
     def _window_weights(self, like: Tensor) -> Tensor:
         st = self._on(like)
@@ -125,7 +124,11 @@ class DWA(LossWeighting):
         """Add one step's losses to the current window (closing an int window when it is full)."""
         if self.sliding:
             raise NotImplementedError("DWA(sliding=True) records its losses in combine()")
-        self._record(check_losses(values.detach(), self._num_tasks(), "DWA", positive=True, values=self.check_values))
+        self._record(self._checked(values.detach()))
+
+    def _checked(self, losses: Tensor) -> Tensor:
+        """``losses`` validated: T as before, positive (DWA divides them) and, optionally, finite."""
+        return check_losses(losses, self._num_tasks(), "DWA", positive=True, values=self.check_values)
 
     def _record(self, values: Tensor) -> None:
         st = self._on(values)
