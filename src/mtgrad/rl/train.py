@@ -38,6 +38,7 @@ import torch
 import mtgrad
 
 from .._warnings import warn as warn_user
+from ..methods.spec import _parse
 from ..bench.checkpoints import differences, load_checkpoint, save_checkpoint, write_csv_atomically
 from ..bench.reporting import progress_bar, tensorboard_writer
 from .buffer import TaskReplayBuffer
@@ -65,8 +66,9 @@ def resolve_spec(spec: str, cfg: SACConfig) -> str:
     CAGrad solver and rescales and PCGrad reduction filled in where the spec does not give them
     (``"cagrad"`` → ``"cagrad:c=0.9,…"`` on MT10; with ``rescale=1, solver=mtrl`` under the paper
     protocol)."""
-    name, _, args = spec.strip().partition(":")
-    given = {part.split("=")[0].strip() for part in args.split(",") if part.strip()}
+    name, options = _parse(spec)  # the spec grammar's own parser: its errors are from_spec's
+    args = spec.strip().partition(":")[2]
+    given = set(options)
     defaults = {
         "cagrad": {"c": cfg.method_c, "solver": cfg.cagrad_solver, "rescale": cfg.cagrad_rescale},
         "cagrad_fast": {"c": cfg.method_c, "num_gradients": cfg.fast_gradients, "rescale": cfg.fast_rescale},
