@@ -18,7 +18,17 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
     "script,claims",
     [
         ("amp.py", ["same weights with and without the scaler: True", "overflow skipped: True"]),
-        ("accumulation.py", ["4 micro-batches = the whole batch: True"]),
+        (
+            "accumulation.py",
+            [
+                "4 micro-batches = the whole batch: True",
+                "mtgrad.backward per micro-batch is not the whole-batch step: True",
+                "apply(), clip, step() on 4 micro-batches = on the whole batch: True",
+                "UW accumulates exactly (linear in the losses): True",
+                "DWA accumulates exactly (linear in the losses): True",
+                "GLS is refused under accumulation: True",
+            ],
+        ),
         pytest.param(
             "compile.py", ["loop: compiled = eager: True", "batched: compiled = eager: True", "gramian: compiled = eager: True"],
             marks=pytest.mark.slow,  # inductor compiles three models (~20 s); tests/test_compile.py covers it
