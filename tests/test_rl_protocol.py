@@ -53,6 +53,16 @@ def test_the_methods_shorthands_follow_the_protocol():
     assert build_method("cagrad:rescale=0", paper, 10, 0).rescale == 0  # a spec's own value wins
 
 
+def test_a_bad_spec_is_reported_as_written_with_the_defaults_named_apart():
+    v3 = preset("mt10")
+    with pytest.raises(ValueError, match=r"^spec 'pcgrad:foo=1' \(with the benchmark's reduction=sum\): pcgrad does not take"):
+        build_method("pcgrad:foo=1", v3, 10, 0)
+    with pytest.raises(ValueError, match=r"^spec 'cagrad:c=x' \(with the benchmark's solver=exact,rescale=0\): c must be"):
+        build_method("cagrad:c=x", v3, 10, 0)
+    with pytest.raises(ValueError, match=r"^spec 'mgda:x=1': mgda does not take"):  # nothing added
+        build_method("mgda:x=1", v3, 10, 0)
+
+
 def _garage_normalized_rewards(stream: np.ndarray, alpha: float) -> np.ndarray:
     # mtenv's NormalizedEnvWrapper (garage): one wrapper per environment, scalar state.
     out = np.empty_like(stream)

@@ -58,7 +58,14 @@ def build_method(spec: str, cfg: SACConfig, num_tasks: int, seed: int) -> mtgrad
     kind = mtgrad.methods.spec.method_class(full)
     if kind is not None:  # before building it: a loss weighting may need what SAC never has
         refuse_loss_weighting(kind, "updates")
-    return mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
+    try:
+        return mtgrad.from_spec(full, generator=torch.Generator().manual_seed(seed), num_tasks=num_tasks)
+    except ValueError as error:
+        if full == spec or repr(full) not in str(error):
+            raise
+        # Name the spec the user wrote, not the one with the defaults they never typed.
+        added = full[len(spec.rstrip()) :].lstrip(":,")
+        raise ValueError(str(error).replace(repr(full), f"{spec!r} (with the benchmark's {added})")) from None
 
 
 def resolve_spec(spec: str, cfg: SACConfig) -> str:
