@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+import mtgrad
 from mtgrad.methods.base import LossWeighting
 from mtgrad.methods.dwa import DWA
 from mtgrad.methods.famo import FAMO
@@ -578,3 +580,28 @@ def test_state_must_be_on_the_losses_device():
         UW(2, device="meta").combine(torch.ones(2))
     with pytest.raises(ValueError, match="losses are on cpu but the method's state is on meta"):
         FAMO(2, device="meta").combine(torch.ones(2))
+
+
+def test_famo_warns_when_its_logits_are_left_without_after_step():
+    trunk, heads = torch.nn.Linear(3, 4).double(), [torch.nn.Linear(4, 1).double() for _ in range(2)]
+    x = torch.randn(6, 3, dtype=D64, generator=torch.Generator().manual_seed(0))
+
+    def losses():
+        z = torch.tanh(trunk(x))
+        return [h(z).pow(2).mean() + 0.1 for h in heads]
+
+    famo = FAMO(2, dtype=D64)
+    mtgrad.backward(losses(), trunk.parameters(), famo)
+    with pytest.warns(mtgrad.MtgradWarning, match=r"before after_step\(\): the logits learned nothing"):
+        mtgrad.backward(losses(), trunk.parameters(), famo)  # the previous step's after_step is missing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        famo.after_step(torch.stack(losses()).detach())
+        mtgrad.backward(losses(), trunk.parameters(), famo)  # after_step came between: no warning
+        famo.after_step(torch.stack(losses()).detach())
+        params = [*trunk.parameters(), *(p for h in heads for p in h.parameters())]
+        opt = mtgrad.MTLOptimizer(torch.optim.SGD(params, lr=0.1), trunk.parameters(), famo)
+        for _ in range(3):  # the closure hands the recomputed losses to after_step every step
+            opt.zero_grad()
+            opt.step(losses(), closure=losses)
+    assert not torch.equal(famo.logits.detach(), torch.zeros(2, dtype=D64))

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._warnings import warn
 from .base import LossWeighting
 from ._loss_checks import check_finite_float, check_losses, check_num_tasks
 from ._state import check_state_keys, state_tensor
@@ -31,7 +32,9 @@ class FAMO(LossWeighting):
     pass, no per-task gradients. :meth:`combine` reports ``a``.
 
     After the model's step, :meth:`after_step` receives the losses recomputed on the **same
-    batch** (pass a ``closure`` to :meth:`mtgrad.MTLOptimizer.step`) and learns ξ from how much
+    batch** (pass a ``closure`` to :meth:`mtgrad.MTLOptimizer.step`; after :func:`mtgrad.backward`
+    and the optimizer's step, call it yourself — a second :meth:`combine` without it warns, as
+    the logits then never learn) and learns ξ from how much
     each log-loss fell: with ``δ_i = log D_i(before) − log D_i(after)`` it sets
     ``ξ.grad = J_softmax(ξ)ᵀ δ = z ⊙ δ − z (zᵀδ)`` and takes one Adam step (weight decay γ).
     This is the logit update of the official code (``Cranial-XIX/FAMO``, ``famo.py`` and
@@ -97,6 +100,14 @@ class FAMO(LossWeighting):
 
     def combine(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         losses = self._check(losses)
+        if self.prev_losses is not None:
+            # mtgrad.backward cannot call after_step (it has no losses from after the step):
+            # without it the logits never move and FAMO is a fixed weighting, silently.
+            warn(
+                "FAMO.combine() again before after_step(): the logits learned nothing from the previous step. "
+                "After each optimizer step call method.after_step(losses recomputed on the same batch), or "
+                "use MTLOptimizer.step(losses, closure=...), which does"
+            )
         z = torch.softmax(self.logits.detach(), dim=-1)
         D = losses - self.min_losses + EPS
         c = (z / D.detach()).sum()
