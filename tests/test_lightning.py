@@ -37,19 +37,84 @@ def _run(tmp_path: Path, *args: str) -> tuple[str, list[dict[str, str]]]:
 
 @pytest.mark.parametrize(
     "args",
-    [(), ("--devices", "2", "--strategy", "ddp"), ("--precision", "bf16-mixed")],
-    ids=["one-process", "ddp-2-cpu", "bf16-mixed"],
-)
+    [
+        (), ("--devices", "2", "--strategy", "ddp"), ("--precision", "bf16-mixed"), ("--accumulate", "3"),
+        ("--accumulate", "3", "--devices", "2", "--strategy", "ddp"),
+    ],
+    ids=["one-process", "ddp-2-cpu", "bf16-mixed", "accumulate-3", "ddp-accumulate-3"],
+)  # fmt: skip
 def test_trainer_runs_match_the_whole_batch_step_and_log_diagnostics(tmp_path, args):
     out, rows = _run(tmp_path, *args)
     assert "matches the whole-batch run: True" in out
     logged = [r for r in rows if r.get("mtgrad/conflict_rate")]
     devices = int(args[args.index("--devices") + 1]) if "--devices" in args else 1
-    assert len(logged) == 3 * 64 // (8 * devices)  # 3 epochs of 64 rows, 8 rows per rank: every step
+    k = int(args[args.index("--accumulate") + 1]) if "--accumulate" in args else 1
+    batches = 64 // (8 * devices)  # per epoch: 64 rows, 8 rows per rank
+    assert f"optimizer steps: {3 * -(-batches // k)}" in out  # a step per k batches, and at the epoch's end
+    if k == 1:
+        assert len(logged) == 3 * batches  # every step
     for r in logged:
         assert 0.0 <= float(r["mtgrad/conflict_rate"]) <= 1.0
         assert -1.0 <= float(r["mtgrad/min_cosine"]) <= 1.0
         assert all(float(r[f"mtgrad/weight_{i}"]) > 0 for i in range(3))  # PCGrad's weights
+
+
+def _fit_one_step(module: lightning.LightningModule) -> None:
+    trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, max_steps=2, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module)
+
+
+def _example():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lightning_train", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
+def test_surgery_step_refuses_what_would_silently_not_train():
+    example = _example()
+
+    class Weighted(example.MultiTask):  # UW's log-variances left out of the optimizer
+        def __init__(self, accumulate: int = 1) -> None:
+            super().__init__(accumulate)
+            self.method = mtgrad.UW(example.TASKS)
+
+    for k in (1, 2):
+        with pytest.raises(ValueError, match="UW's parameters are not in the module's optimizer"):
+            _fit_one_step(Weighted(k))
+
+    class Learned(Weighted):
+        def configure_optimizers(self):
+            return torch.optim.SGD([*self.parameters(), *self.method.parameters()], lr=0.2)
+
+    module = Learned(2)
+    _fit_one_step(module)  # two batches, one accumulated step: UW learns
+    assert not torch.equal(module.method.log_vars.detach(), torch.zeros(example.TASKS))
+
+    class Bad(example.MultiTask):
+        def __init__(self, accumulate) -> None:
+            super().__init__()
+            self.bad = accumulate
+
+        def training_step(self, batch, batch_idx):
+            mtgrad.lightning.surgery_step(self, self.task_losses(*batch), self.trunk.parameters(), self.method, accumulate=self.bad)
+
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="accumulate must be a positive int"):
+            _fit_one_step(Bad(bad))
+
+    class Switching(example.MultiTask):  # a new method in the middle of an accumulated step
+        def training_step(self, batch, batch_idx):
+            self.method = mtgrad.PCGrad()
+            mtgrad.lightning.surgery_step(self, self.task_losses(*batch), self.trunk.parameters(), self.method, accumulate=3)
+
+    with pytest.raises(ValueError, match="in the middle of an accumulated step"):
+        _fit_one_step(Switching())
 
 
 def test_metrics_of_a_record():
@@ -74,11 +139,7 @@ def test_surgery_step_needs_manual_optimisation():
 
 
 def test_16_mixed_hands_the_precision_plugins_scaler_to_the_surgery(tmp_path, monkeypatch):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("lightning_train", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = _example()
     seen = []
     original = mtgrad.lightning.backward
 

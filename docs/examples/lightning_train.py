@@ -3,9 +3,11 @@
     python docs/examples/lightning_train.py                                 # one CPU process
     python docs/examples/lightning_train.py --devices 2 --strategy ddp      # 2 CPU processes (gloo)
     python docs/examples/lightning_train.py --precision bf16-mixed
+    python docs/examples/lightning_train.py --accumulate 3                  # one step per 3 batches
 
 ``--check`` compares the trained parameters with plain PyTorch + mtgrad.backward on the global
-batches (exact in float32 precision; under DDP each step's global batch is both ranks' rows).
+batches (exact in float32 precision; under DDP each step's global batch is both ranks' rows; with
+``--accumulate k``, MTLOptimizer.backward on k batches, then one step).
 """
 
 import argparse
@@ -23,9 +25,10 @@ TASKS, ROWS, BATCH = 3, 64, 8
 
 
 class MultiTask(lightning.LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, accumulate: int = 1) -> None:
         super().__init__()
         self.automatic_optimization = False  # mtgrad runs the backward
+        self.accumulate = accumulate  # batches per optimizer step
         self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh())
         self.heads = nn.ModuleList(nn.Linear(16, 1) for _ in range(TASKS))
         self.method = mtgrad.PCGrad(generator=torch.Generator().manual_seed(0))
@@ -36,7 +39,10 @@ class MultiTask(lightning.LightningModule):
 
     def training_step(self, batch, batch_idx):
         losses = self.task_losses(*batch)
-        mtgrad.lightning.surgery_step(self, losses, self.trunk.parameters(), self.method)
+        # Summed over the accumulated batches, as loss.backward() sums: ÷ k makes them the mean.
+        mtgrad.lightning.surgery_step(
+            self, losses / self.accumulate, self.trunk.parameters(), self.method, accumulate=self.accumulate
+        )
         self.log("loss", losses.sum(), prog_bar=True)
 
     def configure_optimizers(self):
@@ -56,20 +62,26 @@ def data() -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def whole_batch_reference(devices: int, epochs: int, precision: str) -> list[torch.Tensor]:
+def whole_batch_reference(devices: int, epochs: int, precision: str, accumulate: int) -> list[torch.Tensor]:
     """The same training with plain PyTorch on the global batches of ``devices × BATCH`` rows
-    (the forward under bf16 autocast for ``bf16-mixed``, as Lightning runs it)."""
+    (the forward under bf16 autocast for ``bf16-mixed``, as Lightning runs it); with
+    ``accumulate`` k, one step per k batches (and one on the epoch's last batches)."""
     torch.manual_seed(0)
     model = MultiTask()
-    sgd = torch.optim.SGD(model.parameters(), lr=0.2)
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD(model.parameters(), lr=0.2), model.trunk.parameters(), model.method)
     for _ in range(epochs):
-        for x, y in DataLoader(data(), batch_size=BATCH * devices):
-            sgd.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-                losses = model.task_losses(x, y)
-            # data_parallel=False: this runs on rank 0 alone while the process group is still up.
-            mtgrad.backward(losses, model.trunk.parameters(), model.method, data_parallel=False)
-            sgd.step()
+        batches = list(DataLoader(data(), batch_size=BATCH * devices))
+        for start in range(0, len(batches), accumulate):
+            opt.zero_grad()
+            for x, y in batches[start : start + accumulate]:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+                    losses = model.task_losses(x, y)
+                if accumulate == 1:  # one mtgrad.backward, as surgery_step runs it
+                    opt.step(losses)
+                else:
+                    opt.backward(losses / accumulate)
+            if accumulate > 1:
+                opt.step()
     return [p.detach() for p in model.parameters()]
 
 
@@ -79,12 +91,15 @@ def main() -> None:
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--precision", default="32-true")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--accumulate", type=int, default=1, help="batches per optimizer step (default 1)")
     ap.add_argument("--logs", default="results/lightning", help="CSV logs folder (default results/lightning)")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    # Before fit, in every process: no process group yet, so the reference is one process's run.
+    reference = whole_batch_reference(args.devices, args.epochs, args.precision, args.accumulate) if args.check else []
     torch.manual_seed(0)
-    model = MultiTask()
+    model = MultiTask(args.accumulate)
     trainer = lightning.Trainer(
         accelerator="cpu", devices=args.devices, strategy=args.strategy, precision=args.precision,
         max_epochs=args.epochs, logger=lightning.pytorch.loggers.CSVLogger(args.logs, name="run"),
@@ -95,8 +110,8 @@ def main() -> None:
     trainer.fit(model)
     if trainer.global_rank == 0:
         print("metrics:", os.path.join(trainer.logger.log_dir, "metrics.csv"))
+        print("optimizer steps:", trainer.global_step)
         if args.check:
-            reference = whole_batch_reference(args.devices, args.epochs, args.precision)
             diff = max((a.detach() - b).abs().max().item() for a, b in zip(model.parameters(), reference))
             # One process takes the reference's steps to rounding; under DDP each rank's weight
             # gradients are rounded (to bf16 under bf16-mixed) before they are averaged.

@@ -28,13 +28,15 @@ weights through ``LightningModule.log``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from .backward import BackwardResult, backward
-from .methods.base import Method
+from .methods.base import LossWeighting, Method
+from .optim import MTLOptimizer
 
 try:
     import lightning.pytorch as pl
@@ -46,6 +48,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 __all__ = ["surgery_step", "ConflictLogger"]
 
 RECORD_ATTRIBUTE = "mtgrad_record"
+WINDOW_ATTRIBUTE = "_mtgrad_window"  # the micro-batches of surgery_step(accumulate=k)
 
 
 def surgery_step(
@@ -55,40 +58,112 @@ def surgery_step(
     method: Method,
     *,
     optimizer: Any = None,
+    accumulate: int = 1,
     **kwargs: Any,
-) -> BackwardResult:
+) -> BackwardResult | None:
     """One optimisation step of a manually optimised module: zero_grad, surgery, step.
+
+    With ``accumulate=k`` (Lightning's ``accumulate_grad_batches``, which manual optimisation
+    does not take), each call is one micro-batch and every k-th call (and the epoch's last batch)
+    steps: the method is applied once to the task gradients summed over the k batches
+    (:meth:`mtgrad.MTLOptimizer.backward` / :meth:`~mtgrad.MTLOptimizer.apply`), the step on the
+    k batches together. The micro-batches' losses are summed as ``loss.backward()`` sums them:
+    divide mean losses by k, as Lightning's automatic accumulation does.
 
     Args:
         module: the LightningModule (``automatic_optimization = False``).
         losses: the T task losses of this batch.
         shared_params: the parameters every task shares.
-        method: e.g. ``mtgrad.PCGrad()``; keep it on the module, so its state persists.
+        method: e.g. ``mtgrad.PCGrad()``; keep it on the module, so its state persists. A loss
+            weighting's own parameters (UW's) must be in the module's optimizer.
         optimizer: one of ``module.optimizers()``; default: the only one.
-        kwargs: for :func:`mtgrad.backward` (``engine``, ``representation``, ``check_finite``).
+        accumulate: batches per optimizer step (default 1).
+        kwargs: for :func:`mtgrad.backward` (``engine``, ``representation``, ``check_finite``);
+            with ``accumulate > 1`` those of :meth:`mtgrad.MTLOptimizer.backward`.
 
     Returns:
-        The step's record, also kept as ``module.mtgrad_record`` for :class:`ConflictLogger`.
+        The step's record, also kept as ``module.mtgrad_record`` for :class:`ConflictLogger`;
+        ``None`` (and no record) on an accumulating call that does not step.
     """
     if module.automatic_optimization:
         raise ValueError(
             "surgery_step replaces Lightning's backward: set self.automatic_optimization = False in the module's __init__"
         )
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(f"accumulate must be a positive int (batches per step), got {accumulate!r}")
     opt = optimizer if optimizer is not None else module.optimizers()
     if isinstance(opt, list):
         raise ValueError(f"the module has {len(opt)} optimizers: pass optimizer=... for this step")
+    # A LightningOptimizer wraps the torch one.
+    inner = cast(torch.optim.Optimizer, getattr(opt, "optimizer", opt))
+    _check_learned_parameters(method, inner)
     trainer = module.trainer
     stacked = torch.stack(list(losses)) if not isinstance(losses, Tensor) else losses
-    opt.zero_grad()
-    # What manual_backward does around loss.backward(): DDP's reducer is prepared here (in manual
-    # optimisation Lightning's forward leaves it unprepared), the precision plugin's scaler is ours.
-    trainer.strategy.pre_backward(stacked.sum())
     scaler = getattr(trainer.precision_plugin, "scaler", None)
-    record = backward(stacked, shared_params, method, scaler=scaler, **kwargs)
+    if accumulate == 1:
+        opt.zero_grad()
+        # What manual_backward does around loss.backward(): DDP's reducer is prepared here (in
+        # manual optimisation Lightning's forward leaves it unprepared), the precision plugin's
+        # scaler is ours.
+        trainer.strategy.pre_backward(stacked.sum())
+        record = backward(stacked, shared_params, method, scaler=scaler, **kwargs)
+        trainer.strategy.post_backward(stacked.sum())
+        opt.step()
+        setattr(module, RECORD_ATTRIBUTE, record)
+        return record
+    window = _window(module, inner, list(shared_params), method, scaler)
+    if window.batches == 0:
+        window.optimizer.zero_grad()  # the inner optimizer's .grad, and nothing pending
+    trainer.strategy.pre_backward(stacked.sum())
+    window.optimizer.backward(stacked, **kwargs)
     trainer.strategy.post_backward(stacked.sum())
-    opt.step()
-    setattr(module, RECORD_ATTRIBUTE, record)
-    return record
+    window.batches += 1
+    if window.batches < accumulate and not trainer.is_last_batch:
+        setattr(module, RECORD_ATTRIBUTE, None)  # no step, nothing for the logger
+        return None
+    window.batches = 0
+    step = window.optimizer.apply()
+    opt.step()  # through Lightning: the precision plugin unscales and skips overflowing steps
+    setattr(module, RECORD_ATTRIBUTE, step)
+    return step
+
+
+@dataclass
+class _Window:
+    """The micro-batches of one accumulated step: an :class:`~mtgrad.MTLOptimizer` over the
+    module's optimizer holds their task gradients (or a loss weighting's losses)."""
+
+    optimizer: MTLOptimizer
+    key: tuple[int, ...]
+    batches: int = 0
+
+
+def _window(
+    module: pl.LightningModule, inner: torch.optim.Optimizer, shared: list[Tensor], method: Method, scaler: Any
+) -> _Window:
+    key = (id(inner), id(method), id(scaler), *map(id, shared))
+    window = getattr(module, WINDOW_ATTRIBUTE, None)
+    if isinstance(window, _Window) and window.key == key:
+        return window
+    if isinstance(window, _Window) and window.batches:
+        raise ValueError(
+            "surgery_step(accumulate=...) got another optimizer, method or set of shared parameters in the middle "
+            f"of an accumulated step ({window.batches} batch(es) held): keep them fixed across the step's batches"
+        )
+    window = _Window(MTLOptimizer(inner, shared, method, scaler=scaler), key)
+    setattr(module, WINDOW_ATTRIBUTE, window)
+    return window
+
+
+def _check_learned_parameters(method: Method, optimizer: torch.optim.Optimizer) -> None:
+    if not isinstance(method, LossWeighting):
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if any(id(p) not in held for p in method.parameters()):
+        raise ValueError(
+            f"{type(method).__name__}'s parameters are not in the module's optimizer, so they would never learn: "
+            "add method.parameters() to the optimizer in configure_optimizers (and keep the method on the module)"
+        )
 
 
 class ConflictLogger(pl.Callback):
