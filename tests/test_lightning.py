@@ -96,6 +96,21 @@ def test_surgery_step_refuses_what_would_silently_not_train():
     _fit_one_step(module)  # two batches, one accumulated step: UW learns
     assert not torch.equal(module.method.log_vars.detach(), torch.zeros(example.TASKS))
 
+    class Famo(example.MultiTask):
+        def __init__(self, closure: bool) -> None:
+            super().__init__()
+            self.method, self.closure = mtgrad.FAMO(example.TASKS), closure
+
+        def training_step(self, batch, batch_idx):
+            recompute = (lambda: self.task_losses(*batch)) if self.closure else None
+            mtgrad.lightning.surgery_step(self, self.task_losses(*batch), self.trunk.parameters(), self.method, closure=recompute)
+
+    with pytest.raises(ValueError, match="FAMO learns from the losses after the step: pass closure="):
+        _fit_one_step(Famo(closure=False))
+    module = Famo(closure=True)
+    _fit_one_step(module)  # two steps, each followed by after_step on the recomputed losses
+    assert module.method.prev_losses is None and not torch.equal(module.method.logits.detach(), torch.zeros(example.TASKS))
+
     class Bad(example.MultiTask):
         def __init__(self, accumulate) -> None:
             super().__init__()

@@ -27,7 +27,7 @@ weights through ``LightningModule.log``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -59,6 +59,7 @@ def surgery_step(
     *,
     optimizer: Any = None,
     accumulate: int = 1,
+    closure: Callable[[], Sequence[Tensor] | Tensor] | None = None,
     **kwargs: Any,
 ) -> BackwardResult | None:
     """One optimisation step of a manually optimised module: zero_grad, surgery, step.
@@ -78,6 +79,9 @@ def surgery_step(
             weighting's own parameters (UW's) must be in the module's optimizer.
         optimizer: one of ``module.optimizers()``; default: the only one.
         accumulate: batches per optimizer step (default 1).
+        closure: recomputes this batch's losses after the step, for a loss weighting that learns
+            from them (FAMO, whose ``after_step`` receives them), as in
+            :meth:`mtgrad.MTLOptimizer.step`.
         kwargs: for :func:`mtgrad.backward` (``engine``, ``representation``, ``check_finite``);
             with ``accumulate > 1`` those of :meth:`mtgrad.MTLOptimizer.backward`.
 
@@ -96,6 +100,11 @@ def surgery_step(
         raise ValueError(f"the module has {len(opt)} optimizers: pass optimizer=... for this step")
     # A LightningOptimizer wraps the torch one.
     inner = cast(torch.optim.Optimizer, getattr(opt, "optimizer", opt))
+    if accumulate == 1 and closure is None and getattr(method, "needs_closure", False):
+        raise ValueError(
+            f"{type(method).__name__} learns from the losses after the step: pass closure=... that recomputes "
+            "them on the same batch (e.g. closure=lambda: self.task_losses(*batch))"
+        )
     _check_learned_parameters(method, inner)
     trainer = module.trainer
     stacked = torch.stack(list(losses)) if not isinstance(losses, Tensor) else losses
@@ -109,6 +118,10 @@ def surgery_step(
         record = backward(stacked, shared_params, method, scaler=scaler, **kwargs)
         trainer.strategy.post_backward(stacked.sum())
         opt.step()
+        if closure is not None and isinstance(method, LossWeighting):
+            with torch.no_grad():
+                new = closure()
+            method.after_step(torch.stack(list(new)) if not isinstance(new, Tensor) else new)
         setattr(module, RECORD_ATTRIBUTE, record)
         return record
     window = _window(module, inner, list(shared_params), method, scaler)
