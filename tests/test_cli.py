@@ -80,7 +80,7 @@ def test_toy_without_matplotlib_still_writes_csvs(tmp_path, monkeypatch, capsys)
     assert main(["toy", "--problem", "pcgrad", "--steps", "20", "--out", str(out)]) == 0
     assert (out / "toy_pcgrad.csv").exists()
     assert not (out / "toy_pcgrad.png").exists()
-    assert "pip install mtgrad[plots]" in capsys.readouterr().out
+    assert "pip install 'mtgrad[plots]'" in capsys.readouterr().out
 
 
 def test_bad_arguments_exit_with_usage_error(tmp_path):
@@ -265,3 +265,30 @@ def test_an_empty_spec_in_a_method_list_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["toy", "--methods", "gd;;mgda", "--out", str(tmp_path / "o"), "--no-progress"])
     assert "empty item in 'gd;;mgda'" in capsys.readouterr().err
+
+
+def test_the_torch_only_commands_run_without_numpy(tmp_path):
+    # numpy is no core dependency: train/compare on built-in data run on torch alone, and rl
+    # (which needs numpy) says which extra to install instead of a traceback.
+    script = (
+        "import sys; sys.modules['numpy'] = None\n"  # import numpy now raises ImportError
+        "from mtgrad.cli import main\n"
+        f"assert main(['train', '--benchmark', 'linear', '--epochs', '1', '--out', {str(tmp_path / 't')!r}, '--no-progress']) == 0\n"
+        f"sys.exit(main(['rl', '--steps', '10', '--out', {str(tmp_path / 'r')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "multi-task RL needs the rl extra: pip install 'mtgrad[rl]'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "t" / "checkpoint.pt").is_file() and not (tmp_path / "r").exists()
+
+
+def test_rl_refuses_a_bad_benchmark_before_any_note_or_folder(tmp_path, capsys):
+    pytest.importorskip("metaworld")
+    with pytest.raises(SystemExit):
+        main(["rl", "--benchmark", "mt11", "--steps", "10", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert "unknown benchmark 'mt11'" in err and "no preset of its own" not in err
+    assert main(["rl", "--benchmark", "custom:reach-v9", "--steps", "10", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown Meta-World environments ['reach-v9']" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()  # refused before any run's folder was made

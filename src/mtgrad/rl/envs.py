@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-__all__ = ["TaskSet", "parse_benchmark", "make_envs", "fixed_goal_index", "require_metaworld"]
+__all__ = ["TaskSet", "parse_benchmark", "check_environments", "make_envs", "fixed_goal_index", "require_metaworld"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,16 @@ def require_metaworld() -> Any:
     return metaworld
 
 
+def check_environments(tasks: TaskSet) -> Any:
+    """Refuse a task set naming environments Meta-World does not have; returns ``metaworld``."""
+    metaworld = require_metaworld()
+    known = set(metaworld.env_dict.ALL_V3_ENVIRONMENTS)
+    unknown = [n for n in tasks.envs if n not in known]
+    if unknown:
+        raise ValueError(f"unknown Meta-World environments {unknown}; e.g. {sorted(known)[:4]} …")
+    return metaworld
+
+
 def make_envs(
     tasks: TaskSet,
     seed: int,
@@ -87,13 +97,9 @@ def make_envs(
     training and evaluation environments of one seed hold the same variations, so they get the
     same goals. Otherwise Meta-World draws a variation at every reset.
     """
-    metaworld = require_metaworld()
+    metaworld = check_environments(tasks)
     import gymnasium as gym
 
-    known = set(metaworld.env_dict.ALL_V3_ENVIRONMENTS)
-    unknown = [n for n in tasks.envs if n not in known]
-    if unknown:
-        raise ValueError(f"unknown Meta-World environments {unknown}; e.g. {sorted(known)[:4]} …")
     mode = gym.vector.AutoresetMode.SAME_STEP if evaluation else gym.vector.AutoresetMode.DISABLED
     common = dict(vector_strategy="sync", autoreset_mode=mode, max_episode_steps=max_episode_steps)
     with warnings.catch_warnings():

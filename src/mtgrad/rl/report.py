@@ -46,10 +46,12 @@ def run_methods(
     """Train every method × seed into ``run_dir(out, method, seed)``, then write ``summary.md``
     (and ``success.png`` with ``plots``); returns the runs' summaries."""
     from ..methods.spec import check_distinct
-    from .envs import parse_benchmark
+    from .envs import check_environments, parse_benchmark
     from .train import build_method, resolve_spec
 
-    num_tasks = parse_benchmark(cfg.benchmark).num_tasks
+    task_set = parse_benchmark(cfg.benchmark)
+    check_environments(task_set)  # before any run's folder is made
+    num_tasks = task_set.num_tasks
     for method in methods:  # a bad spec is refused before any run trains
         build_method(method, cfg, num_tasks, seed=0)
     # Two names of one method (after the benchmark's defaults) would train it twice.

@@ -225,7 +225,7 @@ class CelebA(Dataset):
             from PIL import Image
         except ImportError as exc:
             raise ImportError(
-                "reading CelebA images needs Pillow: pip install mtgrad[data] "
+                "reading CelebA images needs Pillow: pip install 'mtgrad[data]' "
                 "(or pass images=False for the attributes only)"
             ) from exc
         path = _require(self.image_dir / self.files[index], "CelebA image")

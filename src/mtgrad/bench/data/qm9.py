@@ -56,7 +56,7 @@ The split follows Nash-MTL: a seeded random permutation, 10,000 test, 10,000 val
 rest (110,831) for training; with ``limit`` the validation and test sizes shrink in proportion.
 Features and targets are standardised with training-split statistics only.
 
-``pandas`` and ``qm9pack`` are optional (``pip install mtgrad[data]``); :func:`load_qm9_table` and
+``pandas`` and ``qm9pack`` are optional (``pip install 'mtgrad[data]'``); :func:`load_qm9_table` and
 :func:`qm9` take a ``data_dir`` holding CSVs in the same format, which is what the tests use.
 """
 
@@ -72,7 +72,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
@@ -180,7 +179,7 @@ def _pandas() -> Any:
     except ImportError as exc:  # optional extra
         raise ImportError(
             "QM9 needs pandas to read qm9pack's CSV files, which is not installed; "
-            "install the data extra: pip install mtgrad[data]"
+            "install the data extra: pip install 'mtgrad[data]'"
         ) from exc
     return pd
 
@@ -248,6 +247,7 @@ def parse_molecules(table: Any) -> tuple[Tensor, Tensor, Tensor]:
     Angstrom (0 for padding) and atom counts ``n_atoms`` (N,) int64, parsed from the ``Elements``
     (``"['C','H',...]"``) and ``XYZ_Ang`` (``"[[x,y,z],...]"``) columns. Each molecule's element
     and coordinate lists are checked against ``N_atoms``."""
+    import numpy as np  # here, not at the top: the benchmark registry imports this module on torch alone
     n_atoms = np.array(table["N_atoms"], dtype=np.int64)  # a writable copy
     n = len(n_atoms)
     if n and (n_atoms.min() < 1 or n_atoms.max() > MAX_ATOMS):
@@ -367,6 +367,8 @@ def qm9_arrays(
                 return torch.load(path, weights_only=True)
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
                 pass  # unreadable (e.g. truncated by a full disk): rebuild and overwrite it
+    import numpy as np  # pandas, which reads the table, has it
+
     columns = (*_STRUCTURE_COLUMNS, *TARGET_COLUMNS.values())
     table = load_qm9_table(limit, columns=columns, data_dir=data_dir)
     z, pos, _ = parse_molecules(table)
@@ -528,7 +530,7 @@ def qm9(
     """QM9 with the 11 Nash-MTL targets and cached Coulomb-matrix descriptors: 110,831 / 10,000 /
     10,000 train/val/test molecules for the full set (``limit`` keeps the first ``limit`` rows of
     the CSVs for quick runs). The first call builds the descriptors (tens of seconds for the full
-    set) and caches them (see :func:`qm9_arrays`). Needs ``pip install mtgrad[data]`` unless
+    set) and caches them (see :func:`qm9_arrays`). Needs ``pip install 'mtgrad[data]'`` unless
     ``data_dir`` points at CSVs in qm9pack's format."""
     arrays = qm9_arrays(limit, cache_dir=cache_dir, data_dir=data_dir, cache=cache)
     return build_qm9(
