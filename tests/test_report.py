@@ -247,3 +247,18 @@ def test_plots_write_the_files_the_report_names(mnist_two_seeds, tmp_path):
     assert note == "" and figures == ["curves.png", "weights.png", "conflict.png", "cosines.png"]
     for name in figures:
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_compare_refuses_another_experiments_checkpoints_before_training_anything(tmp_path):
+    from mtgrad.bench.trainer import TrainConfig, train
+
+    kw = dict(epochs=1, out=tmp_path, batch_size=16, lr=1e-2, data_options=TINY, jobs=1, progress=False,
+              plots=False, stream=io.StringIO())  # fmt: skip
+    compare("linear", ["pcgrad"], [0], **kw)
+    # Another experiment's run where this compare keeps its PCGrad run of seed 0.
+    train(TrainConfig(benchmark="linear", method="mgda", epochs=1, batch_size=16, lr=1e-2, data_options=TINY,
+                      out=str(tmp_path / "runs" / "pcgrad" / "seed0"), resume=False, progress=False, tensorboard=False))
+    # Seed 1's baselines come first in the run order: they are not trained before the refusal.
+    with pytest.raises(ValueError, match=r"runs/pcgrad/seed0/checkpoint\.pt belongs to a different run: method is 'mgda' there"):
+        compare("linear", ["pcgrad"], [1, 0], **kw)
+    assert not (tmp_path / "runs" / BASELINE / "task0" / "seed1").exists()

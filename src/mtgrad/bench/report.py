@@ -44,7 +44,7 @@ from .figures import SPREAD, legend_columns, mean_band, panel_grid, pyplot, wrap
 from .reporting import progress_bar, tensorboard_available
 from .settings import COMPARE_METHODS as DEFAULT_METHODS
 from .settings import COMPARE_SEEDS as DEFAULT_SEEDS
-from .trainer import RunResult, TrainConfig, delta_m, make_method, train
+from .trainer import RunResult, TrainConfig, check_resumable, delta_m, make_method, train
 
 __all__ = [
     "BASELINE",
@@ -250,6 +250,10 @@ def compare(
             path = os.path.join(out, "runs", _slug(spec), f"seed{s}")
             jobs_list.append((spec, s, dict(common, method=spec, seed=s, out=path)))
 
+    # Every run's checkpoint is checked first: one from another experiment in ``out`` stops the
+    # compare here, not after minutes of training the runs before it.
+    for _, _, kw in jobs_list:
+        check_resumable(TrainConfig(**kw))
     n_workers = (os.cpu_count() or 1) if jobs is None else jobs
     n_workers = max(1, min(n_workers, len(jobs_list)))
     bar = _run_bar(len(jobs_list), f"{bench.name} ({n_workers} worker{'s' if n_workers > 1 else ''})", progress)

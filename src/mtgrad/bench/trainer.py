@@ -41,7 +41,7 @@ from .checkpoints import differences, load_checkpoint, save_checkpoint, write_cs
 from .reporting import progress_bar, tensorboard_writer
 from .benchmarks import Benchmark, get_benchmark
 
-__all__ = ["TrainConfig", "RunResult", "train", "delta_m", "make_method", "CHECKPOINT"]
+__all__ = ["TrainConfig", "RunResult", "train", "check_resumable", "delta_m", "make_method", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 _EVAL_BATCH = 1024
@@ -317,17 +317,7 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
         steps: list[dict[str, float]] = []
         ckpt = load_checkpoint(ckpt_path, "--fresh") if cfg.resume else None
         if ckpt is not None:
-            saved = {k: v for k, v in ckpt["config"].items() if k != "epochs"}  # older checkpoints held it
-            if saved != cfg.identity():
-                raise ValueError(
-                    f"{ckpt_path} belongs to a different run: {differences(saved, cfg.identity())}. "
-                    "Use another --out, or --fresh (resume=False from Python) to overwrite it"
-                )
-            if int(ckpt["epoch"]) > cfg.epochs:
-                raise ValueError(
-                    f"{ckpt_path} is at epoch {ckpt['epoch']}, past --epochs {cfg.epochs}; ask for at least "
-                    f"{ckpt['epoch']} epochs, or use --fresh (resume=False from Python) or another --out"
-                )
+            _check_resumable(ckpt, cfg, ckpt_path)
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             torch.set_rng_state(ckpt["torch_rng"])
@@ -406,6 +396,31 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
         resumed_from=start_epoch,
         seconds=time.perf_counter() - started,
     )
+
+
+def check_resumable(config: TrainConfig) -> None:
+    """Raise the error :func:`train` would raise on ``config``'s checkpoint (another run's, or past
+    its epochs) without training: :func:`mtgrad.bench.report.compare` asks before its first run."""
+    cfg = config.resolved()
+    path = os.path.join(cfg.out, CHECKPOINT)
+    ckpt = load_checkpoint(path, "--fresh") if cfg.resume else None
+    if ckpt is not None:
+        _check_resumable(ckpt, cfg, path)
+
+
+def _check_resumable(ckpt: dict[str, Any], cfg: TrainConfig, path: str) -> None:
+    assert cfg.epochs is not None
+    saved = {k: v for k, v in ckpt["config"].items() if k != "epochs"}  # older checkpoints held it
+    if saved != cfg.identity():
+        raise ValueError(
+            f"{path} belongs to a different run: {differences(saved, cfg.identity())}. "
+            "Use another --out, or --fresh (resume=False from Python) to overwrite it"
+        )
+    if int(ckpt["epoch"]) > cfg.epochs:
+        raise ValueError(
+            f"{path} is at epoch {ckpt['epoch']}, past --epochs {cfg.epochs}; ask for at least "
+            f"{ckpt['epoch']} epochs, or use --fresh (resume=False from Python) or another --out"
+        )
 
 
 def _save(path: str, cfg: TrainConfig, model, opt, order, epoch: int, step: int, history, steps) -> None:
