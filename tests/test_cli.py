@@ -117,7 +117,7 @@ def test_a_misspelt_flag_gets_the_closest_one_in_its_command(tmp_path, capsys):
         main(["train", "--methd", "pcgrad", "--out", str(tmp_path / "never")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "mtgrad train: error" in err and "--methd (did you mean --method?)" in err
+    assert "mtgrad train: error: unrecognized arguments: --methd pcgrad (--methd: did you mean --method?)" in err
     assert not (tmp_path / "never").exists()  # refused before anything was written
 
 
@@ -292,3 +292,20 @@ def test_rl_refuses_a_bad_benchmark_before_any_note_or_folder(tmp_path, capsys):
     assert main(["rl", "--benchmark", "custom:reach-v9", "--steps", "10", "--out", str(tmp_path / "b")]) == 2
     assert "unknown Meta-World environments ['reach-v9']" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()  # refused before any run's folder was made
+
+
+def test_an_out_folder_the_system_refuses_is_named_as_the_out_argument(tmp_path, capsys, monkeypatch):
+    import mtgrad.bench.trainer as trainer
+
+    out = tmp_path / "denied"
+    makedirs = os.makedirs
+
+    def refuse(path, *args, **kwargs):  # e.g. /proc/x: writable by its mode bits, not creatable
+        if os.fspath(path).startswith(str(out)):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.os, "makedirs", refuse)
+    assert main(["train", "--benchmark", "linear", "--epochs", "1", "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"mtgrad train: error: argument --out: cannot write under {out}: [Errno 2]" in err

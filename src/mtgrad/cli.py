@@ -579,7 +579,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except OSError as exc:  # the machine's, not mtgrad's: a disk that is full, a path not allowed
-        print(f"mtgrad {args.command}: error: {exc}", file=sys.stderr)
+        out = getattr(args, "out", None)
+        where = ""
+        if out is not None and exc.filename is not None and _inside(os.fspath(exc.filename), out):
+            where = f"argument --out: cannot write under {out}: "  # what _check_out could not foresee
+        print(f"mtgrad {args.command}: error: {where}{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         resume = "" if args.command == "toy" else "; run the same command again to resume from the last checkpoint"
@@ -611,6 +615,11 @@ def _brief_warnings(command: str, default: Callable[..., str]) -> Callable[..., 
     return format_warning
 
 
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
     """Exit with the subcommand's usage and, for a misspelt flag, the closest one."""
     import difflib
@@ -623,10 +632,9 @@ def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list
         if word.startswith("-") and word != "--" and word.split("=")[0] not in flags:
             close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.6)
             if close:
-                hints.append(f"{word} (did you mean {close[0]}?)")
-                continue
-        hints.append(word)
-    sub.error(f"unrecognized arguments: {' '.join(hints)}")
+                hints.append(f"{word.split('=')[0]}: did you mean {close[0]}?")
+    # The arguments as given, then the hints: a hint between a flag and its value reads as garbled.
+    sub.error(f"unrecognized arguments: {' '.join(unknown)}" + "".join(f" ({h})" for h in hints))
 
 
 if __name__ == "__main__":  # pragma: no cover
