@@ -298,7 +298,9 @@ _SHAPES = Benchmark(
     tasks=_shape_tasks(),
     data=_shapes_data,
     model=_shapes_model,
-    defaults={"epochs": 5, "batch_size": 128, "lr": 1e-3},
+    # Batches of 128 for 5 epochs left the class task near chance (single-task 0.33, gd 0.31; 4
+    # shapes): the methods were ranked on noise. 32 × 10 epochs: single-task 0.73, gd 0.95 (seed 0).
+    defaults={"epochs": 10, "batch_size": 32, "lr": 1e-3},
 )
 
 
