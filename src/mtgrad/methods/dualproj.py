@@ -31,8 +31,8 @@ class DualProj(DualConeWeighting):
     Args:
         pref: preference vector ``u`` (T non-negative numbers); default ``1/T`` (the mean, torchjd's
             default).
-        norm_eps, reg_eps: torchjd's safeguards (trace normalisation, ``+ reg_eps·I``), default 0
-            here (exact); torchjd uses 1e-4 and 1e-4.
+        norm_eps: torchjd's trace-normalisation safeguard; default 0 here (exact), 1e-4 there.
+        reg_eps: torchjd's ``+ reg_eps·I`` safeguard; default 0 here (exact), 1e-4 there.
         max_iter: cap on the solver's rounds (default ``6T + 30``).
     """
 

@@ -49,8 +49,8 @@ class FAMO(LossWeighting):
         min_losses: ``L^min`` (T,), lower bounds of the losses (official ``set_min_losses``);
             default zeros, as in LibMTL and the official experiments. Losses below it are
             rejected (their log gap is undefined).
-        device, dtype: where ξ lives (default: torch's default device and dtype); it must be on
-            the losses' device.
+        device: where ξ lives (default: torch's default device); it must be the losses' device.
+        dtype: ξ's dtype (default: torch's default dtype).
 
     State (saved by :meth:`state_dict`, exactly): ``logits`` ξ, the Adam state of ``optimizer``,
     and ``prev_losses``, the losses of the last :meth:`combine` not yet consumed by

@@ -29,8 +29,8 @@ class IMTLL(LearnedTaskVector):
     Args:
         num_tasks: T, the number of losses.
         init: initial ``s_i`` (LibMTL: 0, scale 1).
-        device, dtype: where ``s`` lives (default: torch's default device and dtype); it must be
-            on the losses' device.
+        device: where ``s`` lives (default: torch's default device); it must be the losses' device.
+        dtype: ``s``'s dtype (default: torch's default dtype).
 
     ``s`` is created once; :meth:`load_state_dict` copies into it, so an optimizer that holds it
     keeps working. Set ``check_values = False`` on an instance to skip the per-call finiteness

@@ -33,10 +33,11 @@ class UPGrad(DualConeWeighting):
     Args:
         pref: preference vector ``u`` (T non-negative numbers); default ``1/T`` for every task
             (torchjd's default, also LibMTL's). ``[1] * T`` sums the projections instead.
-        norm_eps, reg_eps: torchjd's and LibMTL's numerical safeguards, for parity runs: ``G`` is
-            divided by its trace (set to 0 when the trace is below ``norm_eps``) and
-            ``reg_eps·I`` is added before solving. Both default to 1e-4 there; here to 0, the
+        norm_eps: torchjd's and LibMTL's numerical safeguard, for parity runs: ``G`` is divided by
+            its trace, set to 0 when the trace is below ``norm_eps``. 1e-4 there; 0 here, the
             exact projection (dividing by the trace alone changes nothing).
+        reg_eps: their other safeguard: ``reg_eps·I`` is added before solving. 1e-4 there; 0
+            here (exact).
         max_iter: cap on the solver's rounds (default ``6T + 30``; see ``dual_cone_qp``).
     """
 

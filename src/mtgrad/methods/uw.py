@@ -33,8 +33,8 @@ class UW(LearnedTaskVector):
         init: initial ``s_i``. ``0.0`` (σ = 1) is nash-mtl's start;
             the official MTAN code (``logsigma = [-0.5, …]``, objective
             ``L_i/(2e^{s_i}) + s_i/2``, the same function) and LibMTL start from ``−0.5``.
-        device, dtype: where ``s`` lives (default: torch's default device and dtype); it must be
-            on the losses' device.
+        device: where ``s`` lives (default: torch's default device); it must be the losses' device.
+        dtype: ``s``'s dtype (default: torch's default dtype).
 
     ``s`` is created once and never replaced: :meth:`load_state_dict` copies into it, so an
     optimizer that holds it keeps working. Its values are the whole state. Set
