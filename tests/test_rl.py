@@ -309,8 +309,7 @@ def test_cli_runs_methods_and_writes_the_summary_and_plot(tmp_path, capsys):
     assert code == 0
     assert (tmp_path / "summary.md").exists() and (tmp_path / "success.png").exists()
     assert "cagrad_fast" in capsys.readouterr().out
-    assert main(["rl", "--benchmark", "mt11", "--out", str(tmp_path / "x")]) == 2
-    for bad in (["--set", "hidden=abc"], ["--set", "use_one_hot=yes"], ["--set", "nope=1"], ["--seeds", "-1"]):
+    for bad in (["--benchmark", "mt11"], ["--set", "hidden=abc"], ["--set", "use_one_hot=yes"], ["--set", "nope=1"], ["--seeds", "-1"]):
         with pytest.raises(SystemExit):
             main(["rl", *bad, "--out", str(tmp_path / "y")])
     assert main(["rl", "--methods", "uw", "--steps", "10", "--out", str(tmp_path / "z"), "--no-progress"]) == 2
