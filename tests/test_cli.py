@@ -308,4 +308,4 @@ def test_an_out_folder_the_system_refuses_is_named_as_the_out_argument(tmp_path,
     monkeypatch.setattr(trainer.os, "makedirs", refuse)
     assert main(["train", "--benchmark", "linear", "--epochs", "1", "--out", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert f"mtgrad train: error: argument --out: cannot write under {out}: [Errno 2]" in err
+    assert f"mtgrad train: error: argument --out: cannot create {out}: [Errno 2]" in err

@@ -50,9 +50,9 @@ def test_trainer_runs_match_the_whole_batch_step_and_log_diagnostics(tmp_path, a
     devices = int(args[args.index("--devices") + 1]) if "--devices" in args else 1
     k = int(args[args.index("--accumulate") + 1]) if "--accumulate" in args else 1
     batches = 64 // (8 * devices)  # per epoch: 64 rows, 8 rows per rank
-    assert f"optimizer steps: {3 * -(-batches // k)}" in out  # a step per k batches, and at the epoch's end
-    if k == 1:
-        assert len(logged) == 3 * batches  # every step
+    steps = 3 * -(-batches // k)  # a step per k batches, and at the epoch's end
+    assert f"optimizer steps: {steps}" in out
+    assert [int(r["step"]) for r in logged] == list(range(1, steps + 1))  # one row per step, none between
     for r in logged:
         assert 0.0 <= float(r["mtgrad/conflict_rate"]) <= 1.0
         assert -1.0 <= float(r["mtgrad/min_cosine"]) <= 1.0
@@ -93,7 +93,7 @@ def test_surgery_step_refuses_what_would_silently_not_train():
             return torch.optim.SGD([*self.parameters(), *self.method.parameters()], lr=0.2)
 
     module = Learned(2)
-    _fit_one_step(module)  # two batches, one accumulated step: UW learns
+    _fit_one_step(module)  # max_steps=2: four batches, two accumulated steps; UW learns
     assert not torch.equal(module.method.log_vars.detach(), torch.zeros(example.TASKS))
 
     class Famo(example.MultiTask):
@@ -128,8 +128,51 @@ def test_surgery_step_refuses_what_would_silently_not_train():
             self.method = mtgrad.PCGrad()
             mtgrad.lightning.surgery_step(self, self.task_losses(*batch), self.trunk.parameters(), self.method, accumulate=3)
 
-    with pytest.raises(ValueError, match="in the middle of an accumulated step"):
+    with pytest.raises(ValueError, match="got another method.*in the middle of an accumulated step"):
         _fit_one_step(Switching())
+
+    class Changing(example.MultiTask):  # accumulate=3, then 1 while the window holds a batch
+        def training_step(self, batch, batch_idx):
+            k = 3 if batch_idx == 0 else 1
+            mtgrad.lightning.surgery_step(self, self.task_losses(*batch), self.trunk.parameters(), self.method, accumulate=k)
+
+    with pytest.raises(ValueError, match=r"accumulate=1\) in the middle of an accumulated step \(1 batch\(es\) of accumulate=3"):
+        _fit_one_step(Changing())
+
+    class Shrinking(example.MultiTask):  # accumulate=3 for batches 0-1, then 2: batch 2 would open a window
+        def training_step(self, batch, batch_idx):
+            k = 3 if batch_idx < 2 else 2
+            mtgrad.lightning.surgery_step(self, self.task_losses(*batch), self.trunk.parameters(), self.method, accumulate=k)
+
+    with pytest.raises(ValueError, match=r"another method, accumulate.*\(2 batch\(es\) held\)"):
+        _fit_one_step(Shrinking())
+
+    class Closure(example.MultiTask):
+        def training_step(self, batch, batch_idx):
+            mtgrad.lightning.surgery_step(
+                self, self.task_losses(*batch), self.trunk.parameters(), self.method, accumulate=2, closure=lambda: None
+            )
+
+    with pytest.raises(ValueError, match="closure= .* needs accumulate=1"):
+        _fit_one_step(Closure())
+
+
+def test_accumulated_windows_follow_the_batch_index_and_take_the_shared_module():
+    example = _example()
+
+    class Resumed(example.MultiTask):  # as if resumed from a checkpoint taken after batch 0
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 0:
+                return
+            record = mtgrad.lightning.surgery_step(self, self.task_losses(*batch) / 3, self.trunk, self.method, accumulate=3)
+            self.stepped.append((batch_idx, record is not None))
+
+    module = Resumed()
+    module.stepped = []
+    with pytest.warns(mtgrad.MtgradWarning, match=r"batch 1 of an accumulated step without the ones before it"):
+        _fit_one_step(module)
+    # Windows [0, 3), [3, 6): the first steps at batch 2 on batches 1–2, the next at batch 5.
+    assert module.stepped == [(1, False), (2, True), (3, False), (4, False), (5, True)]
 
 
 def test_metrics_of_a_record():

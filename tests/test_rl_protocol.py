@@ -59,6 +59,8 @@ def test_a_bad_spec_is_reported_as_written_with_the_defaults_named_apart():
         build_method("pcgrad:foo=1", v3, 10, 0)
     with pytest.raises(ValueError, match=r"^spec 'cagrad:c=x' \(with the benchmark's solver=exact,rescale=0\): c must be"):
         build_method("cagrad:c=x", v3, 10, 0)
+    with pytest.raises(ValueError, match=r"^spec '  pcgrad:foo=1' \(with the benchmark's reduction=sum\)"):
+        build_method("  pcgrad:foo=1", v3, 10, 0)  # the added options, not a slice of the full spec
     with pytest.raises(ValueError, match=r"^spec 'mgda:x=1': mgda does not take"):  # nothing added
         build_method("mgda:x=1", v3, 10, 0)
 

@@ -581,8 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the machine's, not mtgrad's: a disk that is full, a path not allowed
         out = getattr(args, "out", None)
         where = ""
-        if out is not None and exc.filename is not None and _inside(os.fspath(exc.filename), out):
-            where = f"argument --out: cannot write under {out}: "  # what _check_out could not foresee
+        creating = isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError))
+        if out is not None and creating and exc.filename is not None and _inside(out, os.fsdecode(exc.filename)):
+            # The folder (or one above it) could not be made: what _check_out could not foresee.
+            where = f"argument --out: cannot create {out}: "
         print(f"mtgrad {args.command}: error: {where}{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -616,6 +618,7 @@ def _brief_warnings(command: str, default: Callable[..., str]) -> Callable[..., 
 
 
 def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it."""
     path, folder = os.path.abspath(path), os.path.abspath(folder)
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 

@@ -28,15 +28,17 @@ weights through ``LightningModule.log``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+import weakref
 from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .backward import BackwardResult, backward
 from .methods.base import LossWeighting, Method
-from .optim import MTLOptimizer
+from ._warnings import warn as warn_user
+from .optim import MTLOptimizer, check_closure, feed_after_step
 
 try:
     import lightning.pytorch as pl
@@ -48,13 +50,12 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 __all__ = ["surgery_step", "ConflictLogger"]
 
 RECORD_ATTRIBUTE = "mtgrad_record"
-WINDOW_ATTRIBUTE = "_mtgrad_window"  # the micro-batches of surgery_step(accumulate=k)
 
 
 def surgery_step(
     module: pl.LightningModule,
     losses: Sequence[Tensor] | Tensor,
-    shared_params: Iterable[Tensor],
+    shared_params: Iterable[Tensor] | nn.Module,
     method: Method,
     *,
     optimizer: Any = None,
@@ -65,23 +66,27 @@ def surgery_step(
     """One optimisation step of a manually optimised module: zero_grad, surgery, step.
 
     With ``accumulate=k`` (Lightning's ``accumulate_grad_batches``, which manual optimisation
-    does not take), each call is one micro-batch and every k-th call (and the epoch's last batch)
-    steps: the method is applied once to the task gradients summed over the k batches
-    (:meth:`mtgrad.MTLOptimizer.backward` / :meth:`~mtgrad.MTLOptimizer.apply`), the step on the
-    k batches together. The micro-batches' losses are summed as ``loss.backward()`` sums them:
-    divide mean losses by k, as Lightning's automatic accumulation does.
+    does not take), each call is one batch, and the windows are Lightning's: batches
+    ``[jk, (j+1)k)`` of the epoch (and a shorter last one) make one step, taken at the window's
+    last batch, on the task gradients summed over its batches
+    (:meth:`mtgrad.MTLOptimizer.backward` / :meth:`~mtgrad.MTLOptimizer.apply`): the step on
+    the k batches together. The batches' losses are summed as ``loss.backward()`` sums them:
+    divide mean losses by k, as Lightning's automatic accumulation does. Under DDP the batches
+    before a window's last skip the gradient synchronisation (as ``no_sync`` would). A window's
+    batches live in memory only: a run resumed from a checkpoint taken inside a window steps at
+    the window's end on the batches after the checkpoint (with a warning).
 
     Args:
         module: the LightningModule (``automatic_optimization = False``).
         losses: the T task losses of this batch.
-        shared_params: the parameters every task shares.
+        shared_params: the parameters every task shares (or the shared module).
         method: e.g. ``mtgrad.PCGrad()``; keep it on the module, so its state persists. A loss
             weighting's own parameters (UW's) must be in the module's optimizer.
         optimizer: one of ``module.optimizers()``; default: the only one.
         accumulate: batches per optimizer step (default 1).
         closure: recomputes this batch's losses after the step, for a loss weighting that learns
             from them (FAMO, whose ``after_step`` receives them), as in
-            :meth:`mtgrad.MTLOptimizer.step`.
+            :meth:`mtgrad.MTLOptimizer.step`; ``accumulate=1`` only.
         kwargs: for :func:`mtgrad.backward` (``engine``, ``representation``, ``check_finite``);
             with ``accumulate > 1`` those of :meth:`mtgrad.MTLOptimizer.backward`.
 
@@ -100,16 +105,19 @@ def surgery_step(
         raise ValueError(f"the module has {len(opt)} optimizers: pass optimizer=... for this step")
     # A LightningOptimizer wraps the torch one.
     inner = cast(torch.optim.Optimizer, getattr(opt, "optimizer", opt))
-    if accumulate == 1 and closure is None and getattr(method, "needs_closure", False):
-        raise ValueError(
-            f"{type(method).__name__} learns from the losses after the step: pass closure=... that recomputes "
-            "them on the same batch (e.g. closure=lambda: self.task_losses(*batch))"
-        )
     _check_learned_parameters(method, inner)
     trainer = module.trainer
     stacked = torch.stack(list(losses)) if not isinstance(losses, Tensor) else losses
     scaler = getattr(trainer.precision_plugin, "scaler", None)
+    windows = _WINDOWS.setdefault(trainer, {})
+    held = windows.get((id(module), id(inner)))
     if accumulate == 1:
+        if held is not None and held.batches:
+            raise ValueError(
+                f"surgery_step(accumulate=1) in the middle of an accumulated step ({held.batches} batch(es) of "
+                f"accumulate={held.accumulate} held): keep accumulate fixed during an epoch"
+            )
+        check_closure(method, closure, " (e.g. closure=lambda: self.task_losses(*batch))")
         opt.zero_grad()
         # What manual_backward does around loss.backward(): DDP's reducer is prepared here (in
         # manual optimisation Lightning's forward leaves it unprepared), the precision plugin's
@@ -118,53 +126,89 @@ def surgery_step(
         record = backward(stacked, shared_params, method, scaler=scaler, **kwargs)
         trainer.strategy.post_backward(stacked.sum())
         opt.step()
-        if closure is not None and isinstance(method, LossWeighting):
-            with torch.no_grad():
-                new = closure()
-            method.after_step(torch.stack(list(new)) if not isinstance(new, Tensor) else new)
+        feed_after_step(method, closure)
         setattr(module, RECORD_ATTRIBUTE, record)
         return record
-    window = _window(module, inner, list(shared_params), method, scaler)
-    if window.batches == 0:
-        window.optimizer.zero_grad()  # the inner optimizer's .grad, and nothing pending
-    trainer.strategy.pre_backward(stacked.sum())
+    if closure is not None or getattr(method, "needs_closure", False):
+        raise ValueError(
+            f"closure= (a loss weighting that learns after each step, such as FAMO) needs accumulate=1: the losses "
+            f"after a step are not those of its k batches; got accumulate={accumulate} with {type(method).__name__}"
+        )
+    window = _open_window(windows, module, trainer, inner, shared_params, method, scaler, accumulate)
+    batch_idx = trainer.fit_loop.epoch_loop.batch_idx
+    last = (batch_idx + 1) % accumulate == 0 or trainer.is_last_batch
+    if last:  # the window's last batch: DDP synchronises now (the heads' summed gradients)
+        trainer.strategy.pre_backward(stacked.sum())
     window.optimizer.backward(stacked, **kwargs)
-    trainer.strategy.post_backward(stacked.sum())
-    window.batches += 1
-    if window.batches < accumulate and not trainer.is_last_batch:
+    if last:
+        trainer.strategy.post_backward(stacked.sum())
+    window.batches, window.next = window.batches + 1, batch_idx + 1
+    if not last:
         setattr(module, RECORD_ATTRIBUTE, None)  # no step, nothing for the logger
         return None
     window.batches = 0
-    step = window.optimizer.apply()
+    record = window.optimizer.apply(check_finite=kwargs.get("check_finite", True))
     opt.step()  # through Lightning: the precision plugin unscales and skips overflowing steps
-    setattr(module, RECORD_ATTRIBUTE, step)
-    return step
+    setattr(module, RECORD_ATTRIBUTE, record)
+    return record
 
 
 @dataclass
 class _Window:
-    """The micro-batches of one accumulated step: an :class:`~mtgrad.MTLOptimizer` over the
-    module's optimizer holds their task gradients (or a loss weighting's losses)."""
+    """One accumulated step's batches: an :class:`~mtgrad.MTLOptimizer` over the module's
+    optimizer holds their task gradients (or a loss weighting's losses)."""
 
     optimizer: MTLOptimizer
-    key: tuple[int, ...]
-    batches: int = 0
+    #: What the window was opened for; a batch of the same window must agree.
+    setting: tuple[int, ...]
+    accumulate: int
+    epoch: int = -1
+    next: int = 0  #: the batch index that continues the window
+    batches: int = 0  #: batches held
 
 
-def _window(
-    module: pl.LightningModule, inner: torch.optim.Optimizer, shared: list[Tensor], method: Method, scaler: Any
+# Per Trainer (so a window never outlives its fit's trainer, nor is copied with the module), per
+# (module, optimizer): the window being accumulated.
+_WINDOWS: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], _Window]] = weakref.WeakKeyDictionary()
+
+
+def _open_window(
+    windows: dict[tuple[int, int], _Window],
+    module: pl.LightningModule,
+    trainer: pl.Trainer,
+    inner: torch.optim.Optimizer,
+    shared_params: Iterable[Tensor] | nn.Module,
+    method: Method,
+    scaler: Any,
+    accumulate: int,
 ) -> _Window:
-    key = (id(inner), id(method), id(scaler), *map(id, shared))
-    window = getattr(module, WINDOW_ATTRIBUTE, None)
-    if isinstance(window, _Window) and window.key == key:
-        return window
-    if isinstance(window, _Window) and window.batches:
+    """The window this batch belongs to, by its index in the epoch, as Lightning counts them."""
+    shared = shared_params if isinstance(shared_params, nn.Module) else list(shared_params)
+    params = list(shared.parameters()) if isinstance(shared, nn.Module) else shared
+    setting = (id(method), id(scaler), *map(id, params))
+    key = (id(module), id(inner))
+    batch_idx = trainer.fit_loop.epoch_loop.batch_idx
+    position = batch_idx % accumulate
+    window = windows.get(key)
+    same = window is not None and window.batches and (window.epoch, window.next) == (trainer.current_epoch, batch_idx)
+    # Held batches that this one continues, yet it would start a window or change its setting:
+    # they would be dropped or mixed into another step.
+    if same and window is not None and (position == 0 or (window.setting, window.accumulate) != (setting, accumulate)):
         raise ValueError(
-            "surgery_step(accumulate=...) got another optimizer, method or set of shared parameters in the middle "
-            f"of an accumulated step ({window.batches} batch(es) held): keep them fixed across the step's batches"
+            "surgery_step(accumulate=...) got another method, accumulate, scaler or set of shared parameters in the "
+            f"middle of an accumulated step ({window.batches} batch(es) held): keep them fixed during an epoch"
         )
-    window = _Window(MTLOptimizer(inner, shared, method, scaler=scaler), key)
-    setattr(module, WINDOW_ATTRIBUTE, window)
+    if window is None or window.setting != setting:
+        window = _Window(MTLOptimizer(inner, shared, method, scaler=scaler), setting, accumulate)
+        windows[key] = window
+    if position == 0 or not same:
+        if position:
+            warn_user(
+                f"surgery_step(accumulate={accumulate}): batch {position} of an accumulated step without the ones "
+                "before it (resumed from a checkpoint taken inside the step?): the step takes the batches from here"
+            )
+        window.optimizer.zero_grad()  # the inner optimizer's .grad, and nothing pending
+        window.accumulate, window.epoch, window.batches = accumulate, trainer.current_epoch, 0
     return window
 
 
@@ -180,7 +224,8 @@ def _check_learned_parameters(method: Method, optimizer: torch.optim.Optimizer) 
 
 
 class ConflictLogger(pl.Callback):
-    """Logs the conflict diagnostics of each :func:`surgery_step` to the Trainer's logger.
+    """Logs the conflict diagnostics of each :func:`surgery_step` to the Trainer's loggers, one
+    row per optimizer step (at ``trainer.global_step``).
 
     Per step (every ``every_n_steps``): ``mtgrad/conflict_rate``, ``mtgrad/min_cosine``,
     ``mtgrad/min_magnitude_similarity``, and per task pair ``mtgrad/cos_i_j``, per task
@@ -201,8 +246,11 @@ class ConflictLogger(pl.Callback):
         if not isinstance(record, BackwardResult) or trainer.global_step % self.every_n_steps:
             return
         metrics = diagnostics_metrics(record, self.pairs)
-        if metrics:
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        # To the loggers directly, one row per optimizer step: values given to log_dict persist
+        # in Lightning's results and were written again at every later batch until the next step
+        # (with accumulate=k, or every_n_steps > 1).
+        for logger in trainer.loggers if metrics else ():
+            logger.log_metrics(metrics, step=trainer.global_step)
 
 
 def diagnostics_metrics(record: BackwardResult, pairs: bool = True) -> dict[str, float]:

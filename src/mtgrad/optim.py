@@ -236,11 +236,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         recomputes the task losses after the step (same batch); a loss weighting that learns
         from them (FAMO) receives them through ``after_step``.
         """
-        if closure is None and getattr(self.method, "needs_closure", False):
-            raise ValueError(
-                f"{type(self.method).__name__} learns from the losses after the step: "
-                "pass closure=... that recomputes them on the same batch"
-            )
+        check_closure(self.method, closure)
         if self._applied is not None and self._pending is None and self._weighted is None:
             if losses is not None:
                 raise ValueError(
@@ -270,10 +266,7 @@ class MTLOptimizer(torch.optim.Optimizer):
                 states[id(self.optimizer)] = states.pop(id(self))
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        if closure is not None and isinstance(self.method, LossWeighting):
-            with torch.no_grad():
-                new = closure()
-            self.method.after_step(torch.stack(list(new)) if not isinstance(new, Tensor) else new)
+        feed_after_step(self.method, closure)
         return record
 
     def end_epoch(self) -> None:
@@ -310,6 +303,23 @@ class MTLOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"MTLOptimizer({type(self.optimizer).__name__}, method={self.method!r}, shared={len(self.shared_params)} tensors)"
+
+
+def check_closure(method: Method, closure: Callable[[], Sequence[Tensor] | Tensor] | None, example: str = "") -> None:
+    """Refuse a method that learns from the losses after the step (FAMO) without a ``closure``."""
+    if closure is None and getattr(method, "needs_closure", False):
+        raise ValueError(
+            f"{type(method).__name__} learns from the losses after the step: pass closure=... that recomputes "
+            f"them on the same batch{example}"
+        )
+
+
+def feed_after_step(method: Method, closure: Callable[[], Sequence[Tensor] | Tensor] | None) -> None:
+    """After the optimizer's step: the losses ``closure`` recomputes go to the method's ``after_step``."""
+    if closure is not None and isinstance(method, LossWeighting):
+        with torch.no_grad():
+            new = closure()
+        method.after_step(torch.stack(list(new)) if not isinstance(new, Tensor) else new)
 
 
 @dataclass(frozen=True)

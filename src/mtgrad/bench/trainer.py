@@ -317,7 +317,7 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
         steps: list[dict[str, float]] = []
         ckpt = load_checkpoint(ckpt_path, "--fresh") if cfg.resume else None
         if ckpt is not None:
-            _check_resumable(ckpt, cfg, ckpt_path)
+            _check_checkpoint_matches(ckpt, cfg, ckpt_path)
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             torch.set_rng_state(ckpt["torch_rng"])
@@ -405,10 +405,10 @@ def check_resumable(config: TrainConfig) -> None:
     path = os.path.join(cfg.out, CHECKPOINT)
     ckpt = load_checkpoint(path, "--fresh") if cfg.resume else None
     if ckpt is not None:
-        _check_resumable(ckpt, cfg, path)
+        _check_checkpoint_matches(ckpt, cfg, path)
 
 
-def _check_resumable(ckpt: dict[str, Any], cfg: TrainConfig, path: str) -> None:
+def _check_checkpoint_matches(ckpt: dict[str, Any], cfg: TrainConfig, path: str) -> None:
     assert cfg.epochs is not None
     saved = {k: v for k, v in ckpt["config"].items() if k != "epochs"}  # older checkpoints held it
     if saved != cfg.identity():

@@ -64,7 +64,7 @@ def build_method(spec: str, cfg: SACConfig, num_tasks: int, seed: int) -> mtgrad
         if full == spec or repr(full) not in str(error):
             raise
         # Name the spec the user wrote, not the one with the defaults they never typed.
-        added = full[len(spec.rstrip()) :].lstrip(":,")
+        added = ",".join(_added_defaults(spec, cfg))
         raise ValueError(str(error).replace(repr(full), f"{spec!r} (with the benchmark's {added})")) from None
 
 
@@ -73,16 +73,22 @@ def resolve_spec(spec: str, cfg: SACConfig) -> str:
     CAGrad solver and rescales and PCGrad reduction filled in where the spec does not give them
     (``"cagrad"`` → ``"cagrad:c=0.9,…"`` on MT10; with ``rescale=1, solver=mtrl`` under the paper
     protocol)."""
+    extra = _added_defaults(spec, cfg)
+    if not extra:
+        return spec
+    name, _, args = spec.strip().partition(":")
+    return name + ":" + ",".join(filter(None, [args, *extra]))
+
+
+def _added_defaults(spec: str, cfg: SACConfig) -> list[str]:
+    """The ``key=value`` options :func:`resolve_spec` adds to ``spec``."""
     name, options = _parse(spec)  # the spec grammar's own parser: its errors are from_spec's
-    args = spec.strip().partition(":")[2]
-    given = set(options)
     defaults = {
         "cagrad": {"c": cfg.method_c, "solver": cfg.cagrad_solver, "rescale": cfg.cagrad_rescale},
         "cagrad_fast": {"c": cfg.method_c, "num_gradients": cfg.fast_gradients, "rescale": cfg.fast_rescale},
         "pcgrad": {"reduction": cfg.pcgrad_reduction},
     }
-    extra = [f"{k}={v}" for k, v in defaults.get(name.strip().lower(), {}).items() if k not in given]
-    return name + ":" + ",".join(filter(None, [args, *extra])) if extra else spec
+    return [f"{k}={v}" for k, v in defaults.get(name.strip().lower(), {}).items() if k not in options]
 
 
 class _Agent:
