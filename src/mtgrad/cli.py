@@ -367,7 +367,7 @@ def _add_compare(sub) -> None:
             "--out/runs are reused, so an interrupted compare resumes.",
             "The defaults (MultiMNIST: 10,000 train / 2,000 test pairs, LeNet hard sharing, "
             "10 epochs of batch 256, Adam lr 1e-3; gd/mgda/pcgrad/cagrad:c=0.4 and the two "
-            "single-task baselines; seeds 0,1,2: 18 runs) took 367 s on 2 CPU cores.",
+            "single-task baselines; seeds 0,1,2: 18 runs) took 129 s on 2 idle CPU cores.",
             "Method lists: specs are separated by ';' or ','; a comma-separated token with '=' "
             "but no ':' continues the previous spec, so 'gd,cagrad:c=0.5,rescale=2,mgda' is "
             "three methods.",
