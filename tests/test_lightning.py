@@ -216,3 +216,43 @@ def test_16_mixed_hands_the_precision_plugins_scaler_to_the_surgery(tmp_path, mo
     assert len(seen) == 3 and all(isinstance(s, torch.amp.GradScaler) and s.is_enabled() for s in seen)
     assert seen[0] is trainer.precision_plugin.scaler
     assert trainer.precision_plugin.scaler.get_scale() > 0  # the scaler stepped and updated
+
+
+def test_16_mixed_accumulation_equals_mtloptimizer_with_the_same_scaler():
+    from torch.utils.data import DataLoader
+
+    example = _example()
+    k, epochs = 3, 2
+    # A scale of 2^18 overflows fp16 at first: those steps are skipped and the scale backs off, on
+    # both sides alike; the later ones train.
+    torch.manual_seed(0)
+    reference = example.MultiTask()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**18)
+    opt = mtgrad.MTLOptimizer(torch.optim.SGD(reference.parameters(), lr=0.2), reference.trunk.parameters(),
+                              reference.method, scaler=scaler)  # fmt: skip
+    for _ in range(epochs):
+        batches = list(DataLoader(example.data(), batch_size=example.BATCH))
+        for start in range(0, len(batches), k):
+            opt.zero_grad()
+            for x, y in batches[start : start + k]:
+                with torch.autocast("cpu", dtype=torch.float16):
+                    losses = reference.task_losses(x, y)
+                opt.backward(losses / k)
+            opt.step()
+
+    torch.manual_seed(0)
+    module = example.MultiTask(k)
+    plugin = lightning.pytorch.plugins.precision.MixedPrecision(
+        "16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**18)
+    )
+    trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, max_epochs=epochs, plugins=[plugin], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    start = [p.detach().clone() for p in example.MultiTask().parameters()]
+    trainer.fit(module)
+    assert plugin.scaler.get_scale() == scaler.get_scale() < 2.0**18  # the same overflows were skipped
+    assert max((a - b).abs().max().item() for a, b in zip(reference.parameters(), start)) > 1e-2  # it trained
+    for a, b in zip(module.parameters(), reference.parameters()):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-6)
