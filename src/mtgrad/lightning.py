@@ -20,24 +20,24 @@ backward Lightning's automatic optimisation runs, so the module optimises manual
 place of ``loss.backward()``: the strategy prepares DDP's reducer as for ``manual_backward``, so
 under ``strategy="ddp"`` every rank takes the exact global-batch step (:mod:`mtgrad.distributed`);
 with ``precision="16-mixed"`` the precision plugin's ``GradScaler`` is passed on (the method sees
-unscaled gradients, an overflow skips the step); ``"bf16-mixed"`` needs nothing.
-:class:`ConflictLogger` logs the step's cosines, conflict rate, magnitude similarity Φ and
-weights through ``LightningModule.log``.
+unscaled gradients, an overflow skips the step); ``"bf16-mixed"`` needs nothing;
+``accumulate=k`` accumulates k batches per step. :class:`ConflictLogger` logs the step's cosines,
+conflict rate, magnitude similarity Φ and weights to the trainer's loggers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
 import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from ._warnings import warn as warn_user
 from .backward import BackwardResult, backward
 from .methods.base import LossWeighting, Method
-from ._warnings import warn as warn_user
 from .optim import MTLOptimizer, check_closure, feed_after_step
 
 try:
