@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ._warnings import warn as warn_user
 from .backward import BackwardResult, backward
 from .methods.base import LossWeighting, Method
-from .optim import MTLOptimizer, check_closure, feed_after_step
+from .optim import MTLOptimizer, check_closure, feed_after_step, managed_ids
 
 try:
     import lightning.pytorch as pl
@@ -215,7 +215,7 @@ def _open_window(
 def _check_learned_parameters(method: Method, optimizer: torch.optim.Optimizer) -> None:
     if not isinstance(method, LossWeighting):
         return
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    held = managed_ids(optimizer)
     if any(id(p) not in held for p in method.parameters()):
         raise ValueError(
             f"{type(method).__name__}'s parameters are not in the module's optimizer, so they would never learn: "

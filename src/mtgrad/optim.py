@@ -65,7 +65,7 @@ class MTLOptimizer(torch.optim.Optimizer):
         self.shared_params = list(shared_params.parameters() if isinstance(shared_params, nn.Module) else shared_params)
         if not self.shared_params:
             raise ValueError("shared_params is empty: give the parameters all tasks share")
-        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        in_optimizer = managed_ids(optimizer)
         missing = [i for i, p in enumerate(self.shared_params) if id(p) not in in_optimizer]
         if missing:
             raise ValueError(f"shared_params {missing} are not managed by the optimizer, so they would never be updated")
@@ -303,6 +303,11 @@ class MTLOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"MTLOptimizer({type(self.optimizer).__name__}, method={self.method!r}, shared={len(self.shared_params)} tensors)"
+
+
+def managed_ids(optimizer: torch.optim.Optimizer) -> set[int]:
+    """The ``id`` of every tensor the optimizer's parameter groups hold."""
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
 def check_closure(method: Method, closure: Callable[[], Sequence[Tensor] | Tensor] | None, example: str = "") -> None:
