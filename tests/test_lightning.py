@@ -59,7 +59,7 @@ def test_trainer_runs_match_the_whole_batch_step_and_log_diagnostics(tmp_path, a
         assert all(float(r[f"mtgrad/weight_{i}"]) > 0 for i in range(3))  # PCGrad's weights
 
 
-def _fit_one_step(module: lightning.LightningModule) -> None:
+def _fit_two_steps(module: lightning.LightningModule) -> None:
     trainer = lightning.Trainer(
         accelerator="cpu", devices=1, max_steps=2, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -86,14 +86,14 @@ def test_surgery_step_refuses_what_would_silently_not_train():
 
     for k in (1, 2):
         with pytest.raises(ValueError, match="UW's parameters are not in the module's optimizer"):
-            _fit_one_step(Weighted(k))
+            _fit_two_steps(Weighted(k))
 
     class Learned(Weighted):
         def configure_optimizers(self):
             return torch.optim.SGD([*self.parameters(), *self.method.parameters()], lr=0.2)
 
     module = Learned(2)
-    _fit_one_step(module)  # max_steps=2: four batches, two accumulated steps; UW learns
+    _fit_two_steps(module)  # max_steps=2: four batches, two accumulated steps; UW learns
     assert not torch.equal(module.method.log_vars.detach(), torch.zeros(example.TASKS))
 
     class Famo(example.MultiTask):
@@ -106,9 +106,9 @@ def test_surgery_step_refuses_what_would_silently_not_train():
             mtgrad.lightning.surgery_step(self, self.task_losses(*batch), self.trunk.parameters(), self.method, closure=recompute)
 
     with pytest.raises(ValueError, match="FAMO learns from the losses after the step: pass closure="):
-        _fit_one_step(Famo(closure=False))
+        _fit_two_steps(Famo(closure=False))
     module = Famo(closure=True)
-    _fit_one_step(module)  # two steps, each followed by after_step on the recomputed losses
+    _fit_two_steps(module)  # two steps, each followed by after_step on the recomputed losses
     assert module.method.prev_losses is None and not torch.equal(module.method.logits.detach(), torch.zeros(example.TASKS))
 
     class Bad(example.MultiTask):
@@ -121,7 +121,7 @@ def test_surgery_step_refuses_what_would_silently_not_train():
 
     for bad in (0, True, 1.5):
         with pytest.raises(ValueError, match="accumulate must be a positive int"):
-            _fit_one_step(Bad(bad))
+            _fit_two_steps(Bad(bad))
 
     class Switching(example.MultiTask):  # a new method in the middle of an accumulated step
         def training_step(self, batch, batch_idx):
@@ -129,7 +129,7 @@ def test_surgery_step_refuses_what_would_silently_not_train():
             mtgrad.lightning.surgery_step(self, self.task_losses(*batch), self.trunk.parameters(), self.method, accumulate=3)
 
     with pytest.raises(ValueError, match="got another method.*in the middle of an accumulated step"):
-        _fit_one_step(Switching())
+        _fit_two_steps(Switching())
 
     class Changing(example.MultiTask):  # accumulate=3, then 1 while the window holds a batch
         def training_step(self, batch, batch_idx):
@@ -137,7 +137,7 @@ def test_surgery_step_refuses_what_would_silently_not_train():
             mtgrad.lightning.surgery_step(self, self.task_losses(*batch), self.trunk.parameters(), self.method, accumulate=k)
 
     with pytest.raises(ValueError, match=r"accumulate=1\) in the middle of an accumulated step \(1 batch\(es\) of accumulate=3"):
-        _fit_one_step(Changing())
+        _fit_two_steps(Changing())
 
     class Shrinking(example.MultiTask):  # accumulate=3 for batches 0-1, then 2: batch 2 would open a window
         def training_step(self, batch, batch_idx):
@@ -145,7 +145,7 @@ def test_surgery_step_refuses_what_would_silently_not_train():
             mtgrad.lightning.surgery_step(self, self.task_losses(*batch), self.trunk.parameters(), self.method, accumulate=k)
 
     with pytest.raises(ValueError, match=r"another method, accumulate.*\(2 batch\(es\) held\)"):
-        _fit_one_step(Shrinking())
+        _fit_two_steps(Shrinking())
 
     class Closure(example.MultiTask):
         def training_step(self, batch, batch_idx):
@@ -154,7 +154,7 @@ def test_surgery_step_refuses_what_would_silently_not_train():
             )
 
     with pytest.raises(ValueError, match="closure= .* needs accumulate=1"):
-        _fit_one_step(Closure())
+        _fit_two_steps(Closure())
 
 
 def test_accumulated_windows_follow_the_batch_index_and_take_the_shared_module():
@@ -170,7 +170,7 @@ def test_accumulated_windows_follow_the_batch_index_and_take_the_shared_module()
     module = Resumed()
     module.stepped = []
     with pytest.warns(mtgrad.MtgradWarning, match=r"batch 1 of an accumulated step without the ones before it"):
-        _fit_one_step(module)
+        _fit_two_steps(module)
     # Windows [0, 3), [3, 6): the first steps at batch 2 on batches 1–2, the next at batch 5.
     assert module.stepped == [(1, False), (2, True), (3, False), (4, False), (5, True)]
 
