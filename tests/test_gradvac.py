@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mtgrad
 import reference as ref
@@ -246,3 +247,33 @@ def test_invalid_arguments(kwargs, word):
 def test_invalid_generator():
     with pytest.raises(TypeError, match="generator"):
         GradVac(generator=0)  # type: ignore[arg-type]
+
+
+# -- launch count ----------------------------------------------------------------------------------
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops(method, T: int) -> int:
+    G = gram(make_jacobian("conflict", T, T + 3, 0))
+    method.weights(G)  # GradVac's targets exist from here on, as in training
+    with _OpCounter() as counter:
+        method.weights(G)
+    return counter.ops
+
+
+@pytest.mark.parametrize(
+    "make, per_round", [(lambda: GradVac(generator=seeded(0)), 16), (lambda: PCGrad(generator=seeded(0)), 5)]
+)
+def test_tensor_ops_per_round(make, per_round):
+    """Each of the T − 1 rounds dispatches a fixed, small number of tensor ops (kernel launches on
+    an accelerator): one batched dot product, the step, and the updates of C and ‖g_i'‖²."""
+    assert _ops(make(), 13) - _ops(make(), 9) == 4 * per_round

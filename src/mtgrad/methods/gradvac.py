@@ -114,46 +114,48 @@ class GradVac(Weighting):
             self.targets = targets
             return gramian.new_ones(T)
         # Everything about the partners is known before the rounds; laid out round-major (R, T),
-        # so that round r reads contiguous slices.
+        # so that round r reads contiguous slices. Per-row scalars are kept (T, 1, 1), the shape of
+        # the batched dot products, so that no round reshapes anything but the step.
         rows_j, sq_j, flat = _partner_layout(gramian.unsqueeze(0), orders.unsqueeze(0))
-        rows_j, sq_j = rows_j.squeeze(1), sq_j.squeeze(1)  # G_j· (R, T, T), ‖g_j‖² (R, T)
+        rows_j, sq_j = rows_j.view(R, T, T, 1), sq_j.reshape(R, T, 1, 1)  # G_j· and ‖g_j‖² per round
         part = orders.t()  # (R, T): the partner j of row i in round r
-        sq = gramian.diagonal()
-        has_j = sq_j > 0
-        neg_sq_j = torch.where(has_j, sq_j, 1.0).neg_()
-        inv_root_j = torch.where(has_j, sq_j.rsqrt(), 0.0)
         target = targets.t().gather(0, part)  # φ̂_ij, read once per call
         root_target = (1.0 - target.square()).clamp_min(0.0).sqrt()
-        reachable = has_j & (root_target > 0)  # a target of exactly ±1 cannot be reached
-        slope = torch.where(reachable, target / torch.where(reachable, root_target, 1.0), 0.0)
-        bar = torch.where(reachable, target, -2.0)  # correct iff φ < bar
+        # A zero g_j, or a target of exactly ±1 (no finite multiple of g_j reaches it), is never
+        # corrected: dividing the (finite) step numerator by −∞ gives 0.
+        target_r, root_r = target.view(R, T, 1, 1), root_target.view(R, T, 1, 1)
+        reachable = (sq_j > 0) & (root_r > 0)
+        slope = torch.where(reachable, target_r / torch.where(reachable, root_r, 1.0), 0.0)  # φ̂/√(1−φ̂²)
+        neg_sq_j = torch.where(reachable, sq_j.neg(), -torch.inf)
+        never = torch.full_like(sq_j[0], -torch.inf)
+        scaled_eps = 16 * T * _EPS
 
         coef = torch.eye(T, dtype=dtype, device=device)  # g_i' = Σ_k C_ik g_k
-        cflat = coef.view(-1)
-        norm_sq = sq.clone()  # ‖g_i'‖², updated exactly along with C
-        level = sq * (16 * T * _EPS)  # rounding level of norm_sq: ∝ the largest ‖g_i'‖² so far
-        zero = gramian.new_zeros(T)
-        phis, valids = [], []
-        for rows, flat_r, sqj, neg_sqj, inv_rj, b, k in zip(
-            rows_j, flat, sq_j, neg_sq_j, inv_root_j, bar, slope
-        ):
-            dots = (coef * rows).sum(-1)  # g_i'·g_j, summed exactly as PCGrad does
-            valid = norm_sq > level
-            phi = (dots * norm_sq.rsqrt()).mul_(inv_rj)  # φ_ij where valid
+        cflat, crows = coef.view(-1), coef.view(T, 1, T)
+        norm_sq = gramian.diagonal().reshape(T, 1, 1)  # ‖g_i'‖², updated exactly along with C
+        level = norm_sq * scaled_eps  # rounding level of norm_sq: ∝ the largest ‖g_i'‖² so far
+        dots_r, norms_r, valid_r = [], [], []
+        for rows, flat_r, sqj, neg_sqj, k in zip(rows_j, flat, sq_j, neg_sq_j, slope):
+            dots = torch.bmm(crows, rows)  # g_i'·g_j, summed exactly as PCGrad does
+            valid = norm_sq > level  # g_i' has not cancelled to rounding level
             # ‖g_i'‖(φ̂√(1−φ²) − φ√(1−φ̂²)) / (‖g_j‖√(1−φ̂²))
-            #   = (φ̂/√(1−φ̂²) · √(‖g_i'‖²‖g_j‖² − (g_i'·g_j)²) − g_i'·g_j) / ‖g_j‖²;
-            # with φ̂ = 0 it is −(g_i'·g_j)/‖g_j‖², PCGrad's projection step bit for bit.
+            #   = (φ̂/√(1−φ̂²) · √(‖g_i'‖²‖g_j‖² − (g_i'·g_j)²) − g_i'·g_j) / ‖g_j‖²,
+            # whose numerator is positive exactly when φ < φ̂ (x ↦ x/√(1−x²) increases): Alg. 1's
+            # test "φ < φ̂" is its sign, kept by clamping minus the numerator at 0. With φ̂ = 0 the
+            # step is −min(g_i'·g_j, 0)/‖g_j‖², PCGrad's projection bit for bit.
             gap = torch.addcmul(norm_sq * sqj, dots, dots, value=-1.0).clamp_min_(0.0).sqrt_()
-            step = torch.where(
-                (phi < b).logical_and_(valid), torch.addcmul(dots, k, gap, value=-1.0).div_(neg_sqj), zero
-            )
-            cflat.index_add_(0, flat_r, step)
-            norm_sq.addcmul_(step, torch.addcmul(dots, step, sqj, value=0.5), value=2.0)
-            torch.maximum(level, norm_sq * (16 * T * _EPS), out=level)
-            phis.append(phi)
-            valids.append(valid)
+            minus_numerator = torch.addcmul(dots, k, gap, value=-1.0).clamp_max_(0.0)
+            step = minus_numerator.div_(torch.where(valid, neg_sqj, never))
+            cflat.index_add_(0, flat_r, step.view(T))
+            dots_r.append(dots)
+            norms_r.append(norm_sq)
+            valid_r.append(valid)
+            norm_sq = torch.addcmul(norm_sq, step, torch.addcmul(dots, step, sqj, value=0.5), value=2.0)
+            level = torch.maximum(level, norm_sq * scaled_eps)
         # (R, T): φ_ij at the visit (0 where g_i' had cancelled).
-        phi = torch.where(torch.stack(valids), torch.stack(phis), 0.0).clamp_(-1.0, 1.0)
+        dots, norms, valid = (torch.stack(t).view(R, T) for t in (dots_r, norms_r, valid_r))
+        inv_root_j = torch.where(sq_j > 0, sq_j.rsqrt(), 0.0).view(R, T)
+        phi = torch.where(valid, (dots * norms.rsqrt()).mul_(inv_root_j), 0.0).clamp_(-1.0, 1.0)
         moved = torch.lerp(target, phi, self.beta)
         if self.target_update == "below_target":
             moved = torch.where(phi < target, moved, target)

@@ -128,10 +128,11 @@ def _project_rounds(G: Tensor, orders: Tensor) -> Tensor:
     if R == 0:
         return coef
     rows, sq_j, flat = _partner_layout(G, orders)
-    safe = torch.where(sq_j > 0, sq_j, 1.0)
-    cflat = coef.view(-1)
+    rows = rows.view(R, N * T, T, 1)
+    safe = torch.where(sq_j > 0, sq_j, 1.0).reshape(R, N * T, 1, 1)
+    cflat, crows = coef.view(-1), coef.view(N * T, 1, T)
     for rows_r, safe_r, flat_r in zip(rows.unbind(0), safe.unbind(0), flat.unbind(0)):
-        dots = (coef * rows_r).sum(-1)  # g_i^PC · g_partner(i)
+        dots = torch.bmm(crows, rows_r)  # g_i^PC · g_partner(i), one (1 × T)(T × 1) product per row
         cflat.index_add_(0, flat_r, dots.clamp_max_(0.0).div_(safe_r).view(-1), alpha=-1.0)
     return coef
 
