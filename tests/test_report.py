@@ -69,6 +69,11 @@ def test_compare_rejects_bad_input_before_training(tmp_path):
     with pytest.raises(ValueError, match="does not take option"):
         compare("linear", ["cagrad:cc=1"], [0], out=tmp_path / "new", jobs=1, progress=False)
     assert not (tmp_path / "new").exists()
+    with pytest.raises(ValueError, match="method 'gls' cannot accumulate micro-batches"):
+        compare("linear", ["pcgrad", "gls"], [0], out=tmp_path / "new", micro_batches=2, jobs=1, progress=False)
+    with pytest.raises(ValueError, match="more than the 16 examples of a batch"):
+        compare("linear", ["pcgrad"], [0], out=tmp_path / "new", batch_size=16, micro_batches=20, jobs=1, progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_worker_processes_give_the_same_numbers(tmp_path):
@@ -124,6 +129,12 @@ def test_compare_prints_and_writes_the_delta_note(tmp_path):
     assert printed.index(res.table) < printed.index(note)  # under the table
     report_md = (tmp_path / "report.md").read_text()
     assert report_md.index(res.table) < report_md.index(note)
+
+
+def test_compare_with_micro_batches_says_so_in_the_report(tmp_path):
+    compare("linear", ["pcgrad"], [0], epochs=1, out=tmp_path, batch_size=16, micro_batches=2, lr=1e-2,
+            data_options=TINY, jobs=1, progress=False, plots=False, stream=io.StringIO())
+    assert "batch 16 (accumulated over 2 micro-batches)" in (tmp_path / "report.md").read_text()
 
 
 @pytest.fixture(scope="module")

@@ -210,3 +210,100 @@ def test_curvature_estimate_on_request(tmp_path):
     values = [row["curvature"] for row in run.steps]
     assert values and all(math.isfinite(v) and v >= -1e-9 for v in values)
     assert any(v > 0 for v in values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Micro-batches (gradient accumulation)
+# ---------------------------------------------------------------------------------------------
+
+
+def _close_rows(a: list[dict], b: list[dict], rtol: float) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            if not (math.isnan(x[k]) and math.isnan(y[k])):
+                assert y[k] == pytest.approx(x[k], rel=rtol, abs=rtol), k
+
+
+@pytest.mark.parametrize("spec", ["pcgrad", "cagrad:c=0.4", "mgda", "uw", "dwa", "graddrop"])
+def test_micro_batches_take_the_whole_batch_step(tmp_path, spec):
+    """Each batch as 3 micro-batches (100 examples, batches of 16: the last one of 4 splits 2/1/1)
+    logs the same losses, weights and cosines every step and ends at the same parameters, to
+    float32 rounding: the micro-batches' task gradients, weighted by their share, add up to the
+    batch's, and the method is applied once per batch."""
+    kw = dict(method=spec, epochs=2, data_options={"n_train": 100, "n_test": 48})
+    whole = train(_config(tmp_path / "whole", **kw))
+    micro = train(_config(tmp_path / "micro", micro_batches=3, **kw))
+    assert len(micro.steps) == len(whole.steps) == 2 * 7
+    _close_rows(whole.steps, micro.steps, rtol=1e-4)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    _close_rows(drop(whole.history), drop(micro.history), rtol=1e-4)
+    a, b = _params(str(tmp_path / "whole"), None), _params(str(tmp_path / "micro"), None)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["gls", "famo", "gradnorm", "dwa:window=2,sliding=true"])
+def test_micro_batches_refuse_methods_that_do_not_accumulate_before_writing(tmp_path, spec):
+    with pytest.raises(ValueError, match=f"method '{spec}' cannot accumulate micro-batches .*--micro-batches 1"):
+        train(_config(tmp_path / "run", method=spec, micro_batches=2))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_micro_batches_bad_values_and_resume(tmp_path):
+    with pytest.raises(ValueError, match="is 17, more than the 16 examples of a batch"):
+        train(_config(tmp_path / "a", micro_batches=17))
+    with pytest.raises(ValueError, match="integer >= 1"):
+        train(_config(tmp_path / "a", micro_batches=0))
+    with pytest.raises(ValueError, match=r"curvature .* \(--micro-batches > 1\)"):
+        train(_config(tmp_path / "a", micro_batches=2, curvature=True))
+    assert not os.path.exists(tmp_path / "a")
+    # Checkpoints made before the option (no key) are the default's; other values are other runs.
+    assert "micro_batches" not in _config(tmp_path).resolved().identity()
+    straight = train(_config(tmp_path / "straight", micro_batches=2))
+    train(_config(tmp_path / "resumed", micro_batches=2), stop_after=1)
+    resumed = train(_config(tmp_path / "resumed", micro_batches=2))
+    assert resumed.resumed_from == 1 and _same_rows(resumed.steps, straight.steps)
+    with pytest.raises(ValueError, match="different run: micro_batches is 2 there, absent here"):
+        train(_config(tmp_path / "resumed"))
+
+
+def test_accumulated_step_forms_the_whole_batch_gramian_and_grads():
+    """The Gramian the method sees and the ``.grad`` it writes (shared and head parameters) are
+    the whole batch's — not a sum of micro-batch means, which Adam's normalisation would hide."""
+    import mtgrad
+    from mtgrad.bench.trainer import _accumulated_step, _Meter, _task_losses
+
+    bench = benchmarks.get_benchmark("linear")
+    train_ds, _ = bench.data(0, **LINEAR_TINY)
+    data = tuple(train_ds.tensors)
+    tasks = list(range(bench.num_tasks))
+    model = bench.model([bench.tasks[t] for t in tasks])
+    idx = torch.arange(11)  # micro-batches of 4, 4, 3
+    whole_losses = _task_losses(bench, tasks, model(data[0][idx]), tuple(t[idx] for t in data))
+    expected = mtgrad.backward(whole_losses, list(model.shared_parameters()), mtgrad.PCGrad(order="fixed"))
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    opt = mtgrad.MTLOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0), model.shared_parameters(), mtgrad.PCGrad(order="fixed")
+    )
+    losses, record = _accumulated_step(opt, model, bench, tasks, data, idx, 3, _Meter(bench, tasks), torch.device("cpu"))
+    torch.testing.assert_close(record.gramian, expected.gramian, rtol=1e-5, atol=0)
+    torch.testing.assert_close(torch.stack(losses), torch.stack([x.detach() for x in whole_losses]))
+    for p, g in zip(model.parameters(), expected_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+
+
+def test_cli_micro_batches(tmp_path, capsys):
+    from mtgrad.cli import main
+
+    args = ["train", "--benchmark", "linear", "--epochs", "1", "--out", str(tmp_path / "ok"), "--no-progress",
+            "--no-tensorboard"]
+    assert main([*args, "--method", "pcgrad", "--micro-batches", "4"]) == 0
+    ckpt = load_checkpoint(str(tmp_path / "ok" / CHECKPOINT), "--fresh")
+    assert ckpt["config"]["micro_batches"] == 4
+    capsys.readouterr()
+    args[6] = str(tmp_path / "gls")
+    assert main([*args, "--method", "gls", "--micro-batches", "2"]) == 2
+    assert "cannot accumulate micro-batches" in capsys.readouterr().err and not (tmp_path / "gls").exists()

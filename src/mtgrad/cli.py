@@ -236,6 +236,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--epochs", type=_int_at_least(1), default=None, help="epochs (default: the benchmark's)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=None, help="batch size (default: the benchmark's)")
+    p.add_argument(
+        "--micro-batches",
+        type=_int_at_least(1),
+        default=1,
+        metavar="K",
+        help="gradient accumulation: forward and backpropagate each batch as K micro-batches, one step per batch "
+        "(the same step to rounding, 1/K of the activation memory; default 1)",
+    )
     p.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default: the benchmark's)")
     p.add_argument(
         "--threads", type=_int_at_least(1), default=1, help="torch threads per run (default 1; numbers depend on it)"
@@ -326,6 +334,7 @@ def _run_train(args: argparse.Namespace) -> int:
         method=args.method,
         epochs=args.epochs,
         batch_size=args.batch_size,
+        micro_batches=args.micro_batches,
         lr=args.lr,
         seed=args.seed,
         out=args.out,
@@ -412,6 +421,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             out=args.out,
             batch_size=args.batch_size,
+            micro_batches=args.micro_batches,
             lr=args.lr,
             jobs=args.jobs,
             threads=args.threads,

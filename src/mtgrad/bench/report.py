@@ -44,7 +44,7 @@ from .figures import SPREAD, legend_columns, mean_band, panel_grid, pyplot, wrap
 from .reporting import progress_bar, tensorboard_available
 from .settings import COMPARE_METHODS as DEFAULT_METHODS
 from .settings import COMPARE_SEEDS as DEFAULT_SEEDS
-from .trainer import RunResult, TrainConfig, check_resumable, delta_m, make_method, train
+from .trainer import RunResult, TrainConfig, check_accumulable, check_resumable, delta_m, make_method, train
 
 __all__ = [
     "BASELINE",
@@ -197,6 +197,7 @@ def compare(
     out: str | os.PathLike = "results/compare",
     *,
     batch_size: int | None = None,
+    micro_batches: int = 1,
     lr: float | None = None,
     data_options: dict[str, Any] | None = None,
     jobs: int | None = None,
@@ -207,7 +208,8 @@ def compare(
     fresh: bool = False,
 ) -> CompareResult:
     """Train the baselines and ``methods`` × ``seeds``; write ``results.csv``, ``report.md`` and
-    the figures into ``out``; print the table to ``stream`` (stdout). ``jobs=None`` uses one
+    the figures into ``out``; print the table to ``stream`` (stdout). ``micro_batches`` > 1 trains
+    every run with gradient accumulation (:class:`~mtgrad.bench.trainer.TrainConfig`). ``jobs=None`` uses one
     worker process per CPU core (runs are independent); ``jobs=1`` runs in this process.
     Every method spec is checked before anything is trained; finished runs under ``out/runs``
     are reused (an interrupted compare resumes) unless ``fresh``. Returns the numbers."""
@@ -224,8 +226,14 @@ def compare(
     # Validate every spec before spending minutes on the baselines (or writing anything).
     probe = bench.model(list(bench.tasks))
     for spec in methods:
-        make_method(spec, bench.num_tasks, probe, 0, torch.device("cpu"))
+        method = make_method(spec, bench.num_tasks, probe, 0, torch.device("cpu"))
+        if micro_batches != 1:
+            check_accumulable(method, spec, bench.num_tasks, torch.device("cpu"))
     check_distinct(methods, extra={"num_tasks": bench.num_tasks})
+    # The training options too (e.g. more micro-batches than the batch has examples).
+    TrainConfig(
+        benchmark=bench.name, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr, threads=threads
+    ).resolved()
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
     common = dict(
@@ -233,6 +241,7 @@ def compare(
         benchmark=bench.name,
         epochs=epochs,
         batch_size=batch_size,
+        micro_batches=micro_batches,
         lr=lr,
         threads=threads,
         data_options=dict(data_options or {}),
@@ -330,6 +339,10 @@ FIGURES = {
 """The figures :func:`compare` draws, with the caption report.md gives each."""
 
 
+def _in_micro_batches(cfg: TrainConfig) -> str:
+    return "" if cfg.micro_batches == 1 else f" (accumulated over {cfg.micro_batches} micro-batches)"
+
+
 def _write_report(path: str, res: CompareResult, figures: list[str], note: str, common: dict[str, Any]) -> None:
     any_run = res.runs[res.methods[0]][res.seeds[0]].config
     lines = [
@@ -337,7 +350,8 @@ def _write_report(path: str, res: CompareResult, figures: list[str], note: str, 
         "",
         f"{get_benchmark(res.benchmark).description}.",
         "",
-        f"{table_caption(res)} Every run: {any_run.epochs} epochs, batch {any_run.batch_size}, Adam lr {any_run.lr}.",
+        f"{table_caption(res)} Every run: {any_run.epochs} epochs, batch {any_run.batch_size}{_in_micro_batches(any_run)}, "
+        f"Adam lr {any_run.lr}.",
         "",
         res.table,
         "",

@@ -41,7 +41,9 @@ from .checkpoints import differences, load_checkpoint, save_checkpoint, write_cs
 from .reporting import progress_bar, tensorboard_writer
 from .benchmarks import Benchmark, get_benchmark
 
-__all__ = ["TrainConfig", "RunResult", "train", "check_resumable", "delta_m", "make_method", "CHECKPOINT"]
+__all__ = [
+    "TrainConfig", "RunResult", "train", "check_resumable", "check_accumulable", "delta_m", "make_method", "CHECKPOINT",
+]
 
 CHECKPOINT = "checkpoint.pt"
 _EVAL_BATCH = 1024
@@ -56,6 +58,11 @@ class TrainConfig:
         method: a spec for :func:`mtgrad.from_spec` (``"gd"`` = equal weighting, the mean loss).
         tasks: task indices to train on (``None``: all); one index gives a single-task baseline.
         data_options: keyword arguments for the benchmark's data builder (e.g. ``n_train``).
+        micro_batches: split every batch into this many micro-batches, forwarded and
+            backpropagated one after the other, with one optimizer step per batch (gradient
+            accumulation: :meth:`mtgrad.MTLOptimizer.backward`). Each micro-batch's losses are
+            weighted by its share of the batch, so the step is the whole batch's, to rounding; only
+            the activations of one micro-batch are alive at a time.
         threads: torch intra-op threads during the run (results are bit-reproducible for a fixed
             value; the default 1 suits these small models).
         resume: continue from ``out/checkpoint.pt`` if it exists (else start afresh, overwriting).
@@ -77,6 +84,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     curvature: bool = False
+    micro_batches: int = 1
 
     def resolved(self) -> TrainConfig:
         """A copy with the benchmark's defaults filled in and the fields checked."""
@@ -98,6 +106,17 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
         if not cfg.lr > 0:
             raise ValueError(f"lr must be positive, got {cfg.lr}")
+        if isinstance(cfg.micro_batches, bool) or not isinstance(cfg.micro_batches, int) or cfg.micro_batches < 1:
+            raise ValueError(f"micro_batches must be an integer >= 1, got {cfg.micro_batches!r}")
+        if cfg.micro_batches > cfg.batch_size:
+            raise ValueError(
+                f"micro_batches (--micro-batches) is {cfg.micro_batches}, more than the {cfg.batch_size} examples of a batch"
+            )
+        if cfg.micro_batches > 1 and cfg.curvature:
+            raise ValueError(
+                "curvature needs the whole batch's losses before and after the step: it is not "
+                "available with micro-batches (--micro-batches > 1)"
+            )
         if cfg.threads < 1:
             raise ValueError(f"threads must be >= 1, got {cfg.threads}")
         assert cfg.tasks is not None
@@ -114,7 +133,10 @@ class TrainConfig:
         ``epochs`` is not one: nothing depends on the planned length, so a finished run extends to
         more epochs exactly as it would have continued (the rule ``mtgrad rl`` has for steps)."""
         keep = ("benchmark", "method", "batch_size", "lr", "seed", "device", "tasks", "data_options", "curvature")
-        return {k: getattr(self, k) for k in keep}
+        identity = {k: getattr(self, k) for k in keep}
+        if self.micro_batches != 1:  # absent otherwise: checkpoints from before the option still resume
+            identity["micro_batches"] = self.micro_batches
+        return identity
 
 
 @dataclass
@@ -272,6 +294,56 @@ class _CurvatureProbe:
         return float(mtgrad.diagnostics.multitask_curvature(self.loss.detach(), after, self.grads, steps))
 
 
+def check_accumulable(method: mtgrad.Method, spec: str, num_tasks: int, device: torch.device) -> None:
+    """Refuse, before anything is written, a method whose micro-batches do not add up to the batch
+    (:meth:`mtgrad.MTLOptimizer.backward` would refuse it at the first step)."""
+    reason = None
+    if getattr(method, "needs_closure", False):
+        reason = "it learns from the losses recomputed after each step on the same batch"
+    elif isinstance(method, mtgrad.LossWeighting):
+        try:
+            method.linear_terms(torch.ones(num_tasks, device=device))  # depends on the state only
+        except NotImplementedError as err:
+            reason = str(err)
+    if reason is not None:
+        raise ValueError(
+            f"method {spec!r} cannot accumulate micro-batches ({reason}); train it on whole batches "
+            "(--micro-batches 1; micro_batches=1 from Python)"
+        )
+
+
+def _accumulated_step(
+    opt: mtgrad.MTLOptimizer,
+    model: torch.nn.Module,
+    bench: Benchmark,
+    tasks: Sequence[int],
+    data: tuple[Tensor, ...],
+    idx: Tensor,
+    micro_batches: int,
+    meter: _Meter,
+    device: torch.device,
+) -> tuple[list[Tensor], mtgrad.BackwardResult]:
+    """One step on the batch ``idx`` from ``micro_batches`` forward/backward passes.
+
+    The batch loss is the mean over its examples, ``L_i = Σ_m (n_m/n) L_i^(m)`` with ``L_i^(m)``
+    the mean over micro-batch m of ``n_m`` examples, so each micro-batch backpropagates its losses
+    weighted by ``n_m/n`` and the accumulated task gradients are the batch's. Returns the batch
+    losses (detached) and the step's record."""
+    n = int(idx.shape[0])
+    total: list[Tensor] | None = None
+    for part in idx.tensor_split(min(micro_batches, n)):  # a short last batch: fewer, never empty
+        micro = tuple(t[part].to(device) for t in data)
+        outputs = model(micro[0])
+        losses = _task_losses(bench, tasks, outputs, micro)
+        meter.add(outputs, micro, losses)
+        share = part.shape[0] / n
+        opt.backward([loss * share for loss in losses])
+        parts = [loss.detach() * share for loss in losses]
+        total = parts if total is None else [a + b for a, b in zip(total, parts)]
+    assert total is not None
+    return total, opt.step()
+
+
 def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
     """Run (or resume) ``config``; see the module docstring for what is written to ``out``.
 
@@ -303,6 +375,8 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
         torch.manual_seed(cfg.seed)
         model = bench.model([bench.tasks[t] for t in tasks]).to(device)
         method = make_method(cfg.method, len(tasks), model, cfg.seed, device)
+        if cfg.micro_batches > 1:
+            check_accumulable(method, cfg.method, len(tasks), device)
         opt = mtgrad.MTLOptimizer(torch.optim.Adam(model.parameters(), lr=cfg.lr), model.shared_parameters(), method)
         order = torch.Generator().manual_seed(cfg.seed)
         # Only now that the data, model and method exist: a refused run leaves no folder behind.
@@ -337,20 +411,26 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> RunResult:
                 t0 = time.perf_counter()
                 meter = _Meter(bench, tasks)
                 for idx in _batches(n, cfg.batch_size, order):
-                    batch = tuple(t[idx].to(device) for t in train_data)
-                    outputs = model(batch[0])
-                    losses = _task_losses(bench, tasks, outputs, batch)
                     opt.zero_grad()
-                    closure = None
-                    if needs_closure:
+                    if cfg.micro_batches > 1:
+                        losses, record = _accumulated_step(
+                            opt, model, bench, tasks, train_data, idx, cfg.micro_batches, meter, device
+                        )
+                        probe = None
+                    else:
+                        batch = tuple(t[idx].to(device) for t in train_data)
+                        outputs = model(batch[0])
+                        losses = _task_losses(bench, tasks, outputs, batch)
+                        closure = None
+                        if needs_closure:
 
-                        def closure(batch: tuple[Tensor, ...] = batch) -> list[Tensor]:
-                            return _task_losses(bench, tasks, model(batch[0]), batch)
+                            def closure(batch: tuple[Tensor, ...] = batch) -> list[Tensor]:
+                                return _task_losses(bench, tasks, model(batch[0]), batch)
 
-                    probe = _CurvatureProbe(model, losses) if cfg.curvature else None
-                    record = opt.step(losses, closure=closure)
+                        probe = _CurvatureProbe(model, losses) if cfg.curvature else None
+                        record = opt.step(losses, closure=closure)
+                        meter.add(outputs, batch, losses)
                     step += 1
-                    meter.add(outputs, batch, losses)
                     row = _step_row(step, epoch + 1, names, losses, record)
                     if probe is not None:
                         with torch.no_grad():
